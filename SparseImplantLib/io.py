@@ -1,0 +1,164 @@
+"""Reading masks and CT volumes, writing results atomically.
+
+Every reading problem becomes a ``SparseImplantError`` whose one line names the file, the problem and
+the fix. Writers never leave a half-written file behind: they write to a temporary name in the
+target folder and rename it into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import SparseImplantError
+from .volume import Volume, from_sitk, to_sitk
+
+PathLike = Union[str, os.PathLike]
+MASK_SUFFIXES = (".seg.nrrd", ".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd")
+DEFAULT_BONE_THRESHOLD_HU = 300.0
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in MASK_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def read_volume(path: PathLike) -> Volume:
+    """Read any 3D scalar image with its geometry; the values are returned unchanged."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise SparseImplantError(f"input file '{path}' does not exist: check the path")
+    if _suffix(path) not in MASK_SUFFIXES:
+        raise SparseImplantError(
+            f"'{path.name}' has an unsupported file type: use NRRD (.nrrd, .seg.nrrd) or NIfTI (.nii, .nii.gz)"
+        )
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+        raise SparseImplantError(
+            f"cannot read '{path.name}': the file is unreadable or truncated ({reason}); re-export it"
+        ) from None
+    if image.GetDimension() != 3:
+        raise SparseImplantError(
+            f"'{path.name}' is a {image.GetDimension()}D image: a 3D skull volume is needed"
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise SparseImplantError(
+            f"'{path.name}' has {image.GetNumberOfComponentsPerPixel()} values per voxel (4D or multi-layer):"
+            " export a single 3D labelmap"
+        )
+    volume = from_sitk(image)
+    if min(volume.shape) < 2:
+        raise SparseImplantError(f"'{path.name}' has shape {volume.shape}: a 3D skull volume is needed")
+    if np.issubdtype(volume.array.dtype, np.floating) and not np.isfinite(volume.array).all():
+        raise SparseImplantError(f"'{path.name}' contains NaN or infinite values: fix or re-export the file")
+    return volume
+
+
+def mask_from_labels(volume: Volume, name: str, label: Optional[int] = None) -> Volume:
+    """Binary mask from a labelmap: the one foreground value, or ``label`` for multi-label maps."""
+    values = np.unique(volume.array)
+    if label is not None:
+        if label not in values:
+            raise SparseImplantError(
+                f"label {label} does not occur in '{name}' (values present: {_list(values)}): choose one of them"
+            )
+        mask = volume.array == label
+    else:
+        foreground = values[values != 0]
+        if foreground.size > 1:
+            raise SparseImplantError(
+                f"'{name}' is not binary (values {_list(values)}): choose the skull label with --label N"
+            )
+        mask = volume.array != 0
+    return volume.with_array(mask.astype(np.uint8))
+
+
+def mask_from_ct(volume: Volume, threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU) -> Volume:
+    """Bone mask from a CT volume: voxels at or above ``threshold_hu``."""
+    return volume.with_array((volume.array >= threshold_hu).astype(np.uint8))
+
+
+def check_skull_mask(mask: Volume, name: str) -> None:
+    """Reject masks no skull can come from (empty or all foreground)."""
+    count = int(np.count_nonzero(mask.array))
+    if count == 0:
+        raise SparseImplantError(f"'{name}' has no skull voxels (empty mask): select the skull segment or lower the threshold")
+    if count == mask.array.size:
+        raise SparseImplantError(
+            f"'{name}' is foreground everywhere: it is not a skull mask (a CT volume needs --threshold)"
+        )
+
+
+def read_mask(path: PathLike, label: Optional[int] = None, threshold_hu: Optional[float] = None) -> Volume:
+    """Read a skull mask: a binary/label file, or a CT volume thresholded at ``threshold_hu``."""
+    volume = read_volume(path)
+    name = Path(path).name
+    mask = mask_from_ct(volume, threshold_hu) if threshold_hu is not None else mask_from_labels(volume, name, label)
+    check_skull_mask(mask, name)
+    return mask
+
+
+def _list(values: np.ndarray, limit: int = 8) -> str:
+    shown = ", ".join(str(v) for v in values[:limit].tolist())
+    return shown + (", ..." if values.size > limit else "")
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(temporary_path)`` and rename the result to ``path`` only if it succeeded."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix="-" + path.name, dir=path.parent)
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        write(temporary_path)
+        os.replace(temporary_path, path)
+    finally:
+        temporary_path.unlink(missing_ok=True)
+    return path
+
+
+def write_volume(path: PathLike, volume: Volume) -> Path:
+    """Write a volume (format from the extension, compressed) atomically."""
+    import SimpleITK as sitk
+
+    image = to_sitk(volume)
+    return atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), True))
+
+
+@contextlib.contextmanager
+def staged_output(output_dir: PathLike, names: Sequence[str], overwrite: bool = False) -> Iterator[Path]:
+    """Collect outputs in a hidden staging folder and move them into ``output_dir`` only on success.
+
+    Refuses up front to replace existing files unless ``overwrite`` is set, so nothing the user had is
+    lost; on any error the staging folder is removed and ``output_dir`` is left as it was.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise SparseImplantError(f"output path '{output_dir}' is a file: give a folder")
+    clashes = [name for name in names if (output_dir / name).exists()]
+    if clashes and not overwrite:
+        raise SparseImplantError(
+            f"output folder '{output_dir}' already holds {', '.join(clashes)}: choose another folder or pass --overwrite"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
+    try:
+        yield staging
+        for item in sorted(staging.iterdir()):
+            os.replace(item, output_dir / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

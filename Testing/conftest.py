@@ -1,0 +1,51 @@
+"""Shared fixtures: the real SkullFix data beside the project and small synthetic skulls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from SparseImplantLib.volume import Volume
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SKULLFIX = PROJECT_ROOT.parent / "shared" / "data" / "skullfix"
+SAMPLE_DEFECTIVE = PROJECT_ROOT / "Resources" / "SampleData" / "SkullFix_050_defective.nrrd"
+SAMPLE_IMPLANT = PROJECT_ROOT / "Resources" / "SampleData" / "SkullFix_050_implant.nrrd"
+
+
+def oblique_direction(angle_deg: float = 12.0) -> np.ndarray:
+    angle = np.deg2rad(angle_deg)
+    return np.array(
+        [[1.0, 0.0, 0.0], [0.0, np.cos(angle), -np.sin(angle)], [0.0, np.sin(angle), np.cos(angle)]]
+    )
+
+
+def shell_skull(shape=(48, 48, 40), radius=16.0, thickness=3.0, defect=True) -> tuple[np.ndarray, np.ndarray]:
+    """A spherical shell 'skull' and, if ``defect``, the same shell with a cap cut out of its top.
+
+    Returns (defective, implant) uint8 arrays; complete = defective | implant.
+    """
+    grid = np.indices(shape).astype(np.float64)
+    centre = (np.asarray(shape, dtype=np.float64) - 1) / 2
+    distance = np.sqrt(((grid - centre[:, None, None, None]) ** 2).sum(axis=0))
+    shell = (distance <= radius) & (distance > radius - thickness)
+    shell &= grid[2] > centre[2] - radius * 0.6  # open at the bottom like a skull base
+    if not defect:
+        return shell.astype(np.uint8), np.zeros(shape, np.uint8)
+    cap = (grid[2] - centre[2]) > radius * 0.6
+    return (shell & ~cap).astype(np.uint8), (shell & cap).astype(np.uint8)
+
+
+@pytest.fixture
+def synthetic_skull() -> tuple[Volume, Volume]:
+    defective, implant = shell_skull()
+    geometry = dict(spacing=(0.8, 0.7, 1.1), origin=(-20.0, 10.0, 5.0), direction=oblique_direction())
+    return Volume(defective, **geometry), Volume(implant, **geometry)
+
+
+def require_skullfix() -> Path:
+    if not (SKULLFIX / "defective_skull" / "000.nrrd").is_file():
+        pytest.skip("SkullFix data not found beside the project (../shared/data/skullfix)")
+    return SKULLFIX
