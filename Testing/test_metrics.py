@@ -1,7 +1,9 @@
-"""Challenge metrics on hand-made cases with answers worked out by hand, and against brute force."""
+"""Challenge metrics on hand-made cases with answers worked out by hand, and the evaluation of folders."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 
 import numpy as np
@@ -9,9 +11,12 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from conftest import SAMPLE_DEFECTIVE, SAMPLE_IMPLANT, shell_skull
-from SparseImplantLib.io import read_mask
+from conftest import SAMPLE_DEFECTIVE, SAMPLE_IMPLANT, oblique_direction, shell_skull
+from SparseImplantLib.errors import SparseImplantError
+from SparseImplantLib.evaluate import evaluate_case, evaluate_folders, register
+from SparseImplantLib.io import read_mask, write_volume
 from SparseImplantLib.metrics import border_dice, completed_skull_dice, dice, hd95
+from SparseImplantLib.volume import Volume
 
 SPACING = (0.5, 0.7, 2.0)
 
@@ -167,3 +172,80 @@ def test_hd95_on_the_sample_implant_shifted_by_one_voxel():
     value = hd95(implant.array, shifted, implant.spacing)
     assert 0.0 < value <= implant.spacing[2] + 1e-9
     assert 0.5 < border_dice(shifted, implant.array, defective.array, implant.spacing) < 1.0
+
+
+# --- evaluation of prediction folders -------------------------------------------------------------
+
+GEOMETRY = dict(spacing=(0.8, 0.7, 1.1), origin=(-20.0, 10.0, 5.0), direction=oblique_direction())
+
+
+def _volume(array: np.ndarray, **changes) -> Volume:
+    return Volume(array.astype(np.uint8), **dict(GEOMETRY, **changes))
+
+
+def test_evaluate_case_perfect_and_shifted_prediction():
+    defective, implant = shell_skull()
+    perfect = evaluate_case(_volume(implant), _volume(implant), _volume(defective), _volume(defective | implant))
+    assert perfect == {"dsc": 1.0, "bdsc": 1.0, "hd95_mm": 0.0, "skull_dsc": 1.0}
+    shifted = np.roll(implant, 1, axis=0)
+    scores = evaluate_case(_volume(shifted), _volume(implant), _volume(defective))
+    assert scores["dsc"] == pytest.approx(dice(shifted, implant))
+    assert scores["hd95_mm"] == pytest.approx(0.8)  # one i-step of 0.8 mm
+    assert scores["skull_dsc"] is None
+
+
+def test_evaluate_case_rejects_other_geometry():
+    defective, implant = shell_skull()
+    with pytest.raises(SparseImplantError, match=r"case 007: the predicted implant .*spacing \[0\.5"):
+        evaluate_case(_volume(implant, spacing=(0.5, 0.7, 1.1)), _volume(implant), _volume(defective), case="007")
+    with pytest.raises(SparseImplantError, match="completed skull .*shape"):
+        evaluate_case(_volume(implant), _volume(implant), _volume(defective), _volume(np.zeros((4, 4, 4))))
+
+
+def _write_data_set(root):
+    defective, implant = shell_skull(shape=(24, 24, 20), radius=8.0, thickness=2.0)
+    for case_id in ("000", "001"):
+        write_volume(root / "data" / "defective_skull" / f"{case_id}.nrrd", _volume(defective))
+        write_volume(root / "data" / "implant" / f"{case_id}.nrrd", _volume(implant))
+    write_volume(root / "pred" / "000" / "implant.nrrd", _volume(implant))
+    write_volume(root / "pred" / "000" / "completed_skull.nrrd", _volume(defective | implant))
+    write_volume(root / "pred" / "001" / "implant.nrrd", _volume(np.zeros_like(implant)))
+    return root / "pred", root / "data"
+
+
+def test_evaluate_folders_writes_table_and_json(tmp_path):
+    predictions, data = _write_data_set(tmp_path)
+    rows, summary = evaluate_folders(predictions, data, output_dir=tmp_path / "report")
+    assert [row["case"] for row in rows] == ["000", "001"]
+    assert rows[0]["dsc"] == 1.0 and rows[0]["skull_dsc"] == 1.0
+    assert rows[1]["dsc"] == 0.0 and rows[1]["hd95_mm"] == math.inf and rows[1]["skull_dsc"] is None
+    assert summary["dsc"] == {"mean": 0.5, "std": 0.5, "n": 2}
+    assert summary["hd95_mm"]["mean"] == math.inf
+    assert summary["skull_dsc"] == {"mean": 1.0, "std": 0.0, "n": 1}
+    report = json.loads((tmp_path / "report" / "evaluation.json").read_text())
+    assert report["cases"][1]["hd95_mm"] is None and report["summary"]["dsc"]["mean"] == 0.5
+    table = (tmp_path / "report" / "evaluation.md").read_text()
+    assert "| 001 | 0.0000 | 0.0000 | inf | – |" in table
+    assert "| **mean ± std** (n=2) | 0.5000 ± 0.5000 |" in table
+
+
+def test_evaluate_folders_names_missing_predictions(tmp_path):
+    predictions, data = _write_data_set(tmp_path)
+    (predictions / "001" / "implant.nrrd").unlink()
+    with pytest.raises(SparseImplantError, match=r"no predicted implant for 1 case\(s\) \(001\)"):
+        evaluate_folders(predictions, data)
+    with pytest.raises(SparseImplantError, match="predictions folder .* does not exist"):
+        evaluate_folders(tmp_path / "nothing", data)
+
+
+def test_evaluate_command_line(tmp_path, capsys):
+    predictions, data = _write_data_set(tmp_path)
+    parser = argparse.ArgumentParser(prog="sparseimplant")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["evaluate", "--predictions", str(predictions), "--data", str(data), "--cases", "0"])
+    assert args.cases == ["000"]
+    assert args.func(args) == 0
+    assert "| 000 | 1.0000 | 1.0000 | 0.000 | 1.0000 |" in capsys.readouterr().out
+    assert json.loads((predictions / "evaluation.json").read_text())["summary"]["dsc"]["n"] == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "--predictions", "p", "--data", "d", "--cases", "9-1"])

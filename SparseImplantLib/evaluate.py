@@ -1,0 +1,226 @@
+"""Scoring predictions against a SkullFix/SkullBreak ground truth with the challenge metrics.
+
+Predictions live one folder per case, as ``sparseimplant generate -o DIR/<case>`` writes them:
+``DIR/<case>/implant.nrrd`` and, optionally, ``DIR/<case>/completed_skull.nrrd``; SkullBreak cases use
+``DIR/<type>/<case>/``. Results are written as ``evaluation.md`` (a table) and ``evaluation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import metrics
+from .data.datasets import (
+    LAYOUTS,
+    SKULLBREAK_DEFECT_TYPES,
+    describe_geometry_difference,
+    list_cases,
+    parse_case_range,
+)
+from .errors import SparseImplantError
+from .io import PathLike, atomic_write, mask_from_labels, read_volume
+from .progress import ProgressCallback, ProgressEvent, ignore_progress
+from .volume import Volume
+
+IMPLANT_FILE = "implant.nrrd"
+COMPLETED_FILE = "completed_skull.nrrd"
+REPORT_MARKDOWN = "evaluation.md"
+REPORT_JSON = "evaluation.json"
+# (key, column title, number format) of every metric in the reports.
+METRICS = (
+    ("dsc", "DSC", "{:.4f}"),
+    ("bdsc", "bDSC", "{:.4f}"),
+    ("hd95_mm", "HD95 (mm)", "{:.3f}"),
+    ("skull_dsc", "skull DSC", "{:.4f}"),
+)
+
+Row = Dict[str, object]
+Summary = Dict[str, Dict[str, Optional[float]]]
+
+
+def _check_geometry(prediction: Volume, truth: Volume, case: str, what: str) -> None:
+    if not prediction.same_geometry(truth):
+        raise SparseImplantError(
+            f"case {case}: the predicted {what} does not lie on the ground truth's grid"
+            f" ({describe_geometry_difference(prediction, truth)}): predict on the original defective skull file"
+        )
+
+
+def evaluate_case(
+    pred_implant: Volume,
+    true_implant: Volume,
+    defective: Volume,
+    pred_complete: Optional[Volume] = None,
+    case: str = "prediction",
+) -> Dict[str, Optional[float]]:
+    """DSC, border DSC and HD95 of the implant, plus the completed skull's DSC when one is given
+    (``skull_dsc`` is None otherwise). Geometries must match the ground truth exactly."""
+    _check_geometry(pred_implant, true_implant, case, "implant")
+    _check_geometry(defective, true_implant, case, "defective skull (ground truth)")
+    spacing = true_implant.spacing
+    result: Dict[str, Optional[float]] = {
+        "dsc": metrics.dice(pred_implant.array, true_implant.array),
+        "bdsc": metrics.border_dice(pred_implant.array, true_implant.array, defective.array, spacing),
+        "hd95_mm": metrics.hd95(pred_implant.array, true_implant.array, spacing),
+        "skull_dsc": None,
+    }
+    if pred_complete is not None:
+        _check_geometry(pred_complete, true_implant, case, "completed skull")
+        result["skull_dsc"] = metrics.completed_skull_dice(pred_complete.array, defective.array, true_implant.array)
+    return result
+
+
+def _read_prediction(path: Path, case: str) -> Volume:
+    return mask_from_labels(read_volume(path), f"{case}/{path.name}")
+
+
+def evaluate_folders(
+    predictions_dir: PathLike,
+    data_root: PathLike,
+    cases: Optional[Sequence[str]] = None,
+    layout: Optional[str] = None,
+    defect_types: Optional[Sequence[str]] = None,
+    output_dir: Optional[PathLike] = None,
+    progress: ProgressCallback = ignore_progress,
+) -> Tuple[List[Row], Summary]:
+    """Score every selected case, write ``evaluation.md`` and ``evaluation.json`` into ``output_dir``
+    (default: ``predictions_dir``) and return (per-case rows, per-metric mean/std/n)."""
+    predictions_dir = Path(predictions_dir)
+    if not predictions_dir.is_dir():
+        raise SparseImplantError(f"predictions folder '{predictions_dir}' does not exist: check --predictions")
+    selected = list_cases(data_root, layout=layout, cases=cases, defect_types=defect_types)
+    missing = [f.key for f in selected if not (predictions_dir / f.key / IMPLANT_FILE).is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise SparseImplantError(
+            f"no predicted implant for {len(missing)} case(s) ({shown}): expected '{predictions_dir}/<case>/{IMPLANT_FILE}'"
+            " as written by `sparseimplant generate -o DIR/<case>`"
+        )
+    rows: List[Row] = []
+    for number, files in enumerate(selected):
+        progress(ProgressEvent("evaluate", number / len(selected), files.key))
+        truth = files.load(with_complete=False)
+        folder = predictions_dir / files.key
+        completed_path = folder / COMPLETED_FILE
+        scores = evaluate_case(
+            _read_prediction(folder / IMPLANT_FILE, files.key),
+            truth.implant,
+            truth.defective,
+            _read_prediction(completed_path, files.key) if completed_path.is_file() else None,
+            case=files.key,
+        )
+        rows.append({"case": files.key, "defect_type": files.defect_type, **scores})
+    progress(ProgressEvent("evaluate", 1.0, f"{len(rows)} cases"))
+    summary = summarise(rows)
+    write_reports(rows, summary, Path(output_dir) if output_dir is not None else predictions_dir)
+    return rows, summary
+
+
+def summarise(rows: Sequence[Row]) -> Summary:
+    """Mean and (population) standard deviation per metric over the cases that have it. An infinite
+    HD95 (empty prediction) makes the mean infinite on purpose: a missing implant must not vanish."""
+    summary: Summary = {}
+    for key, _, _ in METRICS:
+        values = np.array([row[key] for row in rows if row.get(key) is not None], dtype=np.float64)
+        if values.size == 0:
+            summary[key] = {"mean": None, "std": None, "n": 0}
+            continue
+        finite = bool(np.all(np.isfinite(values)))
+        summary[key] = {
+            "mean": float(values.mean()) if finite else math.inf,
+            "std": float(values.std()) if finite else math.inf,
+            "n": int(values.size),
+        }
+    return summary
+
+
+def _cell(value: object, number_format: str) -> str:
+    if value is None:
+        return "–"
+    return "inf" if not math.isfinite(float(value)) else number_format.format(value)
+
+
+def markdown_table(rows: Sequence[Row], summary: Summary) -> str:
+    """One row per case and a final ``mean ± std`` row."""
+    header = "| case | " + " | ".join(title for _, title, _ in METRICS) + " |"
+    lines = [header, "|" + "---|" * (len(METRICS) + 1)]
+    for row in rows:
+        lines.append(f"| {row['case']} | " + " | ".join(_cell(row[k], f) for k, _, f in METRICS) + " |")
+    averages = []
+    for key, _, number_format in METRICS:
+        entry = summary[key]
+        averages.append(
+            "–" if entry["mean"] is None else f"{_cell(entry['mean'], number_format)} ± {_cell(entry['std'], number_format)}"
+        )
+    lines.append(f"| **mean ± std** (n={len(rows)}) | " + " | ".join(averages) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(value: object) -> object:
+    """JSON has no infinity: non-finite numbers become null (the Markdown table shows them as inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_reports(rows: Sequence[Row], summary: Summary, output_dir: Path) -> Tuple[Path, Path]:
+    document = _json_safe({"cases": list(rows), "summary": summary})
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    json_path = atomic_write(output_dir / REPORT_JSON, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    table = markdown_table(rows, summary)
+    markdown_path = atomic_write(output_dir / REPORT_MARKDOWN, lambda tmp: tmp.write_text(table, encoding="utf-8"))
+    return markdown_path, json_path
+
+
+def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    """Add ``sparseimplant evaluate`` to the CLI; the command runs via ``args.func(args)``."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score predicted implants against SkullFix/SkullBreak ground truth (DSC, bDSC, HD95)",
+        description="Score DIR/<case>/implant.nrrd (and completed_skull.nrrd if present) against the data set's"
+        " ground truth; writes evaluation.md and evaluation.json.",
+    )
+    parser.add_argument("--predictions", required=True, metavar="DIR", help="folder with one sub-folder per case")
+    parser.add_argument("--data", required=True, metavar="ROOT", help="data set root (complete_skull/, defective_skull/, implant/)")
+    parser.add_argument("--cases", type=_case_list, metavar="LIST", help="case ids, e.g. 050-059,061 (default: all)")
+    parser.add_argument("--layout", choices=LAYOUTS, help="data set layout (default: detected)")
+    parser.add_argument(
+        "--defect-types",
+        type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+        metavar="LIST",
+        help=f"SkullBreak defect types, comma-separated (default: all of {','.join(SKULLBREAK_DEFECT_TYPES)})",
+    )
+    parser.add_argument("-o", "--output", metavar="OUTDIR", help=f"where {REPORT_MARKDOWN} and {REPORT_JSON} go (default: DIR)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _case_list(text: str) -> List[str]:
+    try:
+        return parse_case_range(text)
+    except SparseImplantError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """CLI entry: evaluate, print the table, return the exit code."""
+    from .progress import TerminalProgress
+
+    with TerminalProgress() as bar:
+        rows, summary = evaluate_folders(
+            args.predictions, args.data, args.cases, args.layout, args.defect_types, args.output, progress=bar
+        )
+    print(markdown_table(rows, summary), end="")
+    output = Path(args.output) if args.output else Path(args.predictions)
+    print(f"written: {output / REPORT_MARKDOWN}, {output / REPORT_JSON}")
+    return 0
