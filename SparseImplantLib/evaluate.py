@@ -44,11 +44,11 @@ Row = Dict[str, object]
 Summary = Dict[str, Dict[str, Optional[float]]]
 
 
-def _check_geometry(prediction: Volume, truth: Volume, case: str, what: str) -> None:
-    if not prediction.same_geometry(truth):
+def _check_geometry(volume: Volume, truth: Volume, case: str, what: str) -> None:
+    if not volume.same_geometry(truth):
         raise SparseImplantError(
-            f"case {case}: the predicted {what} does not lie on the ground truth's grid"
-            f" ({describe_geometry_difference(prediction, truth)}): predict on the original defective skull file"
+            f"case {case}: the {what} does not lie on the ground-truth implant's grid"
+            f" ({describe_geometry_difference(volume, truth)}): predict on the case's original defective skull file"
         )
 
 
@@ -61,8 +61,8 @@ def evaluate_case(
 ) -> Dict[str, Optional[float]]:
     """DSC, border DSC and HD95 of the implant, plus the completed skull's DSC when one is given
     (``skull_dsc`` is None otherwise). Geometries must match the ground truth exactly."""
-    _check_geometry(pred_implant, true_implant, case, "implant")
-    _check_geometry(defective, true_implant, case, "defective skull (ground truth)")
+    _check_geometry(pred_implant, true_implant, case, "predicted implant")
+    _check_geometry(defective, true_implant, case, "defective skull")
     spacing = true_implant.spacing
     result: Dict[str, Optional[float]] = {
         "dsc": metrics.dice(pred_implant.array, true_implant.array),
@@ -71,7 +71,7 @@ def evaluate_case(
         "skull_dsc": None,
     }
     if pred_complete is not None:
-        _check_geometry(pred_complete, true_implant, case, "completed skull")
+        _check_geometry(pred_complete, true_implant, case, "predicted completed skull")
         result["skull_dsc"] = metrics.completed_skull_dice(pred_complete.array, defective.array, true_implant.array)
     return result
 

@@ -51,9 +51,9 @@ def joint_box(masks: Sequence[np.ndarray], margins: Sequence[int]) -> Optional[B
     """Index box around the foreground of all ``masks``, grown by ``margins`` voxels per axis and clipped
     to the array; None when every mask is empty. Uses axis projections, which is much faster than
     ``argwhere`` on a 512x512x240 grid."""
-    union = masks[0].copy()
+    union = masks[0]
     for mask in masks[1:]:
-        union |= mask
+        union = union | mask
     box = []
     for axis in range(3):
         others = tuple(a for a in range(3) if a != axis)

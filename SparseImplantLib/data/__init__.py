@@ -12,8 +12,13 @@ from .datasets import (
     list_cases,
     parse_case_range,
 )
+from .defects import DEFECT_KINDS, BoxDefect, SphereDefect, cut_defect
 
 __all__ = [
+    "DEFECT_KINDS",
+    "BoxDefect",
+    "SphereDefect",
+    "cut_defect",
     "LAYOUTS",
     "SKULLBREAK",
     "SKULLBREAK_DEFECT_TYPES",

@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import SparseImplantError
+from ..metrics import joint_box
 from ..volume import Volume
 
 SKULLFIX_BOX = "skullfix"
@@ -58,6 +59,11 @@ class SphereDefect:
     centre_jitter_mm: float = 5.0
     grid_mm: float = 1.5  # resolution at which the shape is built
 
+    @property
+    def deformation_grid_mm(self) -> float:
+        """Spacing of the random noise that is blurred into the displacement field."""
+        return self.smoothness_mm / 3.0
+
 
 @dataclass
 class _Skull:
@@ -75,11 +81,9 @@ class _Skull:
 
 def _skull_voxels(complete: Volume) -> _Skull:
     mask = complete.array != 0
-    if not mask.any():
+    box = joint_box([mask], (0, 0, 0))  # argwhere over the whole 512x512xZ grid would be the slow part
+    if box is None:
         raise SparseImplantError("the complete skull is empty: a defect needs a skull mask to cut into")
-    # Crop by axis projections first: argwhere over the whole 512x512xZ grid is the slow part.
-    present = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    box = tuple(slice(int(p[0]), int(p[-1]) + 1) for p in present)
     indices = np.argwhere(mask[box]) + np.array([s.start for s in box])
     matrix = complete.index_to_lps()
     points = _times_rows(indices, matrix[:3, :3].T) + matrix[:3, 3]
@@ -137,8 +141,8 @@ def _anchor(kind: str, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray
 def _sphere_shape(
     spec: SphereDefect, stretch: np.ndarray, rng: np.random.Generator
 ) -> Tuple[np.ndarray, np.ndarray, float]:
-    """The undeformed defect on an isotropic grid around its centre: (float mask, displacement fields
-    on a coarse grid (3, n, n, n) in mm, half extent in mm of both grids)."""
+    """The undeformed defect on an isotropic grid centred on the defect, its displacement field (3
+    components on a coarser grid, in mm) and the half extent (mm) both grids cover."""
     radii = _uniform(rng, spec.radius_mm) * stretch
     count = int(rng.integers(spec.satellites[0], spec.satellites[1] + 1))
     satellite_radii = [_uniform(rng, spec.satellite_radius_mm) for _ in range(count)]
@@ -154,10 +158,9 @@ def _sphere_shape(
     offsets = np.indices((2 * ball_radius + 1,) * 3) - ball_radius
     ball = np.sum(offsets**2, axis=0) <= ball_radius**2
     shape = ndimage.binary_opening(shape, structure=ball)
-    # Smooth random displacement: noise on a grid at a third of the length scale, blurred, scaled so
-    # the largest displacement per axis is ``deformation_mm``.
-    step = spec.smoothness_mm / 3.0
-    coarse = int(np.ceil(2 * half_extent / step)) + 1
+    # Smooth random displacement: noise on a grid at a third of the length scale, blurred by three of
+    # its steps, scaled so the largest displacement per axis is ``deformation_mm``.
+    coarse = int(np.ceil(2 * half_extent / spec.deformation_grid_mm)) + 1
     noise = ndimage.gaussian_filter(rng.uniform(-1.0, 1.0, size=(3, coarse, coarse, coarse)), sigma=(0, 3, 3, 3))
     noise *= spec.deformation_mm / np.maximum(np.abs(noise).reshape(3, -1).max(axis=1), 1e-12)[:, None, None, None]
     return shape.astype(np.float32), noise, half_extent
@@ -173,8 +176,7 @@ def _sphere_cut(skull: _Skull, kind: str, spec: SphereDefect, rng: np.random.Gen
     reach = half_extent + np.sqrt(3) * spec.deformation_mm
     candidates = np.flatnonzero(np.all(np.abs(skull.points - centre) <= reach, axis=1))
     relative = (skull.points[candidates] - centre).T  # (3, n) mm
-    coarse_step = spec.smoothness_mm / 3.0
-    coarse_coordinates = (relative + half_extent) / coarse_step
+    coarse_coordinates = (relative + half_extent) / spec.deformation_grid_mm
     moved = relative + np.stack(
         [ndimage.map_coordinates(field, coarse_coordinates, order=1, mode="nearest") for field in displacement]
     )
