@@ -1,0 +1,48 @@
+"""Conversions between sparse tensors and dense masks/volumes, and per-scale training targets."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .tensor import CoordinateSet, SparseTensor
+
+MaskLike = Union[np.ndarray, torch.Tensor]
+
+
+def from_mask(masks: Union[MaskLike, Sequence[MaskLike]], device: Optional[Union[str, torch.device]] = None) -> SparseTensor:
+    """Sparse tensor with feature 1 on every non-zero voxel; a list of (X, Y, Z) masks makes a batch."""
+    if isinstance(masks, (np.ndarray, torch.Tensor)):
+        masks = [masks]
+    parts = []
+    for batch, mask in enumerate(masks):
+        mask = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask)
+        if mask.dim() != 3:
+            raise ValueError(f"masks must be 3D (X, Y, Z); got shape {tuple(mask.shape)}")
+        voxels = torch.nonzero(mask != 0)
+        parts.append(torch.cat([torch.full((len(voxels), 1), batch, dtype=torch.long), voxels], dim=1))
+    coordinates = torch.cat(parts).to(device)
+    return SparseTensor(torch.ones(len(coordinates), 1, device=coordinates.device), coordinates)
+
+
+def to_dense(x: SparseTensor, shape: Optional[Tuple[int, int, int]] = None) -> torch.Tensor:
+    """(B, C, X, Y, Z) with coordinates divided by the tensor stride; zeros where no voxel is."""
+    voxels = x.C[:, 1:] // x.tensor_stride
+    if len(x) and int(voxels.min()) < 0:
+        raise ValueError("negative coordinates cannot be written into a dense volume")
+    batches = int(x.C[:, 0].max()) + 1 if len(x) else 1
+    if shape is None:
+        shape = tuple(int(v) + 1 for v in voxels.max(dim=0).values) if len(x) else (0, 0, 0)
+    dense = x.F.new_zeros(batches, *shape, x.F.shape[1])
+    dense = dense.index_put((x.C[:, 0], voxels[:, 0], voxels[:, 1], voxels[:, 2]), x.F)
+    return dense.permute(0, 4, 1, 2, 3)
+
+
+def target_mask(x: SparseTensor, target_coordinates: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: which voxels of ``x`` contain a target voxel (targets given at stride 1)."""
+    strided = target_coordinates.to(device=x.device, dtype=torch.long).clone()
+    strided[:, 1:] = torch.div(strided[:, 1:], x.tensor_stride, rounding_mode="floor") * x.tensor_stride
+    found, _ = CoordinateSet(strided).find(x.coordinate_set.keys)
+    return found

@@ -1,0 +1,78 @@
+"""Kernel maps (which input voxel feeds which output voxel through which kernel offset) and their cache.
+
+A kernel map is a list over kernel offsets of ``(input rows, output rows)`` index pairs. Maps and
+down-sampled coordinate sets are cached per coordinate-set id, kernel size and stride, as
+MinkowskiEngine's coordinate manager does, so layers working on the same voxels share them.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+
+from .tensor import CoordinateSet, check_packable, key_offset
+
+KernelMap = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def kernel_offsets(kernel_size: int, tensor_stride: int, device: torch.device) -> torch.Tensor:
+    """(K, 3) offsets in MinkowskiEngine order (x fastest): centred for odd kernels, ``[0, k)`` for even,
+    scaled by the tensor stride the kernel works at."""
+    if kernel_size % 2:
+        steps = torch.arange(kernel_size, device=device) - kernel_size // 2
+    else:
+        steps = torch.arange(kernel_size, device=device)
+    z, y, x = torch.meshgrid(steps, steps, steps, indexing="ij")
+    return torch.stack([x.reshape(-1), y.reshape(-1), z.reshape(-1)], dim=1) * tensor_stride
+
+
+class CoordinateManager:
+    """Per-network-input cache of strided coordinate sets and kernel maps."""
+
+    def __init__(self) -> None:
+        self._strided: Dict[Tuple[int, int], CoordinateSet] = {}
+        self._maps: Dict[tuple, KernelMap] = {}
+        self._generated: Dict[tuple, Tuple[CoordinateSet, KernelMap]] = {}
+
+    def strided(self, coordinates: CoordinateSet, out_stride: int) -> CoordinateSet:
+        """Voxels at ``floor(c / out_stride) * out_stride`` (sorted, unique)."""
+        cache_key = (coordinates.id, out_stride)
+        if cache_key not in self._strided:
+            strided = coordinates.coordinates.clone()
+            strided[:, 1:] = torch.div(strided[:, 1:], out_stride, rounding_mode="floor") * out_stride
+            keys = torch.unique(CoordinateSet(strided).keys, sorted=True)
+            self._strided[cache_key] = CoordinateSet.from_keys(keys, is_sorted=True)
+        return self._strided[cache_key]
+
+    def convolution_map(self, inputs: CoordinateSet, outputs: CoordinateSet, kernel_size: int, in_stride: int) -> KernelMap:
+        """For each offset o: pairs (i, j) with input voxel i at output voxel j + o."""
+        cache_key = (inputs.id, outputs.id, kernel_size, in_stride)
+        if cache_key not in self._maps:
+            offsets = kernel_offsets(kernel_size, in_stride, outputs.keys.device)
+            check_packable(outputs.coordinates, offsets)
+            deltas = key_offset(offsets).tolist()
+            kernel_map = []
+            for delta in deltas:
+                found, rows = inputs.find(outputs.keys + delta)
+                out_rows = torch.nonzero(found).reshape(-1)
+                kernel_map.append((rows[out_rows], out_rows))
+            self._maps[cache_key] = kernel_map
+        return self._maps[cache_key]
+
+    def generative_transposed(self, inputs: CoordinateSet, kernel_size: int, out_stride: int) -> Tuple[CoordinateSet, KernelMap]:
+        """New voxels ``input + offset`` for every offset, and the map input -> generated voxel."""
+        cache_key = (inputs.id, kernel_size, out_stride)
+        if cache_key not in self._generated:
+            offsets = kernel_offsets(kernel_size, out_stride, inputs.keys.device)
+            check_packable(inputs.coordinates, offsets)
+            deltas = key_offset(offsets)
+            generated = (inputs.keys[None, :] + deltas[:, None]).reshape(-1)
+            keys = torch.unique(generated, sorted=True)
+            outputs = CoordinateSet.from_keys(keys, is_sorted=True)
+            rows = torch.arange(len(inputs), device=inputs.keys.device)
+            kernel_map = []
+            for delta in deltas.tolist():
+                kernel_map.append((rows, torch.searchsorted(keys, inputs.keys + delta)))
+            self._generated[cache_key] = (outputs, kernel_map)
+        return self._generated[cache_key]

@@ -1,0 +1,135 @@
+"""Layers on sparse tensors with MinkowskiEngine semantics and parameter layout.
+
+Convolutions gather the input rows of each kernel offset, multiply them by that offset's
+``(in, out)`` weight and scatter-add them into the output rows (``index_add_``); autograd handles
+the backward pass. Parameters are named and shaped as in MinkowskiEngine (``kernel``:
+``(kernel_volume, in, out)``, ``bias``: ``(1, out)``, batch norm as ``bn``) so its state dicts load.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .tensor import CoordinateSet, SparseTensor
+
+
+class _Convolution(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, bias: bool, transposed: bool) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = kernel_size, stride
+        self.kernel = nn.Parameter(torch.empty(kernel_size**3, in_channels, out_channels))
+        self.bias = nn.Parameter(torch.empty(1, out_channels)) if bias else None
+        # MinkowskiEngine's initialisation: uniform in +-1/sqrt(fan), fan over the kernel volume.
+        fan = (out_channels if transposed else in_channels) * kernel_size**3
+        bound = 1.0 / math.sqrt(fan)
+        nn.init.uniform_(self.kernel, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _scatter(self, x: SparseTensor, kernel_map, out_rows_count: int) -> torch.Tensor:
+        output = x.F.new_zeros(out_rows_count, self.out_channels)
+        for (in_rows, out_rows), weight in zip(kernel_map, self.kernel):
+            output.index_add_(0, out_rows, x.F[in_rows] @ weight)
+        return output
+
+    def _finish(self, features: torch.Tensor) -> torch.Tensor:
+        return features + self.bias if self.bias is not None else features
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, bias={self.bias is not None}"
+
+
+class Conv3d(_Convolution):
+    """Sparse convolution: stride 1 keeps the voxels, stride s maps them to ``floor(c / (ts*s)) * ts*s``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, bias, transposed=False)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        out_stride = x.tensor_stride * self.stride
+        manager = x.coordinate_manager
+        outputs = x.coordinate_set if self.stride == 1 else manager.strided(x.coordinate_set, out_stride)
+        if self.kernel_size == 1 and self.stride == 1:
+            features = x.F @ self.kernel[0]
+        else:
+            kernel_map = manager.convolution_map(x.coordinate_set, outputs, self.kernel_size, x.tensor_stride)
+            features = self._scatter(x, kernel_map, len(outputs))
+        return SparseTensor(self._finish(features), tensor_stride=out_stride, coordinate_manager=manager, coordinate_set=outputs)
+
+
+class GenerativeConvTranspose3d(_Convolution):
+    """Transposed convolution that creates its output voxels: every input voxel writes to
+    ``input + offset`` at the finer stride, for every kernel offset."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, bias: bool = False) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, bias, transposed=True)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        if x.tensor_stride % self.stride:
+            raise ValueError(f"tensor stride {x.tensor_stride} cannot be divided by the transposed stride {self.stride}")
+        out_stride = x.tensor_stride // self.stride
+        outputs, kernel_map = x.coordinate_manager.generative_transposed(x.coordinate_set, self.kernel_size, out_stride)
+        features = self._scatter(x, kernel_map, len(outputs))
+        return SparseTensor(self._finish(features), tensor_stride=out_stride, coordinate_manager=x.coordinate_manager,
+                            coordinate_set=outputs)
+
+
+class BatchNorm(nn.Module):
+    """Batch norm over the active voxels (``bn`` is a ``BatchNorm1d``, as in MinkowskiEngine)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(num_features, eps=eps, momentum=momentum)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        if self.training and len(x) < 2:
+            # Fewer than two voxels have no batch statistics: (x - mean) is 0, so the output is the shift.
+            return x.replace_features(x.F * 0.0 * self.bn.weight + self.bn.bias)
+        return x.replace_features(self.bn(x.F))
+
+
+class _Elementwise(nn.Module):
+    function = staticmethod(torch.relu)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        return x.replace_features(self.function(x.F))
+
+
+class ReLU(_Elementwise):
+    function = staticmethod(torch.relu)
+
+
+class ELU(_Elementwise):
+    function = staticmethod(nn.functional.elu)
+
+
+class Sigmoid(_Elementwise):
+    function = staticmethod(torch.sigmoid)
+
+
+def prune(x: SparseTensor, keep: torch.Tensor) -> SparseTensor:
+    """The voxels where ``keep`` (N,) is true, in their order."""
+    keep = keep.reshape(-1).to(device=x.device, dtype=torch.bool)
+    if len(keep) != len(x):
+        raise ValueError(f"keep mask has {len(keep)} entries for {len(x)} voxels")
+    source = x.coordinate_set
+    pruned = CoordinateSet(source.coordinates[keep], source.keys[keep], is_sorted=source.is_sorted)
+    return SparseTensor(x.F[keep], tensor_stride=x.tensor_stride, coordinate_manager=x.coordinate_manager, coordinate_set=pruned)
+
+
+def union_add(a: SparseTensor, b: SparseTensor) -> SparseTensor:
+    """Sum over the union of both voxel sets (a voxel missing on one side counts as zero there)."""
+    if a.tensor_stride != b.tensor_stride:
+        raise ValueError(f"cannot add tensors at strides {a.tensor_stride} and {b.tensor_stride}")
+    if a.coordinate_set is b.coordinate_set:
+        return a.replace_features(a.F + b.F)
+    keys = torch.unique(torch.cat([a.coordinate_set.keys, b.coordinate_set.keys]), sorted=True)
+    union = CoordinateSet.from_keys(keys, is_sorted=True)
+    features = a.F.new_zeros(len(keys), a.F.shape[1])
+    features.index_add_(0, torch.searchsorted(keys, a.coordinate_set.keys), a.F)
+    features.index_add_(0, torch.searchsorted(keys, b.coordinate_set.keys), b.F)
+    return SparseTensor(features, tensor_stride=a.tensor_stride, coordinate_manager=a.coordinate_manager, coordinate_set=union)

@@ -1,0 +1,160 @@
+"""Sparse tensors: integer voxel coordinates, per-voxel features and a shared coordinate manager.
+
+Coordinates ``[batch, x, y, z]`` are packed into one int64 key per voxel (9 bits of batch, 18 bits
+per axis, axes offset so negative coordinates pack too). Sorted keys plus ``torch.searchsorted`` give
+neighbour look-ups without a hash table, on any device.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Optional
+
+import torch
+
+AXIS_BITS = 18
+BATCH_BITS = 63 - 3 * AXIS_BITS  # 9
+AXIS_OFFSET = 1 << (AXIS_BITS - 1)
+AXIS_MIN, AXIS_MAX = -AXIS_OFFSET, AXIS_OFFSET - 1
+BATCH_MAX = (1 << BATCH_BITS) - 1
+_SHIFTS = (3 * AXIS_BITS, 2 * AXIS_BITS, AXIS_BITS, 0)
+_ids = itertools.count()
+
+
+def check_packable(coordinates: torch.Tensor, offsets: Optional[torch.Tensor] = None) -> None:
+    """Raise if any coordinate (N, 4), moved by any of ``offsets`` (K, 3), falls outside the packable range."""
+    if not coordinates.numel():
+        return
+    spatial = coordinates[:, 1:]
+    low, high = int(spatial.min()), int(spatial.max())
+    if offsets is not None and offsets.numel():
+        low, high = low + int(offsets.min()), high + int(offsets.max())
+    if low < AXIS_MIN or high > AXIS_MAX:
+        raise ValueError(f"coordinates must lie in [{AXIS_MIN}, {AXIS_MAX}] to be packed; got [{low}, {high}]")
+
+
+def pack(coordinates: torch.Tensor) -> torch.Tensor:
+    """int64 keys of (N, 4) coordinates; raises instead of wrapping when a value does not fit."""
+    if coordinates.numel():
+        check_packable(coordinates)
+        batch = coordinates[:, 0]
+        if int(batch.min()) < 0 or int(batch.max()) > BATCH_MAX:
+            raise ValueError(f"batch indices must lie in [0, {BATCH_MAX}]; got [{int(batch.min())}, {int(batch.max())}]")
+    return (
+        (coordinates[:, 0] << _SHIFTS[0])
+        | ((coordinates[:, 1] + AXIS_OFFSET) << _SHIFTS[1])
+        | ((coordinates[:, 2] + AXIS_OFFSET) << _SHIFTS[2])
+        | (coordinates[:, 3] + AXIS_OFFSET)
+    )
+
+
+def unpack(keys: torch.Tensor) -> torch.Tensor:
+    mask = (1 << AXIS_BITS) - 1
+    return torch.stack(
+        [
+            keys >> _SHIFTS[0],
+            ((keys >> _SHIFTS[1]) & mask) - AXIS_OFFSET,
+            ((keys >> _SHIFTS[2]) & mask) - AXIS_OFFSET,
+            (keys & mask) - AXIS_OFFSET,
+        ],
+        dim=1,
+    )
+
+
+def key_offset(offset: torch.Tensor) -> torch.Tensor:
+    """Key difference of spatial offsets (K, 3): key(c + o) == key(c) + key_offset(o) while c + o packs."""
+    return (offset[:, 0] << _SHIFTS[1]) + (offset[:, 1] << _SHIFTS[2]) + offset[:, 2]
+
+
+class CoordinateSet:
+    """An immutable set of voxels; ``id`` identifies it in kernel-map caches."""
+
+    def __init__(self, coordinates: torch.Tensor, keys: Optional[torch.Tensor] = None, is_sorted: bool = False) -> None:
+        self.coordinates = coordinates
+        self.keys = pack(coordinates) if keys is None else keys
+        self.id = next(_ids)
+        self.is_sorted = is_sorted
+        self._sorted: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        if is_sorted:
+            self._sorted = (self.keys, torch.arange(len(self.keys), device=self.keys.device))
+
+    @staticmethod
+    def from_keys(keys: torch.Tensor, is_sorted: bool = False) -> "CoordinateSet":
+        return CoordinateSet(unpack(keys), keys, is_sorted)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def sorted(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sorted keys, permutation into this set's order)."""
+        if self._sorted is None:
+            self._sorted = torch.sort(self.keys)
+        return self._sorted
+
+    def find(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each query key: (found mask, row index in this set, valid where found)."""
+        sorted_keys, order = self.sorted
+        if len(sorted_keys) == 0:
+            empty = torch.zeros_like(query, dtype=torch.bool)
+            return empty, torch.zeros_like(query)
+        position = torch.searchsorted(sorted_keys, query).clamp_(max=len(sorted_keys) - 1)
+        found = sorted_keys[position] == query
+        return found, order[position]
+
+
+class SparseTensor:
+    """Features (N, C) on voxels (N, 4) ``[batch, x, y, z]`` at one tensor stride."""
+
+    def __init__(
+        self,
+        features: torch.Tensor,
+        coordinates: Optional[torch.Tensor] = None,
+        tensor_stride: int = 1,
+        coordinate_manager: Optional["CoordinateManager"] = None,
+        coordinate_set: Optional[CoordinateSet] = None,
+    ) -> None:
+        if coordinate_set is None:
+            if coordinates is None:
+                raise ValueError("give coordinates or a coordinate set")
+            coordinate_set = CoordinateSet(coordinates.to(device=features.device, dtype=torch.long))
+        if features.dim() != 2 or features.shape[0] != len(coordinate_set):
+            raise ValueError(f"features must be (N, C) with N = {len(coordinate_set)}; got {tuple(features.shape)}")
+        self.features = features
+        self.coordinate_set = coordinate_set
+        self.tensor_stride = int(tensor_stride)
+        from .kernel_map import CoordinateManager
+
+        self.coordinate_manager = coordinate_manager if coordinate_manager is not None else CoordinateManager()
+
+    @property
+    def F(self) -> torch.Tensor:
+        return self.features
+
+    @property
+    def C(self) -> torch.Tensor:
+        return self.coordinate_set.coordinates
+
+    @property
+    def coordinates(self) -> torch.Tensor:
+        return self.coordinate_set.coordinates
+
+    @property
+    def device(self) -> torch.device:
+        return self.features.device
+
+    def __len__(self) -> int:
+        return len(self.coordinate_set)
+
+    def __repr__(self) -> str:
+        return f"SparseTensor(voxels={len(self)}, channels={self.features.shape[1]}, tensor_stride={self.tensor_stride})"
+
+    def replace_features(self, features: torch.Tensor) -> "SparseTensor":
+        """Same voxels, stride and manager; new features."""
+        return SparseTensor(features, tensor_stride=self.tensor_stride, coordinate_manager=self.coordinate_manager,
+                            coordinate_set=self.coordinate_set)
+
+    def __add__(self, other: "SparseTensor") -> "SparseTensor":
+        from .ops import union_add
+
+        return union_add(self, other)
