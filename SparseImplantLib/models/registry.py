@@ -1,0 +1,140 @@
+"""Model weights: safetensors files described by a small JSON registry.
+
+Each registry entry names a model, its kind (``completion`` or ``super_resolution``), its channels,
+the grid it was trained on (``spacing_mm``), the file and its sha256, the licence and the validation
+metrics. Loading verifies the checksum so a corrupt or swapped file never runs silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ..errors import SparseImplantError
+from .completion import CompletionNet
+
+MODEL_KINDS = ("completion", "super_resolution")
+REGISTRY_NAME = "registry.json"
+
+
+def default_model_dir() -> Path:
+    """``Resources/Models`` next to the library (source tree and installed Slicer module alike);
+    ``SPARSEIMPLANT_MODEL_DIR`` overrides it."""
+    override = os.environ.get("SPARSEIMPLANT_MODEL_DIR")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    kind: str
+    channels: List[int]
+    spacing_mm: List[float]
+    file: str
+    sha256: str = ""
+    licence: str = ""
+    crop_margin_mm: float = 20.0
+    training: Dict[str, Any] = field(default_factory=dict)
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    directory: Path = field(default_factory=default_model_dir, repr=False)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / self.file
+
+    def to_json(self) -> Dict[str, Any]:
+        entry = asdict(self)
+        entry.pop("directory")
+        return entry
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_registry(model_dir: Optional[Path] = None) -> List[ModelInfo]:
+    model_dir = Path(model_dir) if model_dir else default_model_dir()
+    registry = model_dir / REGISTRY_NAME
+    if not registry.is_file():
+        raise SparseImplantError(
+            f"no model registry at '{registry}': reinstall the extension or point SPARSEIMPLANT_MODEL_DIR at a model folder"
+        )
+    try:
+        entries = json.loads(registry.read_text())["models"]
+        return [ModelInfo(**entry, directory=model_dir) for entry in entries]
+    except (ValueError, KeyError, TypeError) as error:
+        raise SparseImplantError(f"model registry '{registry}' is malformed ({error}): reinstall the extension") from None
+
+
+def find_model(name: Optional[str] = None, kind: str = "completion", model_dir: Optional[Path] = None) -> ModelInfo:
+    """The named model, or the first model of ``kind`` in the registry; checks the kind either way."""
+    models = load_registry(model_dir)
+    if name is None:
+        candidates = [m for m in models if m.kind == kind]
+        if not candidates:
+            raise SparseImplantError(f"the registry has no {kind} model: install one or pass --model")
+        return candidates[0]
+    for model in models:
+        if model.name == name:
+            if model.kind != kind:
+                raise SparseImplantError(
+                    f"model '{name}' is a {model.kind} model but a {kind} model is needed: choose another --model"
+                )
+            return model
+    known = ", ".join(m.name for m in models) or "none"
+    raise SparseImplantError(f"unknown model '{name}' (available: {known}): check --model")
+
+
+def load_network(info: ModelInfo, device: torch.device | str = "cpu") -> CompletionNet:
+    """Network with verified weights, in eval mode on ``device``."""
+    from safetensors.torch import load_file
+
+    if not info.path.is_file():
+        raise SparseImplantError(f"weights of model '{info.name}' are missing ('{info.path}'): reinstall the extension")
+    if info.sha256 and sha256_of(info.path) != info.sha256:
+        raise SparseImplantError(
+            f"weights of model '{info.name}' fail their sha256 check ('{info.path}' is corrupt or replaced): reinstall the extension"
+        )
+    network = CompletionNet(info.channels)
+    try:
+        state = load_file(str(info.path))
+        network.load_state_dict(state)
+    except (RuntimeError, ValueError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SparseImplantError(
+            f"weights '{info.path.name}' do not fit model '{info.name}' ({first_line}): check the registry entry"
+        ) from None
+    return network.to(device).eval()
+
+
+def save_network(network: CompletionNet, info: ModelInfo, extra_metadata: Optional[Dict[str, str]] = None) -> ModelInfo:
+    """Write the weights as safetensors and return ``info`` with the new sha256 (registry not touched)."""
+    from safetensors.torch import save_file
+
+    from ..io import atomic_write
+
+    state = {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
+    metadata = {"name": info.name, "kind": info.kind, "licence": info.licence, **(extra_metadata or {})}
+    atomic_write(info.path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    info.sha256 = sha256_of(info.path)
+    return info
+
+
+def write_registry(models: Sequence[ModelInfo], model_dir: Optional[Path] = None) -> Path:
+    from ..io import atomic_write
+
+    model_dir = Path(model_dir) if model_dir else default_model_dir()
+    text = json.dumps({"models": [m.to_json() for m in models]}, indent=2) + "\n"
+    return atomic_write(model_dir / REGISTRY_NAME, lambda tmp: tmp.write_text(text))

@@ -1,0 +1,131 @@
+"""The completion network: ME-compatible parameter names, training behaviour, weight registry."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import shell_skull
+from SparseImplantLib.errors import SparseImplantError
+from SparseImplantLib.models.completion import CHANNEL_PRESETS, CompletionNet, completion_loss
+from SparseImplantLib.models.registry import ModelInfo, find_model, load_network, save_network, write_registry
+from SparseImplantLib.sparse import SparseTensor, from_mask
+
+
+def small_case() -> tuple[SparseTensor, torch.Tensor]:
+    defective, implant = shell_skull(shape=(32, 32, 28), radius=11.0, thickness=2.5)
+    complete = torch.from_numpy(np.argwhere(defective | implant)).long()
+    target = torch.cat([torch.zeros(len(complete), 1, dtype=torch.long), complete], dim=1)
+    return from_mask(defective.astype(bool)), target
+
+
+def test_state_dict_follows_minkowski_completion_names():
+    state = CompletionNet(CHANNEL_PRESETS["ch1"]).state_dict()
+    assert state["enc_block_s1.0.kernel"].shape == (27, 1, 8)
+    assert state["enc_block_s1s2.0.kernel"].shape == (8, 8, 8)  # kernel 2: 8 offsets
+    assert state["enc_block_s32s64.3.kernel"].shape == (27, 64, 64)
+    assert state["dec_block_s64s32.0.kernel"].shape == (64, 64, 32)  # kernel 4 transposed: 64 offsets
+    assert state["dec_block_s2s1.0.kernel"].shape == (8, 8, 8)
+    assert state["dec_s1_cls.kernel"].shape == (1, 8, 1)
+    assert state["dec_s1_cls.bias"].shape == (1, 1)
+    assert "dec_block_s4s2.1.bn.running_mean" in state
+    assert sum(k.endswith("_cls.kernel") for k in state) == 6
+
+
+def test_ch2_preset_builds():
+    state = CompletionNet(CHANNEL_PRESETS["ch2"]).state_dict()
+    assert state["enc_block_s32s64.0.kernel"].shape == (8, 256, 388)
+
+
+def test_training_forward_backward_reaches_every_parameter():
+    torch.manual_seed(0)
+    network = CompletionNet().train()
+    partial, target = small_case()
+    result = network(partial, target)
+    assert len(result.logits) == len(result.targets) == 6
+    assert [x.tensor_stride for x in result.logits] == [32, 16, 8, 4, 2, 1]
+    # During training the target voxels survive every pruning but the last.
+    assert all(t.sum() > 0 for t in result.targets)
+    loss = completion_loss(result)
+    loss.backward()
+    missing = [n for n, p in network.named_parameters() if p.grad is None]
+    assert not missing
+
+
+def test_a_few_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    network = CompletionNet().train()
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    partial, target = small_case()
+    losses = []
+    for _ in range(15):
+        loss = completion_loss(network(partial, target))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_inference_on_tiny_input_survives_total_pruning():
+    network = CompletionNet().eval()
+    for module in network.modules():
+        if hasattr(module, "bias") and isinstance(module.bias, torch.nn.Parameter) and module.bias.shape == (1, 1):
+            torch.nn.init.constant_(module.bias, -100.0)  # every classifier says "no"
+    mask = np.zeros((8, 8, 8), bool)
+    mask[3:5, 3:5, 3:5] = True
+    with torch.no_grad():
+        result = network(from_mask(mask))
+    assert len(result.output) == 0
+
+
+def make_registry(tmp_path, kind="completion") -> ModelInfo:
+    torch.manual_seed(1)
+    info = ModelInfo(name="tiny", kind=kind, channels=list(CHANNEL_PRESETS["ch1"]), spacing_mm=[2.0, 2.0, 2.0],
+                     file="tiny.safetensors", licence="test", directory=tmp_path)
+    save_network(CompletionNet(info.channels), info)
+    write_registry([info], tmp_path)
+    return info
+
+
+def test_registry_roundtrip_and_checksum(tmp_path):
+    info = make_registry(tmp_path)
+    assert len(info.sha256) == 64
+    loaded = find_model("tiny", model_dir=tmp_path)
+    network = load_network(loaded)
+    assert not network.training
+    torch.manual_seed(1)
+    reference = CompletionNet(info.channels)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(network.state_dict()[key], value)
+    data = bytearray(info.path.read_bytes())
+    data[-1] ^= 0xFF
+    info.path.write_bytes(bytes(data))
+    with pytest.raises(SparseImplantError, match="sha256"):
+        load_network(find_model("tiny", model_dir=tmp_path))
+
+
+def test_registry_errors(tmp_path):
+    with pytest.raises(SparseImplantError, match="no model registry"):
+        find_model(model_dir=tmp_path)
+    info = make_registry(tmp_path, kind="super_resolution")
+    with pytest.raises(SparseImplantError, match="super_resolution model but a completion model"):
+        find_model("tiny", model_dir=tmp_path)
+    with pytest.raises(SparseImplantError, match="unknown model 'other'"):
+        find_model("other", model_dir=tmp_path)
+    info.path.unlink()
+    with pytest.raises(SparseImplantError, match="missing"):
+        load_network(find_model("tiny", kind="super_resolution", model_dir=tmp_path))
+
+
+def test_weights_of_other_channels_are_rejected(tmp_path):
+    info = make_registry(tmp_path)
+    registry = json.loads((tmp_path / "registry.json").read_text())
+    registry["models"][0]["channels"] = list(CHANNEL_PRESETS["ch2"])
+    registry["models"][0]["sha256"] = info.sha256
+    (tmp_path / "registry.json").write_text(json.dumps(registry))
+    with pytest.raises(SparseImplantError, match="do not fit model 'tiny'"):
+        load_network(find_model("tiny", model_dir=tmp_path))
