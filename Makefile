@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/sparseimplant generate $(DEMO_INPUT) -o $(DEMO_OUTPUT)
+	$(VENV)/bin/sparseimplant generate $(DEMO_INPUT) -o $(DEMO_OUTPUT) --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

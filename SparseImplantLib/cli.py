@@ -1,0 +1,95 @@
+"""``sparseimplant``: the command line of SparseImplantLib (generate, evaluate, train, bench).
+
+User errors (``SparseImplantError``) end as one line ``sparseimplant: error: ...`` on stderr and exit
+code 1; the Slicer module shows that line in a message box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import SparseImplantError
+
+EXIT_USER_ERROR = 1
+
+
+def _register_generate(subparsers: argparse._SubParsersAction) -> None:
+    from .pipeline import DEVICES, MESH_FORMATS
+
+    parser = subparsers.add_parser(
+        "generate",
+        help="complete a defective skull and design its implant",
+        description="Complete a defective skull with the sparse CNN and write the completed skull, the implant "
+        "(masks and meshes), a signed-distance map, a preview PNG and report.json into OUTDIR.",
+    )
+    parser.add_argument("input", type=Path, help="defective skull: binary mask (.nrrd, .seg.nrrd, .nii, .nii.gz) or CT with --threshold")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder (created if needed)")
+    parser.add_argument("--model", help="model name from Resources/Models/registry.json (default: the bundled completion model)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto = CUDA when available, else CPU")
+    parser.add_argument("--label", type=int, help="label value of the skull in a multi-label file")
+    parser.add_argument("--threshold", type=float, metavar="HU", help="input is a CT volume: bone is >= HU (e.g. 300)")
+    parser.add_argument("--reference", type=Path, help="ground-truth implant mask: adds DSC/border DSC/HD95 and distances against it")
+    parser.add_argument("--mesh-formats", default="stl", help=f"comma-separated, from {','.join(MESH_FORMATS)} (default: stl)")
+    parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="terminal bar, JSON lines (for Slicer) or nothing")
+    parser.add_argument("--overwrite", action="store_true", help="replace results already in OUTDIR")
+    parser.add_argument("--model-dir", type=Path, help="folder with registry.json and weights (default: Resources/Models)")
+    parser.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from .pipeline import GenerateOptions, generate
+    from .progress import TerminalProgress, ignore_progress, json_lines_progress
+
+    options = GenerateOptions(
+        model=args.model,
+        device=args.device,
+        label=args.label,
+        threshold_hu=args.threshold,
+        reference=args.reference,
+        mesh_formats=tuple(f.strip().lower() for f in args.mesh_formats.split(",") if f.strip()),
+        overwrite=args.overwrite,
+        model_dir=args.model_dir,
+    )
+    if args.progress == "bar":
+        with TerminalProgress() as bar:
+            report = generate(args.input, args.output, options, bar)
+    else:
+        report = generate(args.input, args.output, options, json_lines_progress() if args.progress == "json" else ignore_progress)
+    if args.progress != "json":
+        voxels = report["voxels"]
+        print(f"implant: {voxels['implant']} voxels ({report['implant_volume_ml']} ml) on {report['device']}; results in {args.output}")
+        for name, value in report.get("metrics", {}).items():
+            print(f"  {name}: {value:.4f}" if value is not None else f"  {name}: n/a")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparseimplant", description="Sparse CNN skull completion and cranial implant design.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _register_generate(subparsers)
+    from . import evaluate, train
+
+    for module in (evaluate, train):
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.formatwarning = lambda message, category, *rest: f"sparseimplant: warning: {message}\n"
+    try:
+        return int(args.func(args) or 0)
+    except SparseImplantError as error:
+        print(f"sparseimplant: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("sparseimplant: error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

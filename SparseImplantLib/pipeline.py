@@ -1,0 +1,226 @@
+"""``generate``: defective skull in, completed skull, implant, meshes, distance map and preview out.
+
+The one function the CLI and the Slicer module (through the CLI in a subprocess) call. Stages report
+``ProgressEvent``s; every output is staged and moved into the output folder only when all succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import SparseImplantError
+from .evaluate import COMPLETED_FILE, IMPLANT_FILE, evaluate_case
+from .io import read_mask, staged_output, write_volume
+from .models.completion import CompletionNet
+from .models.registry import ModelInfo, find_model, load_network
+from .postprocess import extract_implant
+from .progress import ProgressCallback, ProgressEvent, ignore_progress
+from .sparse import from_mask
+from .volume import Volume, crop, foreground_box, grid_with_spacing, paste, resample_mask
+
+MESH_FORMATS = ("stl", "obj", "ply", "vtk")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class GenerateOptions:
+    model: Optional[str] = None
+    device: str = "auto"
+    label: Optional[int] = None
+    threshold_hu: Optional[float] = None
+    reference: Optional[Path] = None  # ground-truth implant mask: adds metrics, distances against it
+    mesh_formats: Sequence[str] = ("stl",)
+    overwrite: bool = False
+    preview_size: Tuple[int, int] = (1800, 600)
+    model_dir: Optional[Path] = None
+
+
+@dataclass
+class StageClock:
+    """Wall-clock seconds per stage, for the report."""
+
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    if requested not in DEVICES:
+        raise SparseImplantError(f"unknown device '{requested}': use one of {', '.join(DEVICES)}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SparseImplantError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def model_grid_input(defective: Volume, info: ModelInfo) -> Tuple[Volume, Tuple[slice, slice, slice], Volume]:
+    """The defective skull on the model's grid, cropped to the skull plus a margin for missing bone.
+
+    Returns (cropped mask, crop box, the uncropped model grid)."""
+    grid = grid_with_spacing(defective, info.spacing_mm)
+    on_grid = resample_mask(defective, grid)
+    if not on_grid.array.any():
+        raise SparseImplantError(
+            f"the skull vanishes at the model's {info.spacing_mm} mm grid (too thin or too small): check the input mask"
+        )
+    margin = int(np.ceil(info.crop_margin_mm / min(info.spacing_mm)))
+    box = foreground_box(on_grid.array, margin)
+    return crop(on_grid, box), box, on_grid
+
+
+@torch.no_grad()
+def predict_mask(network: CompletionNet, mask: np.ndarray, device: torch.device) -> np.ndarray:
+    """Run the network on one binary mask; voxels it generates outside the array are dropped."""
+    result = network(from_mask(mask.astype(bool), device=device))
+    coordinates = result.output.C[:, 1:].cpu().numpy()
+    inside = np.all((coordinates >= 0) & (coordinates < np.asarray(mask.shape)), axis=1)
+    completed = np.zeros(mask.shape, dtype=np.uint8)
+    completed[tuple(coordinates[inside].T)] = 1
+    return completed
+
+
+def predict_with_fallback(network: CompletionNet, mask: np.ndarray, device: torch.device,
+                          progress: ProgressCallback) -> Tuple[np.ndarray, torch.device]:
+    """Predict on ``device``; on CUDA out-of-memory retry on the CPU with a warning."""
+    try:
+        return predict_mask(network, mask, device), device
+    except torch.cuda.OutOfMemoryError:
+        if device.type != "cuda":
+            raise
+        message = "GPU out of memory: running on the CPU instead (slower)"
+        warnings.warn(message)
+        progress(ProgressEvent("network", 0.3, message))
+        torch.cuda.empty_cache()
+        cpu = torch.device("cpu")
+        return predict_mask(network.to(cpu), mask, cpu), cpu
+
+
+def complete_skull(defective: Volume, network: CompletionNet, info: ModelInfo, device: torch.device,
+                   progress: ProgressCallback = ignore_progress) -> Tuple[Volume, torch.device]:
+    """Completed skull on the input's geometry (before implant clean-up)."""
+    cropped, box, grid = model_grid_input(defective, info)
+    progress(ProgressEvent("network", 0.2, f"{int(cropped.array.sum())} voxels on a {cropped.shape} grid"))
+    predicted, used = predict_with_fallback(network, cropped.array, device, progress)
+    progress(ProgressEvent("restore", 0.6, "resampling to the input grid"))
+    on_grid = grid.with_array(paste(predicted, box, grid.shape))
+    return resample_mask(on_grid, defective), used
+
+
+def output_names(mesh_formats: Sequence[str]) -> list[str]:
+    meshes = [f"{stem}.{fmt}" for stem in ("completed_skull", "implant") for fmt in mesh_formats]
+    return [COMPLETED_FILE, IMPLANT_FILE, *meshes, "distance_map.vtk", "preview.png", "report.json"]
+
+
+def _check_options(input_path: Path, output_dir: Path, options: GenerateOptions) -> None:
+    unknown = sorted(set(options.mesh_formats) - set(MESH_FORMATS))
+    if unknown or not options.mesh_formats:
+        raise SparseImplantError(f"unknown mesh format(s) {unknown or '(none)'}: choose from {', '.join(MESH_FORMATS)}")
+    resolved_input = input_path.resolve()
+    if any((output_dir / name).resolve() == resolved_input for name in output_names(options.mesh_formats)):
+        raise SparseImplantError(f"the output folder would overwrite the input '{input_path}': choose another folder")
+
+
+def generate(input_path: Path, output_dir: Path, options: GenerateOptions = GenerateOptions(),
+             progress: ProgressCallback = ignore_progress) -> dict:
+    """Run the whole job and return the report (also written as report.json)."""
+    from .geometry import add_signed_distance, distance_statistics, export_mesh, surface_from_mask
+    from .render import render_three_panel
+
+    input_path, output_dir = Path(input_path), Path(output_dir)
+    _check_options(input_path, output_dir, options)
+    clock = StageClock()
+    with staged_output(output_dir, output_names(options.mesh_formats), options.overwrite) as staging:
+        progress(ProgressEvent("read", 0.0, f"reading {input_path.name}"))
+        with clock.stage("read"):
+            defective = read_mask(input_path, options.label, options.threshold_hu)
+            reference = read_mask(options.reference) if options.reference else None
+            if reference is not None and not reference.same_geometry(defective):
+                raise SparseImplantError("the reference implant's geometry differs from the input's: resample it onto the input")
+            info = find_model(options.model, "completion", options.model_dir)
+            device = select_device(options.device)
+            network = load_network(info, device)
+        progress(ProgressEvent("network", 0.1, f"model {info.name} on {device.type}"))
+        with clock.stage("network"):
+            completed_raw, device = complete_skull(defective, network, info, device, progress)
+        progress(ProgressEvent("implant", 0.7, "extracting the implant"))
+        with clock.stage("implant"):
+            implant_array = extract_implant(completed_raw.array, defective.array, defective.spacing)
+            implant = defective.with_array(implant_array.astype(np.uint8))
+            completed = defective.with_array(((defective.array > 0) | implant_array).astype(np.uint8))
+            if not implant_array.any():
+                warnings.warn("the network added no bone: the implant is empty (is the skull already complete?)")
+        progress(ProgressEvent("meshes", 0.8, "surfaces and distances"))
+        with clock.stage("meshes"):
+            completed_surface = surface_from_mask(completed)
+            defective_surface = surface_from_mask(defective)
+            implant_surface = surface_from_mask(implant) if implant_array.any() else None
+            if reference is not None:
+                truth = defective.with_array(((defective.array > 0) | (reference.array > 0)).astype(np.uint8))
+                distance_surface = add_signed_distance(completed_surface, surface_from_mask(truth))
+            else:
+                distance_surface = add_signed_distance(completed_surface, defective_surface)
+            distances = distance_statistics(_point_array(distance_surface, "SignedDistance_mm"))
+        progress(ProgressEvent("write", 0.9, "writing results"))
+        with clock.stage("write"):
+            write_volume(staging / COMPLETED_FILE, completed)
+            write_volume(staging / IMPLANT_FILE, implant)
+            for fmt in options.mesh_formats:
+                export_mesh(completed_surface, staging / f"completed_skull.{fmt}")
+                if implant_surface is not None:
+                    export_mesh(implant_surface, staging / f"implant.{fmt}")
+            export_mesh(distance_surface, staging / "distance_map.vtk")
+            render_three_panel(completed_surface, defective_surface, implant_surface, distance_surface,
+                               staging / "preview.png", size=options.preview_size)
+        report = {
+            "input": str(input_path),
+            "model": {"name": info.name, "kind": info.kind, "spacing_mm": info.spacing_mm, "licence": info.licence},
+            "device": device.type,
+            "timings_s": clock.timings,
+            "voxels": {
+                "defective": int(np.count_nonzero(defective.array)),
+                "completed": int(np.count_nonzero(completed.array)),
+                "implant": int(implant_array.sum()),
+            },
+            "implant_volume_ml": round(float(implant_array.sum()) * defective.voxel_volume_mm3 / 1000.0, 3),
+            "distance": distances,
+            "versions": _versions(),
+        }
+        if reference is not None:
+            report["metrics"] = evaluate_case(implant, reference, defective, completed, case=input_path.name)
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    progress(ProgressEvent("done", 1.0, f"results in {output_dir}"))
+    return report
+
+
+def _point_array(surface, name: str) -> np.ndarray:
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    return vtk_to_numpy(surface.GetPointData().GetArray(name))
+
+
+def _versions() -> dict:
+    import vtk
+
+    return {
+        "sparseimplant": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "vtk": vtk.vtkVersion.GetVTKVersion(),
+    }

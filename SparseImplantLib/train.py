@@ -1,0 +1,308 @@
+"""Training of the completion network: the paper's loss, Adam, checkpoints, resume, DDP.
+
+One process trains on one CPU or GPU; ``torchrun --nproc_per_node N -m SparseImplantLib.train ...``
+(or ``sparseimplant train`` under torchrun) trains data-parallel with DDP (NCCL on GPUs, Gloo on CPU).
+Skulls are resampled once to the model grid and cached as voxel coordinates, so an iteration costs
+only the network. Progress goes to ``train_log.jsonl`` in the output folder (and the terminal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .errors import SparseImplantError
+from .io import atomic_write
+from .models.completion import CHANNEL_PRESETS, CompletionNet, completion_loss
+from .models.registry import ModelInfo, save_network
+from .sparse import SparseTensor
+from .volume import Volume, crop, foreground_box, grid_with_spacing, resample_mask
+
+MIN_KEPT_FRACTION = 0.6  # a generated defect must leave this share of the skull
+DATA_LICENCE = "CC BY-NC-SA 4.0 (trained on SkullFix, derived from CQ500): non-commercial use only"
+
+
+@dataclass
+class TrainingSample:
+    """One skull on the model grid, cropped like inference crops it: voxel coordinates (N, 3), and the
+    grid's direction (defects are placed by anatomical region)."""
+
+    case: str
+    defective: np.ndarray
+    complete: np.ndarray
+    shape: tuple
+    direction: np.ndarray
+
+    def complete_volume(self, spacing: Sequence[float]) -> Volume:
+        array = np.zeros(self.shape, np.uint8)
+        array[tuple(self.complete.T)] = 1
+        return Volume(array, spacing, (0.0, 0.0, 0.0), self.direction)
+
+
+def _grid_sample(case: str, defective: Volume, complete: Volume, spacing: Sequence[float], margin_mm: float) -> TrainingSample:
+    grid = grid_with_spacing(defective, spacing)
+    defective_grid = resample_mask(defective, grid).array
+    complete_grid = resample_mask(complete, grid).array | defective_grid
+    box = foreground_box(defective_grid, int(np.ceil(margin_mm / min(spacing))))
+    cropped = [crop(grid.with_array(a), box).array for a in (defective_grid, complete_grid)]
+    return TrainingSample(case, np.argwhere(cropped[0]).astype(np.int32), np.argwhere(cropped[1]).astype(np.int32),
+                          cropped[0].shape, defective.direction)
+
+
+def load_samples(data_root: Path, cases: Sequence[str], spacing: Sequence[float], margin_mm: float,
+                 cache_dir: Path) -> List[TrainingSample]:
+    """Cases of a SkullFix/SkullBreak folder on the model grid, from the cache when it holds them."""
+    from .data.datasets import list_cases
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tag = "x".join(f"{s:g}" for s in spacing) + f"_m{margin_mm:g}"
+    samples = []
+    for files in list_cases(data_root, cases=cases):
+        cached = cache_dir / f"{files.key.replace('/', '_')}_{tag}.npz"
+        if cached.is_file():
+            data = np.load(cached)
+            direction = data["direction"] if "direction" in data else _direction_of(files.defective_path)
+            samples.append(TrainingSample(files.key, data["defective"], data["complete"], tuple(data["shape"]), direction))
+            continue
+        case = files.load()
+        complete = case.complete or case.defective.with_array(case.defective.array | case.implant.array)
+        sample = _grid_sample(files.key, case.defective, complete, spacing, margin_mm)
+        atomic_write(cached, lambda tmp: np.savez(tmp, defective=sample.defective, complete=sample.complete,
+                                                  shape=np.array(sample.shape), direction=sample.direction))
+        samples.append(sample)
+    return samples
+
+
+def _direction_of(path: Path) -> np.ndarray:
+    """Direction matrix from a file's header only (for caches written without it)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return np.array(reader.GetDirection()).reshape(3, 3)
+
+
+def augment(sample: TrainingSample, rng: np.random.Generator, spacing: Sequence[float],
+            generated_defects: float) -> tuple[np.ndarray, np.ndarray]:
+    """With probability ``generated_defects`` a new SkullFix-style defect replaces the case's own; then a
+    random left-right flip and shift (which changes how voxels fall into the coarse cells)."""
+    from .data.defects import SKULLFIX_BOX, cut_defect
+
+    defective, complete = sample.defective.copy(), sample.complete.copy()
+    if rng.random() < generated_defects:
+        generated, _ = cut_defect(sample.complete_volume(spacing), SKULLFIX_BOX, rng)
+        kept = np.argwhere(generated.array).astype(np.int32)
+        if len(kept) >= MIN_KEPT_FRACTION * len(complete):  # small skulls: a box may take most of them
+            defective = kept
+    if rng.random() < 0.5:
+        defective[:, 0] = sample.shape[0] - 1 - defective[:, 0]
+        complete[:, 0] = sample.shape[0] - 1 - complete[:, 0]
+    shift = rng.integers(0, 16, size=3).astype(np.int32)
+    return defective + shift, complete + shift
+
+
+def batch_coordinates(voxel_sets: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """(N, 4) [batch, x, y, z] coordinates of several voxel sets."""
+    parts = [np.concatenate([np.full((len(v), 1), b, np.int64), v.astype(np.int64)], axis=1) for b, v in enumerate(voxel_sets)]
+    return torch.from_numpy(np.concatenate(parts)).to(device)
+
+
+def sparse_input(voxel_sets: Sequence[np.ndarray], device: torch.device) -> SparseTensor:
+    coordinates = batch_coordinates(voxel_sets, device)
+    return SparseTensor(torch.ones(len(coordinates), 1, device=device), coordinates)
+
+
+def dice_coefficient(a: set, b: set) -> float:
+    return 1.0 if not a and not b else 2 * len(a & b) / (len(a) + len(b))
+
+
+@torch.no_grad()
+def validate(network: CompletionNet, samples: Sequence[TrainingSample], device: torch.device) -> Dict[str, float]:
+    """Implant and completed-skull DSC on the model grid (quick; full-resolution scores come from ``evaluate``)."""
+    was_training = network.training
+    network.eval()
+    implant_scores, complete_scores = [], []
+    for sample in samples:
+        result = network(sparse_input([sample.defective], device))
+        predicted = {tuple(c) for c in result.output.C[:, 1:].cpu().numpy().tolist()}
+        defective = {tuple(c) for c in sample.defective.tolist()}
+        complete = {tuple(c) for c in sample.complete.tolist()}
+        complete_scores.append(dice_coefficient(predicted, complete))
+        implant_scores.append(dice_coefficient(predicted - defective, complete - defective))
+    network.train(was_training)
+    return {"val_implant_dice_grid": float(np.mean(implant_scores)), "val_complete_dice_grid": float(np.mean(complete_scores))}
+
+
+def weights_checksum(network: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Distributed:
+    """Rank/world of this process; initialises torch.distributed when launched by torchrun."""
+
+    def __init__(self) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        if self.world_size > 1:
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def gather_strings(self, value: str) -> List[str]:
+        if self.world_size == 1:
+            return [value]
+        values: List[Optional[str]] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return [str(v) for v in values]
+
+    def share_buffers(self, network: torch.nn.Module) -> None:
+        """Give every rank rank 0's batch-norm statistics (DDP syncs gradients, not running stats)."""
+        if self.world_size > 1:
+            for buffer in network.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def close(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Train and return the summary (also written as training_summary.json)."""
+    from .data.datasets import parse_case_range
+
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    cluster = Distributed()
+    torch.manual_seed(args.seed)
+    channels = CHANNEL_PRESETS.get(args.channels) or tuple(int(c) for c in args.channels.split(","))
+    spacing = [float(args.spacing)] * 3
+    train_cases = parse_case_range(args.train_cases)
+    val_cases = parse_case_range(args.val_cases) if args.val_cases else []
+    cache = Path(args.cache) if args.cache else output / "cache"
+    train_samples = load_samples(Path(args.data), train_cases, spacing, args.margin_mm, cache)
+    val_samples = load_samples(Path(args.data), val_cases, spacing, args.margin_mm, cache) if cluster.is_main else []
+
+    network = CompletionNet(channels).to(cluster.device)
+    model: torch.nn.Module = network
+    if cluster.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(network, device_ids=[cluster.device.index] if cluster.device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.iterations, eta_min=args.lr * 0.02)
+    start = 0
+    checkpoint_path = output / "checkpoint.pt"
+    if args.resume and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=cluster.device, weights_only=False)
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["iteration"])
+    rng = np.random.default_rng([args.seed, cluster.rank, start])
+    log_path = output / "train_log.jsonl"
+    network.train()
+    started = time.perf_counter()
+    for iteration in range(start, args.iterations):
+        batch = [augment(train_samples[i], rng, spacing, args.generated_defects)
+                 for i in rng.integers(0, len(train_samples), size=args.batch_size)]
+        result = model(sparse_input([d for d, _ in batch], cluster.device), batch_coordinates([c for _, c in batch], cluster.device))
+        loss = completion_loss(result)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        done = iteration + 1
+        if cluster.is_main and (done % args.log_every == 0 or done == args.iterations):
+            entry = {"iteration": done, "loss": round(float(loss), 5), "lr": scheduler.get_last_lr()[0],
+                     "output_voxels": len(result.output), "seconds": round(time.perf_counter() - started, 1)}
+            if val_samples and (done % args.val_every == 0 or done == args.iterations):
+                entry.update(validate(network, val_samples, cluster.device))
+            with open(log_path, "a") as log:
+                log.write(json.dumps(entry) + "\n")
+            print(json.dumps(entry), flush=True)
+        if cluster.is_main and (done % args.checkpoint_every == 0 or done == args.iterations):
+            state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "iteration": done}
+            atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
+
+    cluster.share_buffers(network)
+    checksums = cluster.gather_strings(weights_checksum(network))
+    summary = {"iterations": args.iterations, "world_size": cluster.world_size, "rank_weight_checksums": checksums,
+               "seconds": round(time.perf_counter() - started, 1)}
+    if cluster.is_main:
+        info = ModelInfo(name=args.name, kind="completion", channels=list(channels), spacing_mm=spacing,
+                         file="model.safetensors", licence=DATA_LICENCE, crop_margin_mm=args.margin_mm,
+                         training={"data": str(args.data), "cases": args.train_cases, "iterations": args.iterations,
+                                   "batch_size": args.batch_size * cluster.world_size, "lr": args.lr, "seed": args.seed},
+                         directory=output)
+        save_network(network, info)
+        atomic_write(output / "model.json", lambda tmp: tmp.write_text(json.dumps(info.to_json(), indent=2) + "\n"))
+        atomic_write(output / "training_summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+    cluster.close()
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="SkullFix root (complete_skull/, defective_skull/, implant/)")
+    parser.add_argument("--train-cases", default="000-049", help="case ids, e.g. 000-049")
+    parser.add_argument("--val-cases", default="050-059", help="validation case ids ('' for none)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="run folder: checkpoint, log, final weights")
+    parser.add_argument("--name", default="skullfix-completion", help="model name written into model.json")
+    parser.add_argument("--channels", default="ch1", help="ch1, ch2 or 7 comma-separated widths")
+    parser.add_argument("--spacing", type=float, default=1.6, help="isotropic working grid spacing in mm")
+    parser.add_argument("--margin-mm", type=float, default=20.0, help="crop margin around the defective skull")
+    parser.add_argument("--iterations", type=int, default=20000)
+    parser.add_argument("--batch-size", type=int, default=1, help="skulls per process and iteration")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--generated-defects", type=float, default=0.5, metavar="P",
+                        help="probability of replacing a case's defect by a generated SkullFix-style one")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--val-every", type=int, default=500)
+    parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--cache", type=Path, help="folder for resampled skulls (default: OUTPUT/cache)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train the completion network (torchrun for several processes)",
+                                   description="Train the completion network on SkullFix cases.")
+    add_arguments(parser)
+    parser.set_defaults(func=lambda args: (train(args), 0)[1])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m SparseImplantLib.train", description="Train the completion network.")
+    add_arguments(parser)
+    try:
+        train(parser.parse_args(argv))
+    except SparseImplantError as error:
+        print(f"sparseimplant: error: {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
