@@ -1,0 +1,175 @@
+"""Offscreen three-panel preview: completed skull | implant in the defect | signed-distance colour map.
+
+One render window with three viewports sharing one camera, rendered through EGL (or OSMesa) without a
+display; used for the CLI's preview.png and the README screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import vtk
+
+from .io import PathLike, atomic_write
+
+BONE = (0.93, 0.89, 0.80)
+IMPLANT = (0.95, 0.55, 0.15)
+BACKGROUND = (0.10, 0.11, 0.14)
+TEXT = (0.95, 0.95, 0.95)
+
+
+def diverging_lookup_table(max_abs_mm: float) -> vtk.vtkLookupTable:
+    """Blue (inside, negative) - white (0) - red (outside, positive), symmetric around 0."""
+    limit = max(float(max_abs_mm), 1e-3)
+    transfer = vtk.vtkColorTransferFunction()
+    transfer.SetColorSpaceToDiverging()
+    transfer.AddRGBPoint(-limit, 0.23, 0.30, 0.75)
+    transfer.AddRGBPoint(0.0, 0.87, 0.87, 0.87)
+    transfer.AddRGBPoint(limit, 0.71, 0.02, 0.15)
+    table = vtk.vtkLookupTable()
+    table.SetNumberOfTableValues(256)
+    table.SetRange(-limit, limit)
+    for index in range(256):
+        value = -limit + 2 * limit * index / 255.0
+        table.SetTableValue(index, *transfer.GetColor(value), 1.0)
+    table.Build()
+    return table
+
+
+def color_legend(table: vtk.vtkLookupTable, title: str) -> vtk.vtkScalarBarActor:
+    legend = vtk.vtkScalarBarActor()
+    legend.SetLookupTable(table)
+    legend.SetTitle(title)
+    legend.SetNumberOfLabels(5)
+    legend.SetLabelFormat("%+.1f")
+    legend.SetOrientationToVertical()
+    legend.SetWidth(0.12)
+    legend.SetHeight(0.6)
+    legend.SetPosition(0.85, 0.2)
+    legend.UnconstrainedFontSizeOn()
+    for text in (legend.GetTitleTextProperty(), legend.GetLabelTextProperty()):
+        text.SetColor(*TEXT)
+        text.SetFontSize(14)
+        text.ItalicOff()
+        text.ShadowOff()
+    return legend
+
+
+def _actor(surface: vtk.vtkPolyData, color: Optional[Tuple[float, float, float]] = None,
+           table: Optional[vtk.vtkLookupTable] = None) -> vtk.vtkActor:
+    mapper = vtk.vtkPolyDataMapper()
+    mapper.SetInputData(surface)
+    if table is None:
+        mapper.ScalarVisibilityOff()
+    else:
+        mapper.SetLookupTable(table)
+        mapper.UseLookupTableScalarRangeOn()
+        mapper.SetScalarModeToUsePointData()
+    actor = vtk.vtkActor()
+    actor.SetMapper(mapper)
+    if color is not None:
+        actor.GetProperty().SetColor(*color)
+    actor.GetProperty().SetSpecular(0.2)
+    actor.GetProperty().SetSpecularPower(20)
+    return actor
+
+
+def _title(text: str) -> vtk.vtkTextActor:
+    actor = vtk.vtkTextActor()
+    actor.SetInput(text)
+    actor.GetTextProperty().SetColor(*TEXT)
+    actor.GetTextProperty().SetFontSize(18)
+    actor.GetTextProperty().BoldOn()
+    position = actor.GetPositionCoordinate()
+    position.SetCoordinateSystemToNormalizedViewport()  # relative to its own panel
+    position.SetValue(0.03, 0.03)
+    return actor
+
+
+def _centre(surface: vtk.vtkPolyData) -> np.ndarray:
+    bounds = np.array(surface.GetBounds()).reshape(3, 2)
+    return bounds.mean(axis=1)
+
+
+def defect_camera(completed: vtk.vtkPolyData, implant: Optional[vtk.vtkPolyData]) -> vtk.vtkCamera:
+    """Camera looking at the skull from the implant's side (LPS: superior is +z), framing the skull."""
+    centre = _centre(completed)
+    direction = np.array([0.0, 1.0, 0.3])  # default: from posterior and a little above
+    if implant is not None and implant.GetNumberOfPoints():
+        offset = _centre(implant) - centre
+        if np.linalg.norm(offset) > 1e-6:
+            direction = offset / np.linalg.norm(offset)
+    # Turn a little towards the patient's left for a three-quarter view that shows depth.
+    direction = direction / np.linalg.norm(direction) + np.array([0.35, 0.0, 0.0])
+    direction = direction / np.linalg.norm(direction)
+    radius = float(np.linalg.norm(np.array(completed.GetBounds()).reshape(3, 2)[:, 1] - np.array(completed.GetBounds()).reshape(3, 2)[:, 0])) / 2
+    camera = vtk.vtkCamera()
+    camera.SetFocalPoint(*centre)
+    camera.SetPosition(*(centre + direction * radius * 3.2))
+    up = np.array([0.0, 0.0, 1.0])
+    if abs(float(np.dot(up, direction))) > 0.95:
+        up = np.array([0.0, -1.0, 0.0])  # looking from the top: anterior up
+    camera.SetViewUp(*up)
+    camera.SetViewAngle(30)
+    return camera
+
+
+def _offscreen_window(size: Sequence[int]) -> vtk.vtkRenderWindow:
+    if not os.environ.get("DISPLAY"):
+        # Without a display VTK would first try X; go straight to EGL (OSMesa remains VTK's fallback).
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    window = vtk.vtkRenderWindow()
+    window.SetOffScreenRendering(1)
+    window.SetSize(int(size[0]), int(size[1]))
+    window.SetMultiSamples(0)
+    return window
+
+
+def render_three_panel(completed: vtk.vtkPolyData, defective: vtk.vtkPolyData, implant: Optional[vtk.vtkPolyData],
+                       distance_surface: vtk.vtkPolyData, path: PathLike, size: Tuple[int, int] = (1800, 600),
+                       title_mm: str = "Signed distance (mm)", distance_array: str = "SignedDistance_mm") -> Path:
+    """PNG of three linked views; ``implant`` may be None or empty (no bone was added)."""
+    window = _offscreen_window(size)
+    camera = defect_camera(completed, implant)
+    values = distance_surface.GetPointData().GetArray(distance_array)
+    limit = max(abs(values.GetRange()[0]), abs(values.GetRange()[1])) if values is not None and values.GetNumberOfTuples() else 1.0
+    limit = float(np.ceil(min(limit, 10.0) * 2) / 2) or 0.5  # cap at 10 mm so small errors stay visible
+    table = diverging_lookup_table(limit)
+
+    panels = [
+        ("Completed skull", [_actor(completed, BONE)]),
+        ("Implant in the defect", [_actor(defective, BONE)] + ([_actor(implant, IMPLANT)] if implant is not None and implant.GetNumberOfPoints() else [])),
+        (title_mm, [_actor(distance_surface, table=table)]),
+    ]
+    for index, (title, actors) in enumerate(panels):
+        renderer = vtk.vtkRenderer()
+        renderer.SetViewport(index / 3.0, 0.0, (index + 1) / 3.0, 1.0)
+        renderer.SetBackground(*BACKGROUND)
+        renderer.SetActiveCamera(camera)  # one camera object: the three views stay linked
+        for actor in actors:
+            renderer.AddActor(actor)
+        renderer.AddViewProp(_title(title))
+        if index == 2:
+            renderer.AddViewProp(color_legend(table, "mm"))
+        window.AddRenderer(renderer)
+    window.Render()
+    window.GetRenderers().GetFirstRenderer().ResetCameraClippingRange()
+    window.Render()
+
+    grabber = vtk.vtkWindowToImageFilter()
+    grabber.SetInput(window)
+    grabber.ReadFrontBufferOff()
+    grabber.Update()
+    writer = vtk.vtkPNGWriter()
+    writer.SetInputConnection(grabber.GetOutputPort())
+
+    def write(temporary: Path) -> None:
+        writer.SetFileName(str(temporary))
+        writer.Write()
+
+    result = atomic_write(path, write)
+    window.Finalize()
+    return result

@@ -1,0 +1,98 @@
+"""Surfaces in physical coordinates, closed and manifold; signed distances; export round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import oblique_direction, shell_skull
+from SparseImplantLib import geometry
+from SparseImplantLib.errors import SparseImplantError
+from SparseImplantLib.volume import Volume
+
+
+def box_mask(shape=(30, 28, 26), low=(8, 7, 6), high=(20, 19, 16)) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    mask[low[0]:high[0], low[1]:high[1], low[2]:high[2]] = 1
+    return mask
+
+
+def oblique_volume(mask: np.ndarray) -> Volume:
+    return Volume(mask, spacing=(0.8, 0.6, 1.2), origin=(-12.0, 30.0, 4.0), direction=oblique_direction(20.0))
+
+
+def test_surface_is_closed_manifold_and_outward():
+    _, implant = shell_skull()
+    surface = geometry.surface_from_mask(oblique_volume(implant))
+    assert geometry.open_edge_counts(surface) == {"boundary": 0, "non_manifold": 0}
+    assert geometry.enclosed_volume_mm3(surface) > 0
+
+
+def test_surface_sits_at_the_mask_in_physical_space():
+    volume = oblique_volume(box_mask())
+    surface = geometry.surface_from_mask(volume, smoothing_iterations=0)
+    voxels = np.argwhere(volume.array)
+    centre_index = voxels.mean(axis=0)
+    expected_centre = volume.index_to_lps() @ np.append(centre_index, 1.0)
+    points = np.array([surface.GetPoint(i) for i in range(surface.GetNumberOfPoints())])
+    assert np.linalg.norm(points.mean(axis=0) - expected_centre[:3]) < 0.6
+    expected_volume = voxels.shape[0] * volume.voxel_volume_mm3
+    assert geometry.enclosed_volume_mm3(surface) == pytest.approx(expected_volume, rel=0.08)
+    ras = geometry.surface_from_mask(volume, smoothing_iterations=0, coordinates="RAS")
+    assert np.allclose(np.array(ras.GetPoint(0))[:2], -np.array(surface.GetPoint(0))[:2])
+
+
+def test_signed_distance_sign_and_size():
+    inner = oblique_volume(box_mask(low=(10, 9, 8), high=(18, 17, 14)))
+    outer = oblique_volume(box_mask())
+    inner_surface = geometry.surface_from_mask(inner, smoothing_iterations=0)
+    outer_surface = geometry.surface_from_mask(outer, smoothing_iterations=0)
+    inside = geometry.signed_distance(inner_surface, outer_surface)
+    outside = geometry.signed_distance(outer_surface, inner_surface)
+    assert (inside < 0).mean() > 0.99 and (outside > 0).mean() > 0.99
+    # The boxes are two voxels apart on every side: 1.2-2.4 mm depending on the axis.
+    assert 1.0 < np.median(np.abs(inside)) < 2.6
+    stats = geometry.distance_statistics(outside)
+    assert stats["mean_signed"] > 0 and stats["max_abs"] >= stats["p95_abs"] >= 0
+    with_array = geometry.add_signed_distance(outer_surface, inner_surface)
+    assert with_array.GetPointData().GetScalars().GetName() == geometry.DISTANCE_ARRAY
+
+
+@pytest.mark.parametrize("suffix", [".stl", ".obj", ".ply", ".vtk"])
+def test_export_round_trip_keeps_bounds_and_volume(tmp_path, suffix):
+    _, implant = shell_skull()
+    volume = oblique_volume(implant)
+    surface = geometry.add_signed_distance(geometry.surface_from_mask(volume), geometry.surface_from_mask(volume))
+    path = geometry.export_mesh(surface, tmp_path / f"implant{suffix}")
+    loaded = geometry.read_mesh(path)
+    voxel = float(max(volume.spacing))
+    assert np.allclose(loaded.GetBounds(), surface.GetBounds(), atol=voxel)
+    expected = implant.sum() * volume.voxel_volume_mm3
+    assert geometry.enclosed_volume_mm3(loaded) == pytest.approx(expected, rel=0.15)
+    # The physical extent of the mask, within one voxel.
+    corners = volume.index_to_lps() @ np.c_[np.argwhere(implant), np.ones(int(implant.sum()))].T
+    assert np.allclose(np.array(loaded.GetBounds())[::2], corners[:3].min(axis=1), atol=voxel)
+    assert np.allclose(np.array(loaded.GetBounds())[1::2], corners[:3].max(axis=1), atol=voxel)
+    if suffix == ".vtk":
+        assert loaded.GetPointData().GetArray(geometry.DISTANCE_ARRAY) is not None
+    assert [p.name for p in tmp_path.iterdir()] == [f"implant{suffix}"]
+
+
+def test_ras_export_flips_x_and_y(tmp_path):
+    volume = oblique_volume(box_mask())
+    surface = geometry.surface_from_mask(volume)
+    lps = geometry.read_mesh(geometry.export_mesh(surface, tmp_path / "lps.stl"))
+    ras = geometry.read_mesh(geometry.export_mesh(surface, tmp_path / "ras.stl", coordinates="RAS"))
+    b_lps, b_ras = np.array(lps.GetBounds()), np.array(ras.GetBounds())
+    assert np.allclose(b_ras[:4], [-b_lps[1], -b_lps[0], -b_lps[3], -b_lps[2]], atol=1e-3)
+    assert np.allclose(b_ras[4:], b_lps[4:], atol=1e-3)
+
+
+def test_unsupported_export_format(tmp_path):
+    surface = geometry.surface_from_mask(oblique_volume(box_mask()))
+    with pytest.raises(SparseImplantError, match="cannot export meshes as '.fbx'"):
+        geometry.export_mesh(surface, tmp_path / "implant.fbx")
+
+
+def test_empty_mask_gives_empty_surface():
+    assert geometry.surface_from_mask(oblique_volume(np.zeros((5, 5, 5), np.uint8))).GetNumberOfPoints() == 0

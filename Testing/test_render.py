@@ -1,0 +1,59 @@
+"""The offscreen three-panel preview shows geometry in each third and both colours of the map."""
+
+from __future__ import annotations
+
+import numpy as np
+import vtk
+from vtk.util.numpy_support import vtk_to_numpy
+
+from conftest import shell_skull
+from SparseImplantLib import geometry
+from SparseImplantLib.render import BACKGROUND, diverging_lookup_table, render_three_panel
+from SparseImplantLib.volume import Volume
+
+
+def read_png(path) -> np.ndarray:
+    reader = vtk.vtkPNGReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    image = reader.GetOutput()
+    width, height, _ = image.GetDimensions()
+    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[:, :, :3]
+
+
+def test_lookup_table_is_diverging_and_centred():
+    table = diverging_lookup_table(5.0)
+    assert table.GetRange() == (-5.0, 5.0)
+    def color(value: float) -> np.ndarray:
+        rgb = [0.0, 0.0, 0.0]
+        table.GetColor(value, rgb)
+        return np.array(rgb)
+
+    low, middle, high = (color(v) for v in (-5.0, 0.0, 5.0))
+    assert low[2] > low[0] and high[0] > high[2] and np.allclose(middle, middle.mean(), atol=0.05)
+
+
+def test_three_panel_render(tmp_path):
+    defective, implant = shell_skull(shape=(48, 48, 40))
+    volume_kwargs = dict(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    # Distance panel: a solid ball against a prediction that misses a slab (negative distances, blue)
+    # and adds a bump (positive, red).
+    grid = np.indices((48, 48, 48))
+    ball = (((grid - 23.5) ** 2).sum(axis=0) <= 15**2).astype(np.uint8)
+    prediction = ball.copy()
+    prediction[32:] = 0
+    prediction[20:28, 20:28, 36:44] = 1
+    surfaces = [geometry.surface_from_mask(Volume(a, **volume_kwargs)) for a in (prediction, defective, implant)]
+    distance = geometry.add_signed_distance(surfaces[0], geometry.surface_from_mask(Volume(ball, **volume_kwargs)))
+    path = render_three_panel(surfaces[0], surfaces[1], surfaces[2], distance, tmp_path / "preview.png", size=(600, 200))
+    pixels = read_png(path).astype(int)
+    assert pixels.shape == (200, 600, 3)
+    background = np.round(np.array(BACKGROUND) * 255).astype(int)
+    geometry_pixels = np.abs(pixels - background).sum(axis=2) > 30
+    for third in range(3):
+        assert geometry_pixels[:, third * 200:(third + 1) * 200].mean() > 0.03
+    # Third panel, left of the legend: red-ish and blue-ish surface pixels.
+    panel = pixels[:, 400:560]
+    reddish = (panel[:, :, 0] > panel[:, :, 2] + 60).sum()
+    bluish = (panel[:, :, 2] > panel[:, :, 0] + 60).sum()
+    assert reddish > 20 and bluish > 20
