@@ -235,7 +235,7 @@ def train(args: argparse.Namespace) -> dict:
         scheduler.step()
         done = iteration + 1
         if cluster.is_main and (done % args.log_every == 0 or done == args.iterations):
-            entry = {"iteration": done, "loss": round(float(loss), 5), "lr": scheduler.get_last_lr()[0],
+            entry = {"iteration": done, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
                      "output_voxels": len(result.output), "seconds": round(time.perf_counter() - started, 1)}
             if val_samples and (done % args.val_every == 0 or done == args.iterations):
                 entry.update(validate(network, val_samples, cluster.device))
