@@ -67,10 +67,43 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_predict(subparsers: argparse._SubParsersAction) -> None:
+    from .pipeline import DEVICES
+
+    parser = subparsers.add_parser(
+        "predict",
+        help="batch prediction over a SkullFix/SkullBreak folder (masks only, for evaluate)",
+        description="Predict completed skulls and implants for every selected case of a data folder; writes "
+        "OUTDIR/<case>/completed_skull.nrrd and implant.nrrd, the layout 'sparseimplant evaluate' reads.",
+    )
+    parser.add_argument("--data", type=Path, required=True, help="data root (SkullFix or SkullBreak layout)")
+    parser.add_argument("--cases", help="case ids, e.g. 050-059 (default: all)")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    parser.add_argument("--model", help="model name from the registry (default: the bundled completion model)")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--model-dir", type=Path, help="folder with registry.json and weights")
+    parser.add_argument("--overwrite", action="store_true", help="replace predictions already in OUTDIR")
+    parser.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .data.datasets import parse_case_range
+    from .pipeline import predict_cases
+    from .progress import TerminalProgress
+
+    cases = parse_case_range(args.cases) if args.cases else None
+    with TerminalProgress() as bar:
+        records = predict_cases(args.data, args.output, cases, args.model, args.device, args.model_dir, args.overwrite, bar)
+    for record in records:
+        print(f"{record['case']}: {sum(record['timings_s'].values()):.1f} s on {record['device']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparseimplant", description="Sparse CNN skull completion and cranial implant design.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_generate(subparsers)
+    _register_predict(subparsers)
     from . import evaluate, train
 
     for module in (evaluate, train):

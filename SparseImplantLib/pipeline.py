@@ -122,6 +122,50 @@ def complete_skull(defective: Volume, network: CompletionNet, info: ModelInfo, d
     return resample_mask(on_grid, defective), used
 
 
+def design_implant(defective: Volume, network: CompletionNet, info: ModelInfo, device: torch.device,
+                   progress: ProgressCallback = ignore_progress,
+                   clock: Optional[StageClock] = None) -> Tuple[Volume, Volume, torch.device]:
+    """(completed skull, implant, device used) on the input's geometry; completed = defective | implant."""
+    clock = clock or StageClock()
+    with clock.stage("network"):
+        completed_raw, device = complete_skull(defective, network, info, device, progress)
+    progress(ProgressEvent("implant", 0.7, "extracting the implant"))
+    with clock.stage("implant"):
+        implant_array = extract_implant(completed_raw.array, defective.array, defective.spacing)
+        if not implant_array.any():
+            warnings.warn("the network added no bone: the implant is empty (is the skull already complete?)")
+    implant = defective.with_array(implant_array.astype(np.uint8))
+    completed = defective.with_array(((defective.array > 0) | implant_array).astype(np.uint8))
+    return completed, implant, device
+
+
+def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[str]] = None, model: Optional[str] = None,
+                  device: str = "auto", model_dir: Optional[Path] = None, overwrite: bool = False,
+                  progress: ProgressCallback = ignore_progress) -> list[dict]:
+    """Batch prediction over a SkullFix/SkullBreak folder: OUTDIR/<case>/{completed_skull,implant}.nrrd,
+    the layout ``evaluate`` reads. Returns one timing record per case."""
+    from .data.datasets import list_cases
+
+    selected = list_cases(data_root, cases=cases)
+    info = find_model(model, "completion", model_dir)
+    chosen = select_device(device)
+    network = load_network(info, chosen)
+    records = []
+    for index, files in enumerate(selected):
+        progress(ProgressEvent("predict", index / len(selected), files.key))
+        clock = StageClock()
+        with staged_output(Path(output_dir) / files.key, [COMPLETED_FILE, IMPLANT_FILE], overwrite) as staging:
+            with clock.stage("read"):
+                defective = read_mask(files.defective_path)
+            completed, implant, used = design_implant(defective, network, info, chosen, clock=clock)
+            with clock.stage("write"):
+                write_volume(staging / COMPLETED_FILE, completed)
+                write_volume(staging / IMPLANT_FILE, implant)
+        records.append({"case": files.key, "device": used.type, "timings_s": clock.timings})
+    progress(ProgressEvent("done", 1.0, f"{len(selected)} case(s) in {output_dir}"))
+    return records
+
+
 def output_names(mesh_formats: Sequence[str]) -> list[str]:
     meshes = [f"{stem}.{fmt}" for stem in ("completed_skull", "implant") for fmt in mesh_formats]
     return [COMPLETED_FILE, IMPLANT_FILE, *meshes, "distance_map.vtk", "preview.png", "report.json"]
@@ -156,15 +200,8 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             device = select_device(options.device)
             network = load_network(info, device)
         progress(ProgressEvent("network", 0.1, f"model {info.name} on {device.type}"))
-        with clock.stage("network"):
-            completed_raw, device = complete_skull(defective, network, info, device, progress)
-        progress(ProgressEvent("implant", 0.7, "extracting the implant"))
-        with clock.stage("implant"):
-            implant_array = extract_implant(completed_raw.array, defective.array, defective.spacing)
-            implant = defective.with_array(implant_array.astype(np.uint8))
-            completed = defective.with_array(((defective.array > 0) | implant_array).astype(np.uint8))
-            if not implant_array.any():
-                warnings.warn("the network added no bone: the implant is empty (is the skull already complete?)")
+        completed, implant, device = design_implant(defective, network, info, device, progress, clock)
+        implant_array = implant.array > 0
         progress(ProgressEvent("meshes", 0.8, "surfaces and distances"))
         with clock.stage("meshes"):
             completed_surface = surface_from_mask(completed)

@@ -49,3 +49,17 @@ def require_skullfix() -> Path:
     if not (SKULLFIX / "defective_skull" / "000.nrrd").is_file():
         pytest.skip("SkullFix data not found beside the project (../shared/data/skullfix)")
     return SKULLFIX
+
+
+@pytest.fixture
+def tiny_skullfix(tmp_path) -> Path:
+    """Three synthetic cases (000-002) in the SkullFix layout, slightly oblique."""
+    from SparseImplantLib.io import write_volume
+
+    root = tmp_path / "skullfix"
+    for index, radius in enumerate((12.0, 13.0, 14.0)):
+        defective, implant = shell_skull(shape=(36, 36, 32), radius=radius, thickness=3.0)
+        geometry = dict(spacing=(1.0, 1.0, 1.2), origin=(0.0, 0.0, 0.0), direction=oblique_direction(5.0 * index))
+        for folder, array in (("defective_skull", defective), ("implant", implant), ("complete_skull", defective | implant)):
+            write_volume(root / folder / f"{index:03d}.nrrd", Volume(array, **geometry))
+    return root

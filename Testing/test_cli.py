@@ -150,3 +150,17 @@ def test_unknown_mesh_format(tmp_path, capsys, skull_file, model_dir):
     code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", tmp_path / "o", "--model-dir", model_dir,
                               "--mesh-formats", "stl,fbx", "--progress", "none")
     assert code == 1 and "fbx" in stderr
+
+
+def test_predict_then_evaluate(tmp_path, capsys, tiny_skullfix, model_dir):
+    predictions = tmp_path / "predictions"
+    code, stdout, stderr = run_cli(capsys, "predict", "--data", tiny_skullfix, "--cases", "001-002", "-o", predictions,
+                                   "--model-dir", model_dir, "--device", "cpu")
+    assert code == 0, stderr
+    assert sorted(p.name for p in predictions.iterdir()) == ["001", "002"]
+    assert {p.name for p in (predictions / "001").iterdir()} == {"completed_skull.nrrd", "implant.nrrd"}
+    code, stdout, stderr = run_cli(capsys, "evaluate", "--predictions", predictions, "--data", tiny_skullfix,
+                                   "--cases", "001-002", "-o", tmp_path / "evaluation")
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert len(report["cases"]) == 2

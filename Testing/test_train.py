@@ -9,23 +9,9 @@ import sys
 
 import pytest
 
-from conftest import PROJECT_ROOT, oblique_direction, shell_skull
+from conftest import PROJECT_ROOT
 from SparseImplantLib.cli import main
-from SparseImplantLib.io import write_volume
 from SparseImplantLib.models.registry import ModelInfo, load_network
-from SparseImplantLib.volume import Volume
-
-
-@pytest.fixture
-def tiny_skullfix(tmp_path):
-    """Three synthetic cases in the SkullFix layout."""
-    root = tmp_path / "skullfix"
-    for index, radius in enumerate((12.0, 13.0, 14.0)):
-        defective, implant = shell_skull(shape=(36, 36, 32), radius=radius, thickness=3.0)
-        geometry = dict(spacing=(1.0, 1.0, 1.2), origin=(0.0, 0.0, 0.0), direction=oblique_direction(5.0 * index))
-        for folder, array in (("defective_skull", defective), ("implant", implant), ("complete_skull", defective | implant)):
-            write_volume(root / folder / f"{index:03d}.nrrd", Volume(array, **geometry))
-    return root
 
 
 def train_args(data, output, iterations, *extra):
