@@ -30,6 +30,7 @@ from .sparse import from_mask
 from .volume import Volume, crop, foreground_box, grid_with_spacing, paste, resample_mask
 
 MESH_FORMATS = ("stl", "obj", "ply", "vtk")
+MESH_STEMS = ("completed_skull", "defective_skull", "implant")  # defective: the fit check beside the implant
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -167,7 +168,7 @@ def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[st
 
 
 def output_names(mesh_formats: Sequence[str]) -> list[str]:
-    meshes = [f"{stem}.{fmt}" for stem in ("completed_skull", "implant") for fmt in mesh_formats]
+    meshes = [f"{stem}.{fmt}" for stem in MESH_STEMS for fmt in mesh_formats]
     return [COMPLETED_FILE, IMPLANT_FILE, *meshes, "distance_map.vtk", "preview.png", "report.json"]
 
 
@@ -219,6 +220,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             write_volume(staging / IMPLANT_FILE, implant)
             for fmt in options.mesh_formats:
                 export_mesh(completed_surface, staging / f"completed_skull.{fmt}")
+                export_mesh(defective_surface, staging / f"defective_skull.{fmt}")
                 if implant_surface is not None:
                     export_mesh(implant_surface, staging / f"implant.{fmt}")
             export_mesh(distance_surface, staging / "distance_map.vtk")

@@ -39,6 +39,12 @@ def diverging_lookup_table(max_abs_mm: float) -> vtk.vtkLookupTable:
     return table
 
 
+def color_limit_mm(largest_abs_mm: float) -> float:
+    """Symmetric colour range: the largest |distance| rounded up to 0.5 mm, capped at 10 mm so small
+    errors stay visible next to a large defect."""
+    return float(np.ceil(min(largest_abs_mm, 10.0) * 2) / 2) or 0.5
+
+
 def color_legend(table: vtk.vtkLookupTable, title: str) -> vtk.vtkScalarBarActor:
     legend = vtk.vtkScalarBarActor()
     legend.SetLookupTable(table)
@@ -117,7 +123,7 @@ def defect_camera(completed: vtk.vtkPolyData, implant: Optional[vtk.vtkPolyData]
     return camera
 
 
-def _offscreen_window(size: Sequence[int]) -> vtk.vtkRenderWindow:
+def offscreen_window(size: Sequence[int]) -> vtk.vtkRenderWindow:
     if not os.environ.get("DISPLAY"):
         # Without a display VTK would first try X; go straight to EGL (OSMesa remains VTK's fallback).
         os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
@@ -132,11 +138,11 @@ def render_three_panel(completed: vtk.vtkPolyData, defective: vtk.vtkPolyData, i
                        distance_surface: vtk.vtkPolyData, path: PathLike, size: Tuple[int, int] = (1800, 600),
                        title_mm: str = "Signed distance (mm)", distance_array: str = "SignedDistance_mm") -> Path:
     """PNG of three linked views; ``implant`` may be None or empty (no bone was added)."""
-    window = _offscreen_window(size)
+    window = offscreen_window(size)
     camera = defect_camera(completed, implant)
     values = distance_surface.GetPointData().GetArray(distance_array)
-    limit = max(abs(values.GetRange()[0]), abs(values.GetRange()[1])) if values is not None and values.GetNumberOfTuples() else 1.0
-    limit = float(np.ceil(min(limit, 10.0) * 2) / 2) or 0.5  # cap at 10 mm so small errors stay visible
+    largest = max(abs(values.GetRange()[0]), abs(values.GetRange()[1])) if values is not None and values.GetNumberOfTuples() else 1.0
+    limit = color_limit_mm(largest)
     table = diverging_lookup_table(limit)
 
     panels = [

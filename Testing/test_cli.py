@@ -45,7 +45,7 @@ def test_generate_writes_every_output(tmp_path, capsys, skull_file, model_dir, s
     assert code == 0, stderr
     names = {p.name for p in out.iterdir()}
     assert {"completed_skull.nrrd", "implant.nrrd", "completed_skull.stl", "completed_skull.obj",
-            "distance_map.vtk", "preview.png", "report.json"} <= names
+            "defective_skull.stl", "defective_skull.obj", "distance_map.vtk", "preview.png", "report.json"} <= names
     assert not any(name.startswith(".") for name in names)
     report = json.loads((out / "report.json").read_text())
     assert report["device"] == "cpu" and report["model"]["name"] == "tiny"

@@ -1,0 +1,426 @@
+"""The MRML side of SparseImplant, without Qt: what the Slicer module does to the scene.
+
+Everything here works on a bare ``vtkMRMLScene`` (the ``slicer-core`` package in CI, the application's
+scene inside Slicer): segmentation <-> ``Volume`` with geometry, the result segmentation and models,
+the signed-distance colour table and legend, the three linked 3D views and their layout, export.
+Nothing here modifies the input nodes; every call adds new nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from .errors import SparseImplantError
+from .geometry import DISTANCE_ARRAY, transform_polydata
+from .io import PathLike, atomic_write
+from .render import color_limit_mm, diverging_lookup_table, offscreen_window
+from .volume import LPS_TO_RAS, Volume
+
+COMPLETED_SEGMENT = "Completed skull"
+IMPLANT_SEGMENT = "Implant"
+BONE_COLOR = (0.945, 0.839, 0.569)  # Slicer's "bone" colour
+IMPLANT_COLOR = (0.27, 0.62, 0.92)
+DISTANCE_TITLE = "Signed distance (mm)"
+# DICOM/SNOMED terminology so the segments keep their meaning in exported .seg.nrrd / DICOM SEG.
+TERMINOLOGY = {
+    COMPLETED_SEGMENT: "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
+                       "~SCT^89546000^Bone structure of cranium~^^~Anatomic codes - DICOM master list~^^~^^",
+    IMPLANT_SEGMENT: "Segmentation category and type - 3D Slicer General Anatomy list~SCT^260787004^Physical object"
+                     "~SCT^40388003^Implant~^^~Anatomic codes - DICOM master list~^^~^^",
+}
+
+LAYOUT_ID = 8501  # custom layouts live above Slicer's built-in ids
+VIEW_TAGS = ("SparseImplantCompleted", "SparseImplantImplant", "SparseImplantDistance")
+VIEW_LABELS = ("Completed skull", "Implant in defect", "Signed distance")
+LAYOUT_XML = (
+    '<layout type="horizontal">'
+    + "".join(
+        f'<item><view class="vtkMRMLViewNode" singletontag="{tag}">'
+        f'<property name="viewlabel" action="default">{index + 1}</property></view></item>'
+        for index, tag in enumerate(VIEW_TAGS)
+    )
+    + "</layout>"
+)
+
+
+_SEGMENTATION_LOGICS: Dict[int, object] = {}
+
+
+def enable_segmentations(scene) -> None:
+    """Representation conversions need a segmentations logic on the scene: Slicer has one, a bare
+    ``slicer-core`` scene gets one here (kept alive for the scene's lifetime)."""
+    if hasattr(slicer, "app") or id(scene) in _SEGMENTATION_LOGICS:
+        return
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)
+    _SEGMENTATION_LOGICS[id(scene)] = logic
+
+
+def _vtk_matrix(values: np.ndarray) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for row in range(4):
+        for column in range(4):
+            matrix.SetElement(row, column, float(values[row, column]))
+    return matrix
+
+
+def _numpy_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
+
+
+def _world_matrix(node) -> np.ndarray:
+    """4x4 from the node's coordinates to world RAS; only linear parent transforms can be honoured."""
+    transform = node.GetParentTransformNode()
+    if transform is None:
+        return np.eye(4)
+    if not transform.IsTransformToWorldLinear():
+        raise SparseImplantError(f"'{node.GetName()}' is under a non-linear transform: harden the transform first")
+    matrix = vtk.vtkMatrix4x4()
+    transform.GetMatrixTransformToWorld(matrix)
+    return _numpy_matrix(matrix)
+
+
+def volume_from_node(node) -> Volume:
+    """A scalar or labelmap volume node as a ``Volume`` (LPS geometry, parent transform applied)."""
+    image = node.GetImageData()
+    if image is None or image.GetPointData().GetScalars() is None:
+        raise SparseImplantError(f"volume '{node.GetName()}' has no voxels: load or create its image first")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise SparseImplantError(f"volume '{node.GetName()}' has several components: select a scalar volume")
+    dims = image.GetDimensions()
+    array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1]).transpose(2, 1, 0)
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(ijk_to_ras)
+    index_to_lps = LPS_TO_RAS @ _world_matrix(node) @ _numpy_matrix(ijk_to_ras)
+    spacing = np.linalg.norm(index_to_lps[:3, :3], axis=0)
+    return Volume(np.ascontiguousarray(array), spacing, index_to_lps[:3, 3], index_to_lps[:3, :3] / spacing)
+
+
+def _oriented_image(volume: Volume) -> "slicer.vtkOrientedImageData":
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(*volume.shape)
+    image.SetImageToWorldMatrix(_vtk_matrix(volume.index_to_ras()))
+    scalars = numpy_support.numpy_to_vtk(np.ravel(volume.array.astype(np.uint8), order="F"), deep=True,
+                                         array_type=vtk.VTK_UNSIGNED_CHAR)
+    image.GetPointData().SetScalars(scalars)
+    return image
+
+
+def segment_to_volume(segmentation_node, segment_id: str, reference_volume_node=None) -> Volume:
+    """One segment as a binary mask on the segmentation's reference geometry (or the given volume's)."""
+    segmentation = segmentation_node.GetSegmentation()
+    if segmentation.GetSegment(segment_id) is None:
+        raise SparseImplantError(f"segmentation '{segmentation_node.GetName()}' has no segment '{segment_id}': pick an existing segment")
+    scene = segmentation_node.GetScene()
+    enable_segmentations(scene)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__SparseImplantExport")
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, reference_volume_node,
+                                                  slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+            raise SparseImplantError(f"could not export segment '{segment_id}' as a labelmap: "
+                                     "set the segmentation's reference geometry (Segment Editor, master volume)")
+        mask = volume_from_node(labelmap)
+    finally:
+        scene.RemoveNode(labelmap)
+    return mask.with_array((mask.array > 0).astype(np.uint8))
+
+
+def _set_segment(segmentation_node, name: str, mask: Volume, color: Tuple[float, float, float]) -> str:
+    segment_id = segmentation_node.AddSegmentFromBinaryLabelmapRepresentation(_oriented_image(mask), name, color)
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    segment.SetTerminology(TERMINOLOGY[name])
+    return segment_id
+
+
+def add_result_segmentation(scene, completed: Volume, implant: Volume, name: str) -> "slicer.vtkMRMLSegmentationNode":
+    """One new segmentation with 'Completed skull' and 'Implant' on the input's geometry."""
+    if not completed.same_geometry(implant):
+        raise SparseImplantError("completed skull and implant masks have different geometries")
+    enable_segmentations(scene)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    node.CreateDefaultDisplayNodes()
+    converter = slicer.vtkSegmentationConverter
+    node.GetSegmentation().SetConversionParameter(converter.GetReferenceImageGeometryParameterName(),
+                                                  converter.SerializeImageGeometry(_oriented_image(completed)))
+    _set_segment(node, COMPLETED_SEGMENT, completed, BONE_COLOR)
+    _set_segment(node, IMPLANT_SEGMENT, implant, IMPLANT_COLOR)
+    return node
+
+
+def add_model(scene, surface_lps: vtk.vtkPolyData, name: str, color: Tuple[float, float, float],
+              view_nodes: Sequence = (), opacity: float = 1.0) -> "slicer.vtkMRMLModelNode":
+    """A model node from an LPS surface (library convention), shown only in ``view_nodes`` if given."""
+    node = scene.AddNewNodeByClass("vtkMRMLModelNode", scene.GenerateUniqueName(name))
+    node.SetAndObservePolyData(transform_polydata(surface_lps, LPS_TO_RAS))
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    display.SetColor(*color)
+    display.SetOpacity(opacity)
+    display.SetViewNodeIDs([view.GetID() for view in view_nodes])
+    return node
+
+
+def distance_color_node(scene, max_abs_mm: float) -> "slicer.vtkMRMLColorTableNode":
+    """The library's diverging map (blue = inside/removed, red = outside/added) as a colour table."""
+    table = diverging_lookup_table(max_abs_mm)
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", scene.GenerateUniqueName("SparseImplant signed distance"))
+    node.SetTypeToUser()
+    node.SetNumberOfColors(table.GetNumberOfTableValues())
+    for index in range(table.GetNumberOfTableValues()):
+        node.SetColor(index, *table.GetTableValue(index))
+    node.GetLookupTable().SetRange(*table.GetRange())
+    return node
+
+
+def show_distance(model_node, max_abs_mm: float, view_nodes: Sequence = ()) -> "slicer.vtkMRMLColorLegendDisplayNode":
+    """Colour a model by its signed-distance array, symmetric around 0, with a titled legend in mm."""
+    polydata = model_node.GetPolyData()
+    if polydata is None or polydata.GetPointData().GetArray(DISTANCE_ARRAY) is None:
+        raise SparseImplantError(f"model '{model_node.GetName()}' has no '{DISTANCE_ARRAY}' point array")
+    scene = model_node.GetScene()
+    colors = distance_color_node(scene, max_abs_mm)
+    display = model_node.GetDisplayNode()
+    display.SetActiveScalar(DISTANCE_ARRAY, vtk.vtkAssignAttribute.POINT_DATA)
+    display.SetAndObserveColorNodeID(colors.GetID())
+    display.SetScalarRangeFlag(slicer.vtkMRMLDisplayNode.UseManualScalarRange)
+    display.SetScalarRange(-max_abs_mm, max_abs_mm)
+    display.SetScalarVisibility(True)
+    legend = slicer.vtkMRMLColorLegendDisplayNode()  # not registered in a bare scene: create it directly
+    legend.SetName(f"{model_node.GetName()} legend")
+    scene.AddNode(legend)
+    legend.SetAndObservePrimaryDisplayNode(display)
+    model_node.AddAndObserveDisplayNodeID(legend.GetID())
+    legend.SetTitleText(DISTANCE_TITLE)
+    legend.SetLabelFormat("%.1f")
+    legend.SetViewNodeIDs([view.GetID() for view in view_nodes])
+    legend.SetVisibility(True)
+    return legend
+
+
+def layout_node(scene) -> "slicer.vtkMRMLLayoutNode":
+    """The scene's layout node (Slicer has one; a bare scene gets one)."""
+    node = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    if node is None:
+        node = slicer.vtkMRMLLayoutNode()
+        node.SetSingletonTag("vtkMRMLLayoutNode")
+        scene.AddNode(node)
+    return node
+
+
+def three_view_nodes(scene) -> List["slicer.vtkMRMLViewNode"]:
+    """The three linked 3D views (reused across runs) and the layout that shows them side by side."""
+    layout = layout_node(scene)
+    if not layout.IsLayoutDescription(LAYOUT_ID):
+        layout.AddLayoutDescription(LAYOUT_ID, LAYOUT_XML)
+    views = []
+    for index, (tag, label) in enumerate(zip(VIEW_TAGS, VIEW_LABELS)):
+        view = scene.GetSingletonNode(tag, "vtkMRMLViewNode")
+        if view is None:
+            view = slicer.vtkMRMLViewNode()
+            view.SetSingletonTag(tag)
+            view.SetName(f"View{tag}")
+            view.SetLayoutName(tag)
+            view.SetLayoutLabel(str(index + 1))
+            view.SetLayoutColor(*BONE_COLOR)
+            scene.AddNode(view)
+        view.SetLinkedControl(True)
+        view.SetBoxVisible(False)
+        view.SetAxisLabelsVisible(False)
+        views.append(view)
+    return views
+
+
+def show_three_view_layout(scene) -> None:
+    layout_node(scene).SetViewArrangement(LAYOUT_ID)
+
+
+@dataclass
+class ResultNodes:
+    """Every node one Generate Implant run adds (nothing else in the scene is touched)."""
+
+    segmentation: object
+    models: Dict[str, object] = field(default_factory=dict)
+    legend: Optional[object] = None
+    metrics_table: Optional[object] = None
+
+    def all_nodes(self) -> list:
+        nodes = [self.segmentation, *self.models.values(), self.legend, self.metrics_table]
+        return [node for node in nodes if node is not None]
+
+
+def add_results(scene, completed: Volume, implant: Volume, surfaces: Dict[str, vtk.vtkPolyData],
+                name: str = "Implant design", metrics: Optional[Dict[str, float]] = None) -> ResultNodes:
+    """Put one run's results into the scene: segmentation, models pinned to the three views, colour map.
+
+    ``surfaces`` maps 'completed', 'defective', 'implant' (optional) and 'distance' to LPS polydata."""
+    views = three_view_nodes(scene)
+    result = ResultNodes(add_result_segmentation(scene, completed, implant, name))
+    result.segmentation.GetDisplayNode().SetVisibility3D(False)  # 3D shows the smoothed models instead
+    result.models["completed"] = add_model(scene, surfaces["completed"], f"{name} - completed skull", BONE_COLOR, [views[0]])
+    result.models["defective"] = add_model(scene, surfaces["defective"], f"{name} - defective skull", BONE_COLOR, [views[1]])
+    if surfaces.get("implant") is not None:
+        result.models["implant"] = add_model(scene, surfaces["implant"], f"{name} - implant", IMPLANT_COLOR, [views[1]])
+    result.models["distance"] = add_model(scene, surfaces["distance"], f"{name} - signed distance", BONE_COLOR, [views[2]])
+    values = surfaces["distance"].GetPointData().GetArray(DISTANCE_ARRAY)
+    largest = max(abs(v) for v in values.GetRange()) if values is not None and values.GetNumberOfTuples() else 1.0
+    result.legend = show_distance(result.models["distance"], color_limit_mm(largest), [views[2]])
+    if metrics:
+        result.metrics_table = metrics_table(scene, metrics, f"{name} - metrics")
+    return result
+
+
+def add_results_from_folder(scene, output_dir: PathLike, name: str = "Implant design") -> ResultNodes:
+    """Load what ``sparseimplant generate`` wrote (the Slicer module runs it in a subprocess)."""
+    import json
+
+    from .evaluate import COMPLETED_FILE, IMPLANT_FILE
+    from .geometry import read_mesh
+    from .io import read_volume
+
+    folder = Path(output_dir)
+    report_path = folder / "report.json"
+    if not report_path.is_file():
+        raise SparseImplantError(f"'{folder}' holds no report.json: the generate step did not finish")
+    report = json.loads(report_path.read_text())
+
+    def mesh(stem: str) -> Optional[vtk.vtkPolyData]:
+        for suffix in (".vtk", ".stl", ".ply", ".obj"):
+            if (folder / f"{stem}{suffix}").is_file():
+                return read_mesh(folder / f"{stem}{suffix}")
+        return None
+
+    surfaces = {"completed": mesh("completed_skull"), "defective": mesh("defective_skull"),
+                "implant": mesh("implant"), "distance": read_mesh(folder / "distance_map.vtk")}
+    missing = [key for key in ("completed", "defective") if surfaces[key] is None]
+    if missing:
+        raise SparseImplantError(f"'{folder}' lacks the {missing[0]} skull mesh: run generate again")
+    return add_results(scene, read_volume(folder / COMPLETED_FILE), read_volume(folder / IMPLANT_FILE), surfaces,
+                       name=name, metrics=report.get("metrics"))
+
+
+METRIC_LABELS = {"dsc": ("Dice (implant)", ""), "bdsc": ("Border Dice (10 mm)", ""), "hd95_mm": ("HD95", "mm"),
+                 "skull_dsc": ("Dice (completed skull)", "")}
+
+
+def metrics_table(scene, metrics: Dict[str, float], name: str) -> "slicer.vtkMRMLTableNode":
+    """Metric | value | unit, for the module's results table."""
+    node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+    table = node.GetTable()
+    for title in ("Metric", "Value", "Unit"):
+        column = vtk.vtkStringArray()
+        column.SetName(title)
+        table.AddColumn(column)
+    for key, value in metrics.items():
+        label, unit = METRIC_LABELS.get(key, (key, ""))
+        row = table.InsertNextBlankRow()
+        for column, text in enumerate((label, f"{value:.4g}", unit)):
+            table.SetValue(row, column, vtk.vtkVariant(text))
+    node.Modified()
+    return node
+
+
+THREE_D_DISPLAYABLE_MANAGERS = ("vtkMRMLCameraDisplayableManager", "vtkMRMLViewDisplayableManager",
+                                 "vtkMRMLModelDisplayableManager", "vtkMRMLSegmentationsDisplayableManager3D",
+                                 "vtkMRMLColorLegendDisplayableManager")
+
+
+class OffscreenViews:
+    """3D view nodes drawn offscreen by Slicer's own displayable managers, without Qt.
+
+    Attach before adding the nodes to show, as Slicer's views exist before a module adds results
+    (the colour-legend manager only picks up legends added after it)."""
+
+    def __init__(self, views: Sequence, size: Tuple[int, int] = (600, 600)) -> None:
+        self._pipelines = []
+        for view in views:
+            window = offscreen_window(size)
+            renderer = vtk.vtkRenderer()
+            window.AddRenderer(renderer)
+            interactor = vtk.vtkGenericRenderWindowInteractor()  # displayable managers expect one
+            interactor.SetRenderWindow(window)
+            interactor.Initialize()
+            group = slicer.vtkMRMLDisplayableManagerGroup()
+            for name in THREE_D_DISPLAYABLE_MANAGERS:
+                group.AddDisplayableManager(getattr(slicer, name)())
+            group.SetRenderer(renderer)
+            group.SetMRMLDisplayableNode(view)
+            self._pipelines.append((group, renderer, interactor, window))
+
+    def capture(self, path: PathLike, camera: Optional[vtk.vtkCamera] = None) -> Path:
+        """PNG of the views side by side; one shared ``camera`` (RAS) mimics Slicer's linked views."""
+        append = vtk.vtkImageAppend()
+        append.SetAppendAxis(0)
+        for group, renderer, interactor, window in self._pipelines:
+            if camera is not None:
+                renderer.GetActiveCamera().DeepCopy(camera)
+                renderer.ResetCameraClippingRange()
+            window.Render()
+            grabber = vtk.vtkWindowToImageFilter()
+            grabber.SetInput(window)
+            grabber.ReadFrontBufferOff()
+            grabber.Update()
+            image = vtk.vtkImageData()
+            image.DeepCopy(grabber.GetOutput())
+            append.AddInputData(image)
+        append.Update()
+        writer = vtk.vtkPNGWriter()
+        writer.SetInputData(append.GetOutput())
+
+        def write(temporary: Path) -> None:
+            writer.SetFileName(str(temporary))
+            writer.Write()
+
+        return atomic_write(path, write)
+
+    def close(self) -> None:
+        for group, renderer, interactor, window in self._pipelines:
+            group.SetMRMLDisplayableNode(None)
+            window.Finalize()
+        self._pipelines = []
+
+
+EXPORT_FORMATS = ("STL", "OBJ")
+
+
+def export_segments(segmentation_node, folder: Path, segment_names: Sequence[str] = (COMPLETED_SEGMENT, IMPLANT_SEGMENT),
+                    file_format: str = "STL") -> List[Path]:
+    """Write closed surfaces of the named segments (LPS, mm, as Slicer writes for 3D printing).
+
+    Existing files are not overwritten: the user picks another folder instead."""
+    file_format = file_format.upper()
+    if file_format not in EXPORT_FORMATS:
+        raise SparseImplantError(f"cannot export '{file_format}': choose one of {', '.join(EXPORT_FORMATS)}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SparseImplantError(f"export folder '{folder}' does not exist: choose an existing folder")
+    segmentation = segmentation_node.GetSegmentation()
+    ids = vtk.vtkStringArray()
+    targets = []
+    for name in segment_names:
+        segment_id = segmentation.GetSegmentIdBySegmentName(name)
+        if not segment_id:
+            raise SparseImplantError(f"segmentation '{segmentation_node.GetName()}' has no segment '{name}'")
+        ids.InsertNextValue(segment_id)
+        targets.append(folder / f"{segmentation_node.GetName()}_{name}.{file_format.lower()}")
+    existing = [str(path) for path in targets if path.exists()]
+    if existing:
+        raise SparseImplantError(f"{existing[0]} already exists: choose an empty folder or move the old files")
+    enable_segmentations(segmentation_node.GetScene())
+    segmentation_node.CreateClosedSurfaceRepresentation()
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsClosedSurfaceRepresentationToFiles(
+            str(folder), segmentation_node, ids, file_format, True, 1.0, False):
+        raise SparseImplantError(f"could not export meshes into '{folder}': check free disk space and permissions")
+    missing = [str(path) for path in targets if not path.exists()]
+    if missing:
+        raise SparseImplantError(f"Slicer did not write {missing[0]}: check the segment's closed surface and the folder")
+    return targets

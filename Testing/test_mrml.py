@@ -1,0 +1,181 @@
+"""The MRML layer on a real ``vtkMRMLScene`` (slicer-core), offscreen rendering included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
+vtk = pytest.importorskip("vtk")
+
+from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
+
+from SparseImplantLib import mrml  # noqa: E402
+from SparseImplantLib.errors import SparseImplantError  # noqa: E402
+from SparseImplantLib.geometry import DISTANCE_ARRAY, add_signed_distance, surface_from_mask, transform_polydata  # noqa: E402
+from SparseImplantLib.render import defect_camera  # noqa: E402
+from SparseImplantLib.volume import LPS_TO_RAS, Volume  # noqa: E402
+
+
+@pytest.fixture
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+@pytest.fixture
+def results(synthetic_skull):
+    defective, implant = synthetic_skull
+    completed = defective.with_array(defective.array | implant.array)
+    surfaces = {"completed": surface_from_mask(completed), "defective": surface_from_mask(defective),
+                "implant": surface_from_mask(implant)}
+    surfaces["distance"] = add_signed_distance(surfaces["completed"], surfaces["defective"])
+    return completed, implant, surfaces
+
+
+def labelmap_node(scene, volume: Volume, name: str = "skull"):
+    """A labelmap node built the way Slicer stores one: image in IJK, geometry in IJKToRAS."""
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+    image = vtk.vtkImageData()
+    image.SetDimensions(*volume.shape)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    flat = vtk_to_numpy(image.GetPointData().GetScalars())
+    flat[:] = np.ravel(volume.array, order="F")
+    node.SetAndObserveImageData(image)
+    matrix = vtk.vtkMatrix4x4()
+    ras = volume.index_to_ras()
+    for row in range(4):
+        for column in range(4):
+            matrix.SetElement(row, column, ras[row, column])
+    node.SetIJKToRASMatrix(matrix)
+    return node
+
+
+def test_volume_node_round_trip_keeps_oblique_geometry(scene, synthetic_skull):
+    defective = synthetic_skull[0]
+    back = mrml.volume_from_node(labelmap_node(scene, defective))
+    assert back.same_geometry(defective)
+    np.testing.assert_array_equal(back.array, defective.array)
+
+
+def test_parent_transform_moves_the_volume(scene, synthetic_skull):
+    node = labelmap_node(scene, synthetic_skull[0])
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 10.0)  # 10 mm towards R = -10 mm in LPS x
+    transform.SetMatrixTransformToParent(shift)
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    moved = mrml.volume_from_node(node)
+    np.testing.assert_allclose(moved.origin, synthetic_skull[0].origin + [-10.0, 0.0, 0.0])
+
+
+def test_result_segmentation_round_trips_and_names_segments(scene, results):
+    completed, implant, _ = results
+    node = mrml.add_result_segmentation(scene, completed, implant, "Implant design")
+    segmentation = node.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == [mrml.COMPLETED_SEGMENT, mrml.IMPLANT_SEGMENT]
+    implant_id = segmentation.GetSegmentIdBySegmentName(mrml.IMPLANT_SEGMENT)
+    assert "^40388003^Implant~" in segmentation.GetSegment(implant_id).GetTerminology()
+    back = mrml.segment_to_volume(node, implant_id)
+    assert back.same_geometry(implant)
+    np.testing.assert_array_equal(back.array, implant.array)
+    with pytest.raises(SparseImplantError, match="no segment 'nope'"):
+        mrml.segment_to_volume(node, "nope")
+
+
+def test_results_are_pinned_to_three_linked_views_and_rerun_adds_new_nodes(scene, results):
+    completed, implant, surfaces = results
+    first = mrml.add_results(scene, completed, implant, surfaces, metrics={"dsc": 0.91, "hd95_mm": 1.5})
+    count = scene.GetNumberOfNodes()
+    second = mrml.add_results(scene, completed, implant, surfaces)
+    views = mrml.three_view_nodes(scene)
+    assert [v.GetSingletonTag() for v in views] == list(mrml.VIEW_TAGS) and all(v.GetLinkedControl() for v in views)
+    assert len({v.GetID() for v in views}) == 3 and scene.GetNumberOfNodes() > count
+    # The first run's nodes are all still there, untouched, and the second run's names differ.
+    assert all(scene.GetNodeByID(node.GetID()) is node for node in first.all_nodes())
+    assert first.segmentation.GetName() != second.segmentation.GetName()
+    pinned = {key: first.models[key].GetDisplayNode().GetNthViewNodeID(0) for key in first.models}
+    assert pinned == {"completed": views[0].GetID(), "defective": views[1].GetID(), "implant": views[1].GetID(),
+                      "distance": views[2].GetID()}
+    distance_display = first.models["distance"].GetDisplayNode()
+    assert distance_display.GetScalarVisibility() and distance_display.GetActiveScalarName() == DISTANCE_ARRAY
+    low, high = distance_display.GetScalarRange()
+    assert low == -high and high > 0
+    assert first.legend.GetTitleText() == mrml.DISTANCE_TITLE
+    table = first.metrics_table.GetTable()
+    assert table.GetNumberOfRows() == 2 and table.GetValue(0, 1).ToString() == "0.91"
+    layout = mrml.layout_node(scene)
+    mrml.show_three_view_layout(scene)
+    assert layout.GetViewArrangement() == mrml.LAYOUT_ID
+    assert all(tag in layout.GetLayoutDescription(mrml.LAYOUT_ID) for tag in mrml.VIEW_TAGS)
+
+
+def _panel_fractions(path, panels: int = 3):
+    reader = vtk.vtkPNGReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    image = reader.GetOutput()
+    width, height, _ = image.GetDimensions()
+    rgb = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[..., :3]
+    return [rgb[:, i * width // panels:(i + 1) * width // panels].astype(int) for i in range(panels)]
+
+
+def test_three_mrml_views_render_offscreen(scene, results, tmp_path):
+    completed, implant, surfaces = results
+    views = mrml.three_view_nodes(scene)
+    offscreen = mrml.OffscreenViews(views, size=(300, 300))
+    try:
+        mrml.add_results(scene, completed, implant, surfaces)
+        ras = [transform_polydata(surfaces[key], LPS_TO_RAS) for key in ("completed", "implant")]
+        path = offscreen.capture(tmp_path / "views.png", defect_camera(*ras))
+    finally:
+        offscreen.close()
+    panels = _panel_fractions(path)
+    for panel in panels:
+        # Slicer's 3D background is a blue gradient; geometry shows as bone, implant or map colours.
+        background = (panel[..., 2] > panel[..., 0] + 40)
+        assert (~background).mean() > 0.05
+    implant_blue = (panels[1][..., 2] > 180) & (panels[1][..., 0] < 120)
+    assert implant_blue.sum() > 100
+    added_red = (panels[2][..., 0] > 170) & (panels[2][..., 1] < 90) & (panels[2][..., 2] < 90)
+    assert added_red.sum() > 100
+
+
+def test_export_segments_writes_stl_once(scene, results, tmp_path):
+    from SparseImplantLib.geometry import enclosed_volume_mm3, read_mesh
+
+    completed, implant, _ = results
+    node = mrml.add_result_segmentation(scene, completed, implant, "Design")
+    paths = mrml.export_segments(node, tmp_path, file_format="stl")
+    assert [p.name for p in paths] == ["Design_Completed skull.stl", "Design_Implant.stl"]
+    exported = read_mesh(paths[1])  # LPS, millimetres
+    surface = surface_from_mask(implant)
+    np.testing.assert_allclose(exported.GetBounds(), surface.GetBounds(), atol=max(implant.spacing) * 1.5)
+    mask_volume = implant.array.sum() * implant.voxel_volume_mm3
+    assert abs(enclosed_volume_mm3(exported) - mask_volume) / mask_volume < 0.2
+    with pytest.raises(SparseImplantError, match="already exists"):
+        mrml.export_segments(node, tmp_path)
+    with pytest.raises(SparseImplantError, match="cannot export 'STEP'"):
+        mrml.export_segments(node, tmp_path, file_format="step")
+
+
+def test_results_from_a_generate_folder(scene, synthetic_skull, tmp_path):
+    from SparseImplantLib.io import write_volume
+    from SparseImplantLib.pipeline import GenerateOptions, generate
+    from test_models import make_registry
+
+    models = tmp_path / "models"
+    models.mkdir()
+    make_registry(models)
+    source = write_volume(tmp_path / "defective.nrrd", synthetic_skull[0])
+    reference = write_volume(tmp_path / "implant.nrrd", synthetic_skull[1])
+    generate(source, tmp_path / "out", GenerateOptions(device="cpu", model_dir=models, mesh_formats=("vtk",),
+                                                        reference=reference))
+    result = mrml.add_results_from_folder(scene, tmp_path / "out", name="Case")
+    assert {"completed", "defective", "distance"} <= set(result.models)
+    assert result.metrics_table.GetTable().GetNumberOfRows() == 4
+    completed = mrml.segment_to_volume(result.segmentation, result.segmentation.GetSegmentation()
+                                       .GetSegmentIdBySegmentName(mrml.COMPLETED_SEGMENT))
+    assert completed.same_geometry(synthetic_skull[0])
+    with pytest.raises(SparseImplantError, match="no report.json"):
+        mrml.add_results_from_folder(scene, tmp_path)
