@@ -113,26 +113,61 @@ def _oriented_image(volume: Volume) -> "slicer.vtkOrientedImageData":
     return image
 
 
-def segment_to_volume(segmentation_node, segment_id: str, reference_volume_node=None) -> Volume:
-    """One segment as a binary mask on the segmentation's reference geometry (or the given volume's)."""
+def add_labelmap_node(scene, volume: Volume, name: str) -> "slicer.vtkMRMLLabelMapVolumeNode":
+    """A labelmap volume node holding ``volume`` (image in IJK, geometry in IJKToRAS, as Slicer stores it)."""
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName(name))
+    image = vtk.vtkImageData()
+    image.SetDimensions(*volume.shape)
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(
+        np.ravel(volume.array.astype(np.uint8), order="F"), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
+    node.SetAndObserveImageData(image)
+    node.SetIJKToRASMatrix(_vtk_matrix(volume.index_to_ras()))
+    return node
+
+
+def _node_ids(scene) -> set:
+    return {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
+
+
+def _pad(mask: Volume, margin_mm: float) -> Volume:
+    """Grow the grid by ``margin_mm`` on every side (the completed skull may reach beyond the input's box)."""
+    pad = np.ceil(margin_mm / mask.spacing).astype(int)
+    array = np.pad(mask.array, [(p, p) for p in pad])
+    origin = mask.origin - mask.direction @ (pad * mask.spacing)
+    return Volume(array, mask.spacing, origin, mask.direction)
+
+
+def segment_to_volume(segmentation_node, segment_id: str, reference: Optional[Volume] = None,
+                      margin_mm: float = 30.0) -> Volume:
+    """One segment as a binary mask: on ``reference``'s grid if given, else on the segmentation's
+    reference geometry, else on the segment's extent grown by ``margin_mm``."""
     segmentation = segmentation_node.GetSegmentation()
     if segmentation.GetSegment(segment_id) is None:
         raise SparseImplantError(f"segmentation '{segmentation_node.GetName()}' has no segment '{segment_id}': pick an existing segment")
     scene = segmentation_node.GetScene()
     enable_segmentations(scene)
+    geometry_name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    has_geometry = bool(segmentation.GetConversionParameter(geometry_name))
+    existing = _node_ids(scene)
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__SparseImplantExport")
     try:
+        reference_node = None
+        if reference is not None:
+            reference_node = add_labelmap_node(scene, reference.with_array(np.zeros(reference.shape, np.uint8)), "__SparseImplantGrid")
+        extent = (slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY if reference is not None or has_geometry
+                  else slicer.vtkSegmentation.EXTENT_UNION_OF_SEGMENTS)
         ids = vtk.vtkStringArray()
         ids.InsertNextValue(segment_id)
-        logic = slicer.vtkSlicerSegmentationsModuleLogic
-        if not logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, reference_volume_node,
-                                                  slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
-            raise SparseImplantError(f"could not export segment '{segment_id}' as a labelmap: "
-                                     "set the segmentation's reference geometry (Segment Editor, master volume)")
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                segmentation_node, ids, labelmap, reference_node, extent):
+            raise SparseImplantError(f"could not export segment '{segment_id}' as a labelmap: check that it is not empty")
         mask = volume_from_node(labelmap)
     finally:
-        scene.RemoveNode(labelmap)
-    return mask.with_array((mask.array > 0).astype(np.uint8))
+        # The export also creates display and colour nodes: remove everything this call added.
+        for node_id in _node_ids(scene) - existing:
+            scene.RemoveNode(scene.GetNodeByID(node_id))
+    mask = mask.with_array((mask.array > 0).astype(np.uint8))
+    return mask if reference is not None or has_geometry else _pad(mask, margin_mm)
 
 
 def _set_segment(segmentation_node, name: str, mask: Volume, color: Tuple[float, float, float]) -> str:

@@ -63,3 +63,17 @@ def tiny_skullfix(tmp_path) -> Path:
         for folder, array in (("defective_skull", defective), ("implant", implant), ("complete_skull", defective | implant)):
             write_volume(root / folder / f"{index:03d}.nrrd", Volume(array, **geometry))
     return root
+
+
+def skull_segmentation(scene, volume: Volume, name: str = "Defective skull"):
+    """A segmentation node with one segment imported from ``volume``, as a user would have it."""
+    import slicer
+
+    from SparseImplantLib.mrml import add_labelmap_node, enable_segmentations
+
+    enable_segmentations(scene)
+    labelmap = add_labelmap_node(scene, volume, name)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
+    scene.RemoveNode(labelmap)
+    return segmentation

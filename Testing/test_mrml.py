@@ -32,33 +32,15 @@ def results(synthetic_skull):
     return completed, implant, surfaces
 
 
-def labelmap_node(scene, volume: Volume, name: str = "skull"):
-    """A labelmap node built the way Slicer stores one: image in IJK, geometry in IJKToRAS."""
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
-    image = vtk.vtkImageData()
-    image.SetDimensions(*volume.shape)
-    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    flat = vtk_to_numpy(image.GetPointData().GetScalars())
-    flat[:] = np.ravel(volume.array, order="F")
-    node.SetAndObserveImageData(image)
-    matrix = vtk.vtkMatrix4x4()
-    ras = volume.index_to_ras()
-    for row in range(4):
-        for column in range(4):
-            matrix.SetElement(row, column, ras[row, column])
-    node.SetIJKToRASMatrix(matrix)
-    return node
-
-
 def test_volume_node_round_trip_keeps_oblique_geometry(scene, synthetic_skull):
     defective = synthetic_skull[0]
-    back = mrml.volume_from_node(labelmap_node(scene, defective))
+    back = mrml.volume_from_node(mrml.add_labelmap_node(scene, defective, "skull"))
     assert back.same_geometry(defective)
     np.testing.assert_array_equal(back.array, defective.array)
 
 
 def test_parent_transform_moves_the_volume(scene, synthetic_skull):
-    node = labelmap_node(scene, synthetic_skull[0])
+    node = mrml.add_labelmap_node(scene, synthetic_skull[0], "skull")
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     shift = vtk.vtkMatrix4x4()
     shift.SetElement(0, 3, 10.0)  # 10 mm towards R = -10 mm in LPS x

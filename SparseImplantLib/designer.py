@@ -1,0 +1,89 @@
+"""What the "Generate Implant" button does, without Qt: scene inputs -> subprocess -> scene results.
+
+``SparseImplantLogic`` in the Slicer module delegates here, so the whole flow (export the selected
+segment, run ``sparseimplant generate`` in a subprocess, load the results) is tested in CI on a
+``slicer-core`` scene. Each run works in its own new folder; the input nodes are only read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from . import mrml
+from .errors import SparseImplantError
+from .io import check_skull_mask, write_volume
+from .job import GenerateJob, GenerateRequest
+
+LIBRARY_PARENT = Path(__file__).resolve().parents[1]  # folder holding SparseImplantLib (module dir in Slicer)
+
+
+@dataclass
+class DesignInputs:
+    """The user's choices: a skull segment, or a CT volume with a bone threshold."""
+
+    segmentation_node: object = None
+    segment_id: str = ""
+    ct_volume_node: object = None
+    threshold_hu: float = 300.0
+    reference_segmentation_node: object = None
+    reference_segment_id: str = ""
+    model: Optional[str] = None
+    device: str = "auto"
+
+
+class ImplantDesigner:
+    """Prepares inputs from the scene, starts the subprocess and loads its results back."""
+
+    def __init__(self, scene, python: str = sys.executable, work_root: Optional[Path] = None,
+                 model_dir: Optional[Path] = None) -> None:
+        self.scene = scene
+        self.python = python
+        self.work_root = Path(work_root) if work_root else Path(tempfile.gettempdir()) / "SparseImplant"
+        self.model_dir = model_dir
+
+    def prepare(self, inputs: DesignInputs) -> GenerateRequest:
+        """Write the input (and reference) masks into a fresh work folder; nothing in the scene changes."""
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="run-", dir=self.work_root))
+        try:
+            threshold = None
+            if inputs.segmentation_node is not None and inputs.segment_id:
+                skull = mrml.segment_to_volume(inputs.segmentation_node, inputs.segment_id)
+                check_skull_mask(skull, f"segment '{inputs.segment_id}'")
+            elif inputs.ct_volume_node is not None:
+                skull = mrml.volume_from_node(inputs.ct_volume_node)
+                threshold = inputs.threshold_hu
+            else:
+                raise SparseImplantError("no input selected: choose the defective skull segment or a CT volume")
+            input_path = write_volume(work / "input.nrrd", skull)
+            reference_path = None
+            if inputs.reference_segmentation_node is not None and inputs.reference_segment_id:
+                reference = mrml.segment_to_volume(inputs.reference_segmentation_node, inputs.reference_segment_id,
+                                                   reference=skull)
+                reference_path = write_volume(work / "reference.nrrd", reference)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return GenerateRequest(input_path, work / "output", model=inputs.model, device=inputs.device,
+                               threshold_hu=threshold, reference=reference_path, model_dir=self.model_dir)
+
+    def start(self, request: GenerateRequest) -> GenerateJob:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(LIBRARY_PARENT), env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"  # progress lines must arrive while the job runs
+        return GenerateJob(request.command(self.python), env=env)
+
+    def load(self, request: GenerateRequest, name: str) -> mrml.ResultNodes:
+        """Add the finished run's results to the scene under a new, unique name."""
+        return mrml.add_results_from_folder(self.scene, request.output_dir, name=name)
+
+    @staticmethod
+    def discard(request: GenerateRequest) -> None:
+        """Remove a run's work folder (after loading, cancelling or failing)."""
+        shutil.rmtree(Path(request.input_path).parent, ignore_errors=True)

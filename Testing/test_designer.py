@@ -1,0 +1,103 @@
+"""Generate Implant without Qt: scene segment -> subprocess -> results in the scene, cancel and errors."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
+
+from conftest import skull_segmentation  # noqa: E402
+from SparseImplantLib import mrml  # noqa: E402
+from SparseImplantLib.designer import DesignInputs, ImplantDesigner  # noqa: E402
+from SparseImplantLib.errors import SparseImplantError  # noqa: E402
+from SparseImplantLib.io import read_mask  # noqa: E402
+from test_models import make_registry  # noqa: E402
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    directory = tmp_path / "models"
+    directory.mkdir()
+    make_registry(directory)
+    return directory
+
+
+def run_to_end(job, timeout_s: float = 300.0):
+    events, deadline = [], time.monotonic() + timeout_s
+    while not job.finished:
+        assert time.monotonic() < deadline, "generate subprocess did not finish"
+        events += job.poll()
+        time.sleep(0.05)
+    return events + job.poll()
+
+
+def test_generate_implant_from_a_segment(tmp_path, model_dir, synthetic_skull):
+    scene = slicer.vtkMRMLScene()
+    skull = skull_segmentation(scene, synthetic_skull[0])
+    reference = skull_segmentation(scene, synthetic_skull[1], "Ground truth")
+    segment_id = skull.GetSegmentation().GetNthSegmentID(0)
+    before = mrml.segment_to_volume(skull, segment_id)
+    designer = ImplantDesigner(scene, work_root=tmp_path / "work", model_dir=model_dir)
+    request = designer.prepare(DesignInputs(skull, segment_id, device="cpu", reference_segmentation_node=reference,
+                                            reference_segment_id=reference.GetSegmentation().GetNthSegmentID(0)))
+    prepared = read_mask(request.input_path)  # the segment's extent grown by a margin (no reference geometry)
+    assert prepared.array.sum() == before.array.sum() and prepared.shape > synthetic_skull[0].shape
+    job = designer.start(request)
+    events = run_to_end(job)
+    assert job.succeeded, job.log
+    fractions = [event.fraction for event in events]
+    assert fractions == sorted(fractions) and events[-1].stage == "done" and len(events) >= 4
+    result = designer.load(request, "Implant design")
+    designer.discard(request)
+    assert not request.input_path.parent.exists()
+    segments = result.segmentation.GetSegmentation()
+    assert [segments.GetNthSegment(i).GetName() for i in range(2)] == [mrml.COMPLETED_SEGMENT, mrml.IMPLANT_SEGMENT]
+    completed = mrml.segment_to_volume(result.segmentation, segments.GetNthSegmentID(0))
+    assert completed.same_geometry(prepared)
+    assert (completed.array[prepared.array > 0] == 1).all()  # the completed skull contains the input
+    assert result.metrics_table is not None  # a reference was given
+    # The input segmentation is exactly as it was.
+    assert skull.GetSegmentation().GetNumberOfSegments() == 1
+    np.testing.assert_array_equal(mrml.segment_to_volume(skull, segment_id).array, before.array)
+
+
+def test_library_errors_come_back_as_one_line(tmp_path, synthetic_skull):
+    scene = slicer.vtkMRMLScene()
+    skull = skull_segmentation(scene, synthetic_skull[0])
+    empty_models = tmp_path / "no-models"
+    empty_models.mkdir()
+    designer = ImplantDesigner(scene, work_root=tmp_path / "work", model_dir=empty_models)
+    nodes_before = scene.GetNumberOfNodes()
+    job = designer.start(designer.prepare(DesignInputs(skull, skull.GetSegmentation().GetNthSegmentID(0), device="cpu")))
+    run_to_end(job)
+    assert not job.succeeded and job.returncode != 0
+    assert "registry" in job.error_message() and "\n" not in job.error_message()
+    assert scene.GetNumberOfNodes() == nodes_before
+
+
+def test_bad_inputs_are_refused_before_any_subprocess(tmp_path, synthetic_skull):
+    scene = slicer.vtkMRMLScene()
+    designer = ImplantDesigner(scene, work_root=tmp_path / "work")
+    with pytest.raises(SparseImplantError, match="no input selected"):
+        designer.prepare(DesignInputs())
+    empty = skull_segmentation(scene, synthetic_skull[0].with_array(np.zeros(synthetic_skull[0].shape, np.uint8)))
+    with pytest.raises(SparseImplantError):
+        designer.prepare(DesignInputs(empty, empty.GetSegmentation().GetNthSegmentID(0)))
+    assert list((tmp_path / "work").iterdir()) == []  # failed preparations leave nothing behind
+
+
+def test_cancel_kills_the_process_and_leaves_the_scene_alone(tmp_path, model_dir, synthetic_skull):
+    scene = slicer.vtkMRMLScene()
+    skull = skull_segmentation(scene, synthetic_skull[0])
+    designer = ImplantDesigner(scene, work_root=tmp_path / "work", model_dir=model_dir)
+    request = designer.prepare(DesignInputs(skull, skull.GetSegmentation().GetNthSegmentID(0), device="cpu"))
+    nodes_before = scene.GetNumberOfNodes()
+    job = designer.start(request)
+    job.cancel()
+    assert job.cancelled and job.returncode is not None and not job.succeeded
+    assert not (request.output_dir / "report.json").exists()
+    designer.discard(request)
+    assert scene.GetNumberOfNodes() == nodes_before
