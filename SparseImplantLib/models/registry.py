@@ -12,12 +12,14 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from ..errors import SparseImplantError
-from .completion import CompletionNet
+
+if TYPE_CHECKING:  # torch is imported only to load or save weights: the Slicer module lists models without it
+    import torch
+
+    from .completion import CompletionNet
 
 MODEL_KINDS = ("completion", "super_resolution")
 REGISTRY_NAME = "registry.json"
@@ -97,9 +99,11 @@ def find_model(name: Optional[str] = None, kind: str = "completion", model_dir: 
     raise SparseImplantError(f"unknown model '{name}' (available: {known}): check --model")
 
 
-def load_network(info: ModelInfo, device: torch.device | str = "cpu") -> CompletionNet:
+def load_network(info: ModelInfo, device: "torch.device | str" = "cpu") -> "CompletionNet":
     """Network with verified weights, in eval mode on ``device``."""
     from safetensors.torch import load_file
+
+    from .completion import CompletionNet
 
     if not info.path.is_file():
         raise SparseImplantError(f"weights of model '{info.name}' are missing ('{info.path}'): reinstall the extension")
@@ -119,7 +123,7 @@ def load_network(info: ModelInfo, device: torch.device | str = "cpu") -> Complet
     return network.to(device).eval()
 
 
-def save_network(network: CompletionNet, info: ModelInfo, extra_metadata: Optional[Dict[str, str]] = None) -> ModelInfo:
+def save_network(network: "CompletionNet", info: ModelInfo, extra_metadata: Optional[Dict[str, str]] = None) -> ModelInfo:
     """Write the weights as safetensors and return ``info`` with the new sha256 (registry not touched)."""
     from safetensors.torch import save_file
 
