@@ -105,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     _register_generate(subparsers)
     _register_predict(subparsers)
     from . import evaluate, train
+    from .bench import commands as bench
 
-    for module in (evaluate, train):
+    for module in (evaluate, train, bench):
         module.register(subparsers)
     return parser
 

@@ -83,10 +83,13 @@ class CompletionNet(nn.Module):
             self.add_module(f"dec_block_s{2 ** (level + 1)}s{2 ** level}", _up_block(c[level + 1], c[level], kernel_size))
             self.add_module(f"dec_s{2 ** level}_cls", Conv3d(c[level], 1, kernel_size=1, bias=True))
 
-    def forward(self, partial: SparseTensor, target_coordinates: Optional[torch.Tensor] = None) -> CompletionOutput:
+    def forward(self, partial: SparseTensor, target_coordinates: Optional[torch.Tensor] = None,
+                keep_targets: Optional[bool] = None) -> CompletionOutput:
         """Complete ``partial`` (features: ones). ``target_coordinates`` (M, 4), the complete skull at
-        stride 1, gives each scale's classification target; during training the target voxels are
-        also kept at every scale but the last, so the decoder learns from the right places."""
+        stride 1, gives each scale's classification target; the target voxels are also kept at every
+        scale but the last when ``keep_targets`` (default: in training), so the decoder learns from
+        the right places (benchmarks use it in eval mode for a converged network's workload)."""
+        keep_targets = self.training if keep_targets is None else keep_targets
         encoded = [self.enc_block_s1(partial)]
         for level in range(LEVELS):
             encoded.append(getattr(self, f"enc_block_s{2 ** level}s{2 ** (level + 1)}")(encoded[-1]))
@@ -101,7 +104,7 @@ class CompletionNet(nn.Module):
             if target_coordinates is not None:
                 target = target_mask(logits, target_coordinates)
                 result.targets.append(target)
-                if self.training and level > 0:
+                if keep_targets and level > 0:
                     keep = keep | target
             result.logits.append(logits)
             decoded = prune(decoded, keep)

@@ -1,0 +1,7 @@
+"""``python -m SparseImplantLib.bench {engine,network,generate}``."""
+
+import sys
+
+from .commands import main
+
+sys.exit(main())

@@ -1,0 +1,252 @@
+"""The completion network, sparse versus its dense twin, on real skulls at the paper's grids.
+
+Every (method, grid, mode) runs in a fresh subprocess (``worker``) so its peak resident memory is its
+own. Pruning is the oracle a converged network approximates: each scale keeps the complete skull's
+voxels (classifiers biased to reject, targets kept), so the work does not depend on how well a
+randomly initialised network guesses. A dense case whose activations would not fit in the memory
+available is reported as out of memory with the computed need, not attempted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..models.completion import CHANNEL_PRESETS, LEVELS, CompletionNet, completion_loss
+from ..models.dense_twin import GRID_MULTIPLE, DenseCompletionNet
+from ..sparse import Conv3d, GenerativeConvTranspose3d, from_mask
+from .memory import available_mb, current_rss_mb, peak_rss_mb, reset_peak
+from .report import markdown_table, write_results
+
+GRIDS = {64: 8, 128: 4, 256: 2, 512: 1}  # in-plane size -> down-sampling factor (64^2 x Z/8 ... 512^2 x Z)
+REJECT_BIAS = -1e4
+FLOAT_BYTES = 4
+
+
+def load_case(data_root: Path, case: str, factor: int):
+    """(defective, complete) boolean arrays on the grid ``factor`` times coarser than the CT's."""
+    from ..io import read_mask
+    from ..volume import resample_mask_to_spacing
+
+    arrays = []
+    for folder in ("defective_skull", "complete_skull"):
+        mask = read_mask(Path(data_root) / folder / f"{case}.nrrd")
+        if factor > 1:
+            mask = resample_mask_to_spacing(mask, mask.spacing * factor)
+        arrays.append(mask.array > 0)
+    return arrays
+
+
+def _padded(array: np.ndarray) -> np.ndarray:
+    pad = [(0, (-n) % GRID_MULTIPLE) for n in array.shape]
+    return np.pad(array, pad)
+
+
+def dense_memory_mb(shape: Sequence[int], channels: Sequence[int], training: bool) -> float:
+    """Activation memory of the dense twin: encoder outputs kept for the skips, plus the few tensors a
+    block holds at once (inference), or every layer's saved output and its gradient (training)."""
+    voxels = [int(np.prod([n // 2**level for n in shape])) for level in range(LEVELS + 1)]
+    layer = [voxels[level] * channels[level] * FLOAT_BYTES for level in range(LEVELS + 1)]
+    if training:
+        # ~8 saved tensors per level (conv, BN, ReLU twice; decoder and skip) and gradients of the same size.
+        return 2 * 8 * sum(layer) / 2**20
+    return (sum(layer) + 4 * max(layer) + voxels[0] * FLOAT_BYTES) / 2**20
+
+
+def _oracle(network: torch.nn.Module) -> None:
+    for name, module in network.named_modules():
+        if name.endswith("_cls") or (name.startswith("classifiers.") and isinstance(module, torch.nn.Conv3d)):
+            module.bias.data.fill_(REJECT_BIAS)
+
+
+def _sparse_counts(network: CompletionNet):
+    """Forward hooks recording active voxels and multiply-adds (from the kernel maps) per layer."""
+    records: List[dict] = []
+
+    def hook(module, inputs, output):
+        x = inputs[0]
+        if isinstance(module, GenerativeConvTranspose3d):
+            pairs = module.kernel.shape[0] * len(x)
+        elif module.kernel_size == 1 and module.stride == 1:
+            pairs = len(x)
+        else:
+            outputs = output.coordinate_set
+            pairs = sum(len(rows) for rows, _ in x.coordinate_manager.convolution_map(x.coordinate_set, outputs, module.kernel_size, x.tensor_stride))
+        records.append({"voxels": len(output), "macs": pairs * module.in_channels * module.out_channels})
+
+    handles = [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, (Conv3d, GenerativeConvTranspose3d))]
+    return records, handles
+
+
+def _dense_counts(network: DenseCompletionNet):
+    records: List[dict] = []
+
+    def hook(module, inputs, output):
+        voxels = int(np.prod(output.shape[2:]))
+        kernel = int(np.prod(module.kernel_size))
+        in_voxels = int(np.prod(inputs[0].shape[2:]))
+        macs = (in_voxels if isinstance(module, torch.nn.ConvTranspose3d) else voxels) * kernel * module.in_channels * module.out_channels
+        records.append({"voxels": voxels, "macs": macs})
+
+    handles = [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    return records, handles
+
+
+def _dense_targets(complete: np.ndarray) -> List[torch.Tensor]:
+    grid = torch.from_numpy(_padded(complete)).float()[None, None]
+    return [torch.nn.functional.max_pool3d(grid, 2**level) > 0 if level else grid > 0 for level in reversed(range(LEVELS))]
+
+
+def worker(method: str, size: int, mode: str, data_root: Path, case: str, channels: str, seed: int = 0) -> dict:
+    """One measurement in this (fresh) process; returns a JSON-able dict."""
+    torch.manual_seed(seed)
+    defective, complete = load_case(data_root, case, GRIDS[size])
+    result = {"method": method, "size": size, "mode": mode, "grid": list(defective.shape),
+              "input_voxels": int(defective.sum()), "complete_voxels": int(complete.sum())}
+    training = mode == "train"
+    if method == "sparse":
+        network = CompletionNet(CHANNEL_PRESETS[channels])
+        target = from_mask(complete).C
+        records, handles = _sparse_counts(network)
+
+        def run():
+            records.clear()
+            if training:
+                network.train()
+                network.zero_grad()
+                completion_loss(network(from_mask(defective), target)).backward()
+            else:
+                _oracle(network)
+                network.eval()
+                with torch.no_grad():
+                    network(from_mask(defective), target, keep_targets=True)
+    elif method == "dense":
+        network = DenseCompletionNet(CHANNEL_PRESETS[channels])
+        volume = torch.from_numpy(_padded(defective)).float()[None, None]
+        targets = _dense_targets(complete)
+        result["grid"] = list(volume.shape[2:])
+        records, handles = _dense_counts(network)
+
+        def run():
+            records.clear()
+            if training:
+                network.train()
+                network.zero_grad()
+                logits = network(volume, targets)
+                loss = sum(torch.nn.functional.binary_cross_entropy_with_logits(l, t.float()) for l, t in zip(logits, targets))
+                loss.backward()
+            else:
+                _oracle(network)
+                network.eval()
+                with torch.no_grad():
+                    network(volume, targets)
+    else:
+        raise ValueError(f"unknown method {method}")
+
+    reset_peak()
+    base = current_rss_mb()
+    start = time.perf_counter()
+    run()
+    result["seconds"] = time.perf_counter() - start
+    result["peak_mb"] = peak_rss_mb()
+    result["peak_extra_mb"] = result["peak_mb"] - base
+    for handle in handles:
+        handle.remove()
+    result["layers"] = list(records)
+    result["gmacs"] = sum(r["macs"] for r in records) / 1e9
+    result["max_layer_voxels"] = max((r["voxels"] for r in records), default=0)
+    return result
+
+
+def _spawn(method: str, size: int, mode: str, data_root: Path, case: str, channels: str, timeout_s: float) -> dict:
+    command = [sys.executable, "-m", "SparseImplantLib.bench", "worker", "--method", method, "--size", str(size),
+               "--mode", mode, "--data", str(data_root), "--case", case, "--channels", channels]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"method": method, "size": size, "mode": mode, "status": f"timeout after {timeout_s:.0f} s"}
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        status = "out of memory (killed)" if done.returncode in (-9, 137) else f"failed: {last}"
+        return {"method": method, "size": size, "mode": mode, "status": status}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["status"] = "ok"
+    return result
+
+
+def _plot(results: List[dict], path: Path) -> Optional[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method, style in (("sparse", "o-"), ("dense", "s--")):
+        for mode, colour in (("inference", "tab:blue"), ("train", "tab:orange")):
+            points = sorted((r["size"], r) for r in results if r["method"] == method and r["mode"] == mode and r["status"] == "ok")
+            if not points:
+                continue
+            sizes = [p[0] for p in points]
+            axes[0].plot(sizes, [p[1]["peak_extra_mb"] / 1024 for p in points], style, color=colour, label=f"{method} {mode}")
+            axes[1].plot(sizes, [p[1]["seconds"] for p in points], style, color=colour, label=f"{method} {mode}")
+    for axis, label in zip(axes, ("peak memory (GB, above baseline)", "time (s)")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xticks(list(GRIDS), [f"{s}²" for s in GRIDS])
+        axis.set_xlabel("grid (in-plane; Z scaled alike)")
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle("Completion network ch1 on SkullFix: sparse engine vs dense twin (2 CPU cores)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def run(data_root: Path, case: str, sizes: Sequence[int], channels: str, output_dir: Path, timeout_s: float,
+        modes: Sequence[str] = ("inference", "train")) -> dict:
+    results = []
+    preset = CHANNEL_PRESETS[channels]
+    for size in sizes:
+        for method in ("sparse", "dense"):
+            for mode in modes:
+                if method == "dense":
+                    defective, _ = load_case(data_root, case, GRIDS[size])
+                    shape = [n + (-n) % GRID_MULTIPLE for n in defective.shape]
+                    need = dense_memory_mb(shape, preset, mode == "train")
+                    if need > 0.8 * available_mb():
+                        results.append({"method": method, "size": size, "mode": mode, "grid": shape,
+                                        "status": f"out of memory (needs {need / 1024:.1f} GB)", "estimated_mb": need})
+                        print(f"{method:6s} {size:4d} {mode:9s} skipped: needs ~{need / 1024:.1f} GB", flush=True)
+                        continue
+                result = _spawn(method, size, mode, data_root, case, channels, timeout_s)
+                if method == "dense" and result.get("status") == "ok":
+                    result["estimated_mb"] = dense_memory_mb(result["grid"], preset, mode == "train")
+                results.append(result)
+                print(f"{method:6s} {size:4d} {mode:9s} {result.get('status')} "
+                      f"{result.get('seconds', float('nan')):.2f} s {result.get('peak_extra_mb', float('nan')):.0f} MB", flush=True)
+    rows = []
+    for r in results:
+        ok = r["status"] == "ok"
+        rows.append([f"{r['size']}²", r["method"], r["mode"], "x".join(map(str, r.get("grid", []))),
+                     r.get("input_voxels", "") if ok else "", r.get("max_layer_voxels", "") if ok else "",
+                     round(r["gmacs"], 1) if ok else "", round(r["seconds"], 2) if ok else r["status"],
+                     round(r["peak_extra_mb"]) if ok else (f"~{r['estimated_mb']:.0f} (computed)" if "estimated_mb" in r else "")])
+    table = markdown_table(["grid", "method", "mode", "voxels grid", "input voxels", "largest layer voxels", "GMAC",
+                            "time s", "peak MB above baseline"], rows)
+    plot = _plot(results, Path(output_dir) / "network.png")
+    notes = (f"SkullFix case {case}, channels {channels} {list(preset)}, oracle pruning (each scale keeps the complete "
+             "skull's voxels), one pass per fresh process; memory is peak RSS above the process's RSS before the pass.")
+    write_results(output_dir, "network", {"case": case, "channels": channels, "results": results,
+                                           "plot": str(plot) if plot else None}, table, notes)
+    return {"results": results}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Build MinkowskiEngine 0.5.4 CPU-only into a cached wheel and install it into $PYTHON's environment.
+# ME is the reference oracle of Testing/test_sparse_minkowski.py and of the benchmarks; SparseImplant
+# never needs it at run time. Takes ~6 min on 2 cores; later runs reuse the wheel.
+#   PYTHON=.venv/bin/python bash Testing/minkowski/build.sh
+set -euo pipefail
+
+PYTHON=$(realpath -s "$(command -v "${PYTHON:-python3}")")  # absolute: the build runs in another folder
+CACHE=${SPARSEIMPLANT_WHEEL_CACHE:-$HOME/.cache/sparseimplant/wheels}
+VERSION=0.5.4
+SHA256=b1879c00d0b0b1d30ba622cce239886a7e3c78ee9da1064cdfe2f64c2ab15f94
+URL=https://files.pythonhosted.org/packages/21/5c/c543c4bc5fbe73ac3e38465b3da4f24a61f7a4ac5baec867e582e94aa551/MinkowskiEngine-$VERSION.tar.gz
+
+find_wheel() { ls "$CACHE"/MinkowskiEngine-"$VERSION"-*.whl 2>/dev/null | head -n 1 || true; }
+
+wheel=$(find_wheel)
+if [ -z "$wheel" ]; then
+  dpkg -s libopenblas-dev >/dev/null 2>&1 || { echo "build.sh: needs OpenBLAS headers: apt-get install -y libopenblas-dev" >&2; exit 1; }
+  "$PYTHON" -c "import torch" || { echo "build.sh: install torch==2.13.0 into $PYTHON first (make venv)" >&2; exit 1; }
+  "$PYTHON" -m pip install -q wheel ninja
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  curl -sSfL -o "$work/me.tar.gz" "$URL"
+  echo "$SHA256  $work/me.tar.gz" | sha256sum -c --quiet -
+  tar xzf "$work/me.tar.gz" -C "$work"
+  src="$work/MinkowskiEngine-$VERSION"
+
+  # Fix 1: Python >= 3.10 has Sequence only in collections.abc.
+  sed -i -e 's/^from collections import Sequence, namedtuple$/from collections import namedtuple\nfrom collections.abc import Sequence/' \
+         -e 's/^from collections import Sequence$/from collections.abc import Sequence/' "$src"/MinkowskiEngine/*.py
+  ! grep -n "^from collections import Sequence" "$src"/MinkowskiEngine/*.py
+
+  # Fix 2: an empty kernel map (everything pruned) was returned by reference to a temporary, which
+  # crashes later; keep it in the manager's cache and return that reference instead.
+  perl -0pi -e 's/return (detail::empty_map_functor<coordinate_type, TemplatedAllocator,\s*CoordinateMapType, kernel_map_type>\(\)\(\));/m_kernel_maps[kernel_map_key] = $1;\n      return m_kernel_maps[kernel_map_key];/' \
+    "$src/src/coordinate_map_manager.cpp"
+  grep -q "m_kernel_maps\[kernel_map_key\] = detail::empty_map_functor" "$src/src/coordinate_map_manager.cpp"
+
+  mkdir -p "$CACHE"
+  (cd "$src" && SETUPTOOLS_USE_DISTUTILS=stdlib MAX_JOBS=${MAX_JOBS:-2} "$PYTHON" setup.py -q bdist_wheel --cpu_only --blas=openblas -d "$CACHE")
+  wheel=$(find_wheel)
+fi
+"$PYTHON" -m pip install -q --no-deps --force-reinstall "$wheel"
+"$PYTHON" -c "import MinkowskiEngine as ME; print('MinkowskiEngine', ME.__version__, 'from', '$wheel')"

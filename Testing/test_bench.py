@@ -1,0 +1,66 @@
+"""Benchmarks at small sizes (their numbers are for results/, not for assertions on speed) and the
+dense twin's agreement with the sparse network."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import require_skullfix
+from SparseImplantLib.bench import engine, network
+from SparseImplantLib.models.completion import CHANNEL_PRESETS, LEVELS, CompletionNet
+from SparseImplantLib.models.dense_twin import DenseCompletionNet, copy_from_sparse
+from SparseImplantLib.sparse import from_mask, to_dense
+
+
+def test_engine_benchmark_writes_a_sane_report(tmp_path):
+    data = engine.run(voxels=20_000, channels=4, repeats=1, output_dir=tmp_path)
+    saved = json.loads((tmp_path / "engine.json").read_text())
+    assert saved["voxels"] == data["voxels"] == len(engine.shell_coordinates(20_000))
+    assert abs(saved["voxels"] - 20_000) / 20_000 < 0.15
+    ours = saved["engines"]["ours"]
+    assert all(ours[key] > 0 for key in ("map_build_s", "forward_s", "forward_backward_s"))
+    assert "| engine |" in (tmp_path / "engine.md").read_text()
+
+
+@pytest.mark.slow
+def test_network_benchmark_on_the_smallest_grid(tmp_path):
+    root = require_skullfix()
+    network.run(root, "050", sizes=[64], channels="ch1", output_dir=tmp_path, timeout_s=600)
+    results = json.loads((tmp_path / "network.json").read_text())["results"]
+    assert {(r["method"], r["mode"]) for r in results} == {(m, n) for m in ("sparse", "dense") for n in ("inference", "train")}
+    for result in results:
+        assert result["status"] == "ok", result
+        assert result["seconds"] > 0 and result["peak_mb"] > 0 and result["gmacs"] > 0
+    sparse = next(r for r in results if r["method"] == "sparse" and r["mode"] == "inference")
+    dense = next(r for r in results if r["method"] == "dense" and r["mode"] == "inference")
+    assert sparse["layers"][0]["voxels"] == sparse["input_voxels"]  # first conv keeps the input voxels
+    assert dense["layers"][0]["voxels"] == int(np.prod(dense["grid"]))  # dense works on every voxel
+    assert sparse["gmacs"] < dense["gmacs"]
+    assert (tmp_path / "network.png").is_file()
+
+
+def test_dense_twin_matches_the_sparse_encoder_on_a_full_grid():
+    torch.manual_seed(0)
+    sparse = CompletionNet(CHANNEL_PRESETS["ch1"]).eval()
+    dense = copy_from_sparse(DenseCompletionNet(CHANNEL_PRESETS["ch1"]), sparse).eval()
+    mask = np.ones((64, 64, 64), bool)
+    x = from_mask(mask)
+    encoded_sparse = [sparse.enc_block_s1(x)]
+    for level in range(LEVELS):
+        encoded_sparse.append(getattr(sparse, f"enc_block_s{2 ** level}s{2 ** (level + 1)}")(encoded_sparse[-1]))
+    volume = torch.ones(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        encoded_dense = [dense.encoder[0](volume)]
+        for block in dense.encoder[1:]:
+            encoded_dense.append(block(encoded_dense[-1]))
+    for level, (s, d) in enumerate(zip(encoded_sparse, encoded_dense)):
+        expected = d
+        actual = to_dense(s, tuple(64 // 2**level for _ in range(3))).detach()
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        logits = dense(volume)
+    assert [tuple(l.shape[2:]) for l in logits] == [(64 // 2**level,) * 3 for level in reversed(range(LEVELS))]
