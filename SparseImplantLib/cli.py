@@ -99,11 +99,33 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_register_model(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "register-model",
+        help="add a trained model to a model folder's registry (with its validation metrics)",
+        description="Copy RUN/model.safetensors (checked against RUN/model.json) into the model folder as "
+        "<name>.safetensors and add or replace its registry entry; --evaluation attaches evaluate's JSON.",
+    )
+    parser.add_argument("run", type=Path, help="output folder of 'sparseimplant train'")
+    parser.add_argument("--evaluation", type=Path, help="evaluation.json written by 'sparseimplant evaluate'")
+    parser.add_argument("--model-dir", type=Path, help="model folder (default: Resources/Models)")
+    parser.set_defaults(func=_run_register_model)
+
+
+def _run_register_model(args: argparse.Namespace) -> int:
+    from .models.registry import register_trained_model
+
+    info = register_trained_model(args.run, args.model_dir, args.evaluation)
+    print(f"registered '{info.name}' ({info.path}, sha256 {info.sha256[:12]}...)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparseimplant", description="Sparse CNN skull completion and cranial implant design.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_generate(subparsers)
     _register_predict(subparsers)
+    _register_register_model(subparsers)
     from . import evaluate, train
     from .bench import commands as bench
 

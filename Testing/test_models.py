@@ -129,3 +129,27 @@ def test_weights_of_other_channels_are_rejected(tmp_path):
     (tmp_path / "registry.json").write_text(json.dumps(registry))
     with pytest.raises(SparseImplantError, match="do not fit model 'tiny'"):
         load_network(find_model("tiny", model_dir=tmp_path))
+
+
+def test_register_trained_model_adds_weights_and_metrics(tmp_path):
+    from SparseImplantLib.models.registry import load_registry, register_trained_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    trained = make_registry(run)  # stands in for a finished 'train' run
+    (run / "model.json").write_text(json.dumps(trained.to_json()))
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(json.dumps({"cases": [{"case": "050", "defect_type": None, "dsc": 0.912345, "hd95_mm": 1.5}],
+                                      "summary": {"dsc": {"mean": 0.912345, "std": 0.0, "n": 1}}}))
+    models = tmp_path / "models"
+    make_registry(models, kind="super_resolution")  # an existing entry named 'tiny' is replaced
+    bundled = register_trained_model(run, models, evaluation)
+    entries = load_registry(models)
+    assert [(m.name, m.kind) for m in entries] == [("tiny", "completion")]
+    assert entries[0].file == "tiny.safetensors" and entries[0].sha256 == trained.sha256
+    assert entries[0].metrics["validation_mean"] == {"dsc": 0.9123}
+    assert entries[0].metrics["validation_cases"] == [{"case": "050", "dsc": 0.9123, "hd95_mm": 1.5}]
+    load_network(bundled)  # checksum verified
+    (run / "tiny.safetensors").write_bytes(b"corrupt")
+    with pytest.raises(SparseImplantError, match="does not match the sha256"):
+        register_trained_model(run, models)

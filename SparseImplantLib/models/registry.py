@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
@@ -142,3 +142,32 @@ def write_registry(models: Sequence[ModelInfo], model_dir: Optional[Path] = None
     model_dir = Path(model_dir) if model_dir else default_model_dir()
     text = json.dumps({"models": [m.to_json() for m in models]}, indent=2) + "\n"
     return atomic_write(model_dir / REGISTRY_NAME, lambda tmp: tmp.write_text(text))
+
+
+def register_trained_model(run_dir: Path, model_dir: Optional[Path] = None, evaluation: Optional[Path] = None) -> ModelInfo:
+    """Copy a training run's weights (``model.json`` + weights) into a model folder and its registry,
+    replacing an entry of the same name; ``evaluation`` (an ``evaluate`` JSON) becomes its metrics."""
+    import shutil
+
+    from ..io import atomic_write
+
+    run_dir = Path(run_dir)
+    try:
+        trained = ModelInfo(**json.loads((run_dir / "model.json").read_text()), directory=run_dir)
+    except (OSError, ValueError, TypeError) as error:
+        raise SparseImplantError(f"'{run_dir}' is not a finished training run ({error}): point at the train output folder") from None
+    if sha256_of(trained.path) != trained.sha256:
+        raise SparseImplantError(f"'{trained.path}' does not match the sha256 in model.json: the run did not finish cleanly")
+    target_dir = Path(model_dir) if model_dir else default_model_dir()
+    target_dir.mkdir(parents=True, exist_ok=True)
+    bundled = replace(trained, file=f"{trained.name}.safetensors", directory=target_dir)
+    atomic_write(bundled.path, lambda tmp: shutil.copyfile(trained.path, tmp))
+    if evaluation is not None:
+        report = json.loads(Path(evaluation).read_text())
+        bundled.metrics = {"validation_mean": {key: round(value["mean"], 4) for key, value in report["summary"].items()},
+                           "validation_cases": [{key: (round(value, 4) if isinstance(value, float) else value)
+                                                 for key, value in case.items() if value is not None}
+                                                for case in report["cases"]]}
+    existing = load_registry(target_dir) if (target_dir / REGISTRY_NAME).is_file() else []
+    write_registry([model for model in existing if model.name != bundled.name] + [bundled], target_dir)
+    return bundled
