@@ -23,7 +23,8 @@ COORDINATE_SYSTEMS = ("LPS", "RAS")
 PAD = 3  # zero voxels around the cropped mask: room for the blur, so the surface stays closed
 
 
-def _matrix(values: np.ndarray) -> vtk.vtkMatrix4x4:
+def vtk_matrix(values: np.ndarray) -> vtk.vtkMatrix4x4:
+    """A 4x4 numpy matrix as VTK's."""
     matrix = vtk.vtkMatrix4x4()
     for row in range(4):
         for column in range(4):
@@ -35,7 +36,7 @@ def transform_polydata(surface: vtk.vtkPolyData, matrix: np.ndarray) -> vtk.vtkP
     """Apply a 4x4 matrix to the points; cell order is reversed for mirroring matrices so that
     normals keep pointing outwards."""
     transform = vtk.vtkTransform()
-    transform.SetMatrix(_matrix(matrix))
+    transform.SetMatrix(vtk_matrix(matrix))
     mapper = vtk.vtkTransformPolyDataFilter()
     mapper.SetTransform(transform)
     mapper.SetInputData(surface)

@@ -18,9 +18,9 @@ import vtk
 from vtk.util import numpy_support
 
 from .errors import SparseImplantError
-from .geometry import DISTANCE_ARRAY, transform_polydata
-from .io import PathLike, atomic_write
-from .render import color_limit_mm, diverging_lookup_table, offscreen_window
+from .geometry import DISTANCE_ARRAY, transform_polydata, vtk_matrix
+from .io import PathLike
+from .render import capture_window, color_limit_mm, diverging_lookup_table, offscreen_window, write_png
 from .volume import LPS_TO_RAS, Volume
 
 COMPLETED_SEGMENT = "Completed skull"
@@ -63,14 +63,6 @@ def enable_segmentations(scene) -> None:
     _SEGMENTATION_LOGICS[id(scene)] = logic
 
 
-def _vtk_matrix(values: np.ndarray) -> vtk.vtkMatrix4x4:
-    matrix = vtk.vtkMatrix4x4()
-    for row in range(4):
-        for column in range(4):
-            matrix.SetElement(row, column, float(values[row, column]))
-    return matrix
-
-
 def _numpy_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
 
@@ -106,7 +98,7 @@ def volume_from_node(node) -> Volume:
 def _oriented_image(volume: Volume) -> "slicer.vtkOrientedImageData":
     image = slicer.vtkOrientedImageData()
     image.SetDimensions(*volume.shape)
-    image.SetImageToWorldMatrix(_vtk_matrix(volume.index_to_ras()))
+    image.SetImageToWorldMatrix(vtk_matrix(volume.index_to_ras()))
     scalars = numpy_support.numpy_to_vtk(np.ravel(volume.array.astype(np.uint8), order="F"), deep=True,
                                          array_type=vtk.VTK_UNSIGNED_CHAR)
     image.GetPointData().SetScalars(scalars)
@@ -121,7 +113,7 @@ def add_labelmap_node(scene, volume: Volume, name: str) -> "slicer.vtkMRMLLabelM
     image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(
         np.ravel(volume.array.astype(np.uint8), order="F"), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
     node.SetAndObserveImageData(image)
-    node.SetIJKToRASMatrix(_vtk_matrix(volume.index_to_ras()))
+    node.SetIJKToRASMatrix(vtk_matrix(volume.index_to_ras()))
     return node
 
 
@@ -400,22 +392,9 @@ class OffscreenViews:
                 renderer.GetActiveCamera().DeepCopy(camera)
                 renderer.ResetCameraClippingRange()
             window.Render()
-            grabber = vtk.vtkWindowToImageFilter()
-            grabber.SetInput(window)
-            grabber.ReadFrontBufferOff()
-            grabber.Update()
-            image = vtk.vtkImageData()
-            image.DeepCopy(grabber.GetOutput())
-            append.AddInputData(image)
+            append.AddInputData(capture_window(window))
         append.Update()
-        writer = vtk.vtkPNGWriter()
-        writer.SetInputData(append.GetOutput())
-
-        def write(temporary: Path) -> None:
-            writer.SetFileName(str(temporary))
-            writer.Write()
-
-        return atomic_write(path, write)
+        return write_png(append.GetOutput(), path)
 
     def close(self) -> None:
         for group, renderer, interactor, window in self._pipelines:

@@ -134,6 +134,29 @@ def offscreen_window(size: Sequence[int]) -> vtk.vtkRenderWindow:
     return window
 
 
+def capture_window(window: vtk.vtkRenderWindow) -> vtk.vtkImageData:
+    """A copy of the rendered pixels (the back buffer, which offscreen windows draw into)."""
+    grabber = vtk.vtkWindowToImageFilter()
+    grabber.SetInput(window)
+    grabber.ReadFrontBufferOff()
+    grabber.Update()
+    image = vtk.vtkImageData()
+    image.DeepCopy(grabber.GetOutput())
+    return image
+
+
+def write_png(image: vtk.vtkImageData, path: PathLike) -> Path:
+    """Write ``image`` as a PNG, atomically."""
+    writer = vtk.vtkPNGWriter()
+    writer.SetInputData(image)
+
+    def write(temporary: Path) -> None:
+        writer.SetFileName(str(temporary))
+        writer.Write()
+
+    return atomic_write(path, write)
+
+
 def render_three_panel(completed: vtk.vtkPolyData, defective: vtk.vtkPolyData, implant: Optional[vtk.vtkPolyData],
                        distance_surface: vtk.vtkPolyData, path: PathLike, size: Tuple[int, int] = (1800, 600),
                        title_mm: str = "Signed distance (mm)", distance_array: str = "SignedDistance_mm") -> Path:
@@ -165,17 +188,6 @@ def render_three_panel(completed: vtk.vtkPolyData, defective: vtk.vtkPolyData, i
     window.GetRenderers().GetFirstRenderer().ResetCameraClippingRange()
     window.Render()
 
-    grabber = vtk.vtkWindowToImageFilter()
-    grabber.SetInput(window)
-    grabber.ReadFrontBufferOff()
-    grabber.Update()
-    writer = vtk.vtkPNGWriter()
-    writer.SetInputConnection(grabber.GetOutputPort())
-
-    def write(temporary: Path) -> None:
-        writer.SetFileName(str(temporary))
-        writer.Write()
-
-    result = atomic_write(path, write)
+    result = write_png(capture_window(window), path)
     window.Finalize()
     return result

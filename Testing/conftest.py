@@ -45,6 +45,17 @@ def synthetic_skull() -> tuple[Volume, Volume]:
     return Volume(defective, **geometry), Volume(implant, **geometry)
 
 
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    """A model folder with one small untrained completion model, 'tiny'."""
+    from test_models import make_registry
+
+    directory = tmp_path / "models"
+    directory.mkdir()
+    make_registry(directory)
+    return directory
+
+
 def require_skullfix() -> Path:
     if not (SKULLFIX / "defective_skull" / "000.nrrd").is_file():
         pytest.skip("SkullFix data not found beside the project (../shared/data/skullfix)")

@@ -18,14 +18,6 @@ from test_models import make_registry
 
 
 @pytest.fixture
-def model_dir(tmp_path):
-    directory = tmp_path / "models"
-    directory.mkdir()
-    make_registry(directory)
-    return directory
-
-
-@pytest.fixture
 def skull_file(tmp_path, synthetic_skull):
     return write_volume(tmp_path / "defective.nrrd", synthetic_skull[0])
 

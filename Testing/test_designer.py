@@ -14,15 +14,6 @@ from SparseImplantLib import mrml  # noqa: E402
 from SparseImplantLib.designer import DesignInputs, ImplantDesigner  # noqa: E402
 from SparseImplantLib.errors import SparseImplantError  # noqa: E402
 from SparseImplantLib.io import read_mask  # noqa: E402
-from test_models import make_registry  # noqa: E402
-
-
-@pytest.fixture
-def model_dir(tmp_path):
-    directory = tmp_path / "models"
-    directory.mkdir()
-    make_registry(directory)
-    return directory
 
 
 def run_to_end(job, timeout_s: float = 300.0):

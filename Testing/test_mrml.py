@@ -141,17 +141,13 @@ def test_export_segments_writes_stl_once(scene, results, tmp_path):
         mrml.export_segments(node, tmp_path, file_format="step")
 
 
-def test_results_from_a_generate_folder(scene, synthetic_skull, tmp_path):
+def test_results_from_a_generate_folder(scene, synthetic_skull, tmp_path, model_dir):
     from SparseImplantLib.io import write_volume
     from SparseImplantLib.pipeline import GenerateOptions, generate
-    from test_models import make_registry
 
-    models = tmp_path / "models"
-    models.mkdir()
-    make_registry(models)
     source = write_volume(tmp_path / "defective.nrrd", synthetic_skull[0])
     reference = write_volume(tmp_path / "implant.nrrd", synthetic_skull[1])
-    generate(source, tmp_path / "out", GenerateOptions(device="cpu", model_dir=models, mesh_formats=("vtk",),
+    generate(source, tmp_path / "out", GenerateOptions(device="cpu", model_dir=model_dir, mesh_formats=("vtk",),
                                                         reference=reference))
     result = mrml.add_results_from_folder(scene, tmp_path / "out", name="Case")
     assert {"completed", "defective", "distance"} <= set(result.models)
