@@ -83,6 +83,7 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--model-dir", type=Path, help="folder with registry.json and weights")
     parser.add_argument("--overwrite", action="store_true", help="replace predictions already in OUTDIR")
+    parser.add_argument("--keep-logit", type=float, help="override the model's pruning threshold (for tuning on training cases)")
     parser.set_defaults(func=_run_predict)
 
 
@@ -93,7 +94,8 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     cases = parse_case_range(args.cases) if args.cases else None
     with TerminalProgress() as bar:
-        records = predict_cases(args.data, args.output, cases, args.model, args.device, args.model_dir, args.overwrite, bar)
+        records = predict_cases(args.data, args.output, cases, args.model, args.device, args.model_dir, args.overwrite, bar,
+                                keep_logit=args.keep_logit)
     for record in records:
         print(f"{record['case']}: {sum(record['timings_s'].values()):.1f} s on {record['device']}")
     return 0
@@ -109,13 +111,14 @@ def _register_register_model(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run", type=Path, help="output folder of 'sparseimplant train'")
     parser.add_argument("--evaluation", type=Path, help="evaluation.json written by 'sparseimplant evaluate'")
     parser.add_argument("--model-dir", type=Path, help="model folder (default: Resources/Models)")
+    parser.add_argument("--keep-logit", type=float, help="pruning threshold stored with the model (default 0)")
     parser.set_defaults(func=_run_register_model)
 
 
 def _run_register_model(args: argparse.Namespace) -> int:
     from .models.registry import register_trained_model
 
-    info = register_trained_model(args.run, args.model_dir, args.evaluation)
+    info = register_trained_model(args.run, args.model_dir, args.evaluation, args.keep_logit)
     print(f"registered '{info.name}' ({info.path}, sha256 {info.sha256[:12]}...)")
     return 0
 

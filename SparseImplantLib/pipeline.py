@@ -142,15 +142,18 @@ def design_implant(defective: Volume, network: CompletionNet, info: ModelInfo, d
 
 def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[str]] = None, model: Optional[str] = None,
                   device: str = "auto", model_dir: Optional[Path] = None, overwrite: bool = False,
-                  progress: ProgressCallback = ignore_progress) -> list[dict]:
+                  progress: ProgressCallback = ignore_progress, keep_logit: Optional[float] = None) -> list[dict]:
     """Batch prediction over a SkullFix/SkullBreak folder: OUTDIR/<case>/{completed_skull,implant}.nrrd,
-    the layout ``evaluate`` reads. Returns one timing record per case."""
+    the layout ``evaluate`` reads. ``keep_logit`` overrides the model's pruning threshold (tuning).
+    Returns one timing record per case."""
     from .data.datasets import list_cases
 
     selected = list_cases(data_root, cases=cases)
     info = find_model(model, "completion", model_dir)
     chosen = select_device(device)
     network = load_network(info, chosen)
+    if keep_logit is not None:
+        network.keep_logit = keep_logit
     records = []
     for index, files in enumerate(selected):
         progress(ProgressEvent("predict", index / len(selected), files.key))

@@ -150,6 +150,20 @@ def test_register_trained_model_adds_weights_and_metrics(tmp_path):
     assert entries[0].metrics["validation_mean"] == {"dsc": 0.9123}
     assert entries[0].metrics["validation_cases"] == [{"case": "050", "dsc": 0.9123, "hd95_mm": 1.5}]
     load_network(bundled)  # checksum verified
+    tuned = register_trained_model(run, models, keep_logit=-1.5)
+    assert load_network(find_model("tiny", model_dir=models)).keep_logit == tuned.keep_logit == -1.5
     (run / "tiny.safetensors").write_bytes(b"corrupt")
     with pytest.raises(SparseImplantError, match="does not match the sha256"):
         register_trained_model(run, models)
+
+
+def test_a_lower_keep_logit_keeps_more_voxels():
+    torch.manual_seed(3)
+    network = CompletionNet(CHANNEL_PRESETS["ch1"]).eval()
+    defective, _ = shell_skull(shape=(32, 32, 32), radius=11.0)
+    counts = []
+    for threshold in (0.5, 0.0, -0.5):
+        network.keep_logit = threshold
+        with torch.no_grad():
+            counts.append(len(network(from_mask(defective)).output))
+    assert counts == sorted(counts) and counts[0] < counts[-1]

@@ -72,6 +72,9 @@ class CompletionNet(nn.Module):
         if len(channels) != LEVELS + 1:
             raise ValueError(f"channels needs {LEVELS + 1} entries (strides 1..64), got {len(channels)}")
         self.channels = tuple(int(c) for c in channels)
+        # A voxel survives a scale's classifier when its logit exceeds this (0: probability 0.5). A model's
+        # registry entry may lower it when validation shows the network prunes too eagerly.
+        self.keep_logit = 0.0
         c = self.channels
         self.enc_block_s1 = nn.Sequential(Conv3d(1, c[0], kernel_size=3), BatchNorm(c[0]), ReLU())
         for level in range(LEVELS):
@@ -100,7 +103,7 @@ class CompletionNet(nn.Module):
             decoded = getattr(self, f"dec_block_s{2 ** (level + 1)}s{2 ** level}")(decoded)
             decoded = decoded + encoded[level]
             logits = getattr(self, f"dec_s{2 ** level}_cls")(decoded)
-            keep = logits.F.reshape(-1) > 0
+            keep = logits.F.reshape(-1) > self.keep_logit
             if target_coordinates is not None:
                 target = target_mask(logits, target_coordinates)
                 result.targets.append(target)

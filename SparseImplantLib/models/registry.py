@@ -44,6 +44,7 @@ class ModelInfo:
     sha256: str = ""
     licence: str = ""
     crop_margin_mm: float = 20.0
+    keep_logit: float = 0.0
     training: Dict[str, Any] = field(default_factory=dict)
     metrics: Dict[str, Any] = field(default_factory=dict)
     directory: Path = field(default_factory=default_model_dir, repr=False)
@@ -120,6 +121,7 @@ def load_network(info: ModelInfo, device: "torch.device | str" = "cpu") -> "Comp
         raise SparseImplantError(
             f"weights '{info.path.name}' do not fit model '{info.name}' ({first_line}): check the registry entry"
         ) from None
+    network.keep_logit = float(info.keep_logit)
     return network.to(device).eval()
 
 
@@ -144,7 +146,8 @@ def write_registry(models: Sequence[ModelInfo], model_dir: Optional[Path] = None
     return atomic_write(model_dir / REGISTRY_NAME, lambda tmp: tmp.write_text(text))
 
 
-def register_trained_model(run_dir: Path, model_dir: Optional[Path] = None, evaluation: Optional[Path] = None) -> ModelInfo:
+def register_trained_model(run_dir: Path, model_dir: Optional[Path] = None, evaluation: Optional[Path] = None,
+                           keep_logit: Optional[float] = None) -> ModelInfo:
     """Copy a training run's weights (``model.json`` + weights) into a model folder and its registry,
     replacing an entry of the same name; ``evaluation`` (an ``evaluate`` JSON) becomes its metrics."""
     import shutil
@@ -161,6 +164,8 @@ def register_trained_model(run_dir: Path, model_dir: Optional[Path] = None, eval
     target_dir = Path(model_dir) if model_dir else default_model_dir()
     target_dir.mkdir(parents=True, exist_ok=True)
     bundled = replace(trained, file=f"{trained.name}.safetensors", directory=target_dir)
+    if keep_logit is not None:
+        bundled.keep_logit = float(keep_logit)
     atomic_write(bundled.path, lambda tmp: shutil.copyfile(trained.path, tmp))
     if evaluation is not None:
         report = json.loads(Path(evaluation).read_text())
