@@ -43,8 +43,8 @@ LAYOUT_XML = (
     '<layout type="horizontal">'
     + "".join(
         f'<item><view class="vtkMRMLViewNode" singletontag="{tag}">'
-        f'<property name="viewlabel" action="default">{index + 1}</property></view></item>'
-        for index, tag in enumerate(VIEW_TAGS)
+        f'<property name="viewlabel" action="default">{label}</property></view></item>'
+        for tag, label in zip(VIEW_TAGS, VIEW_LABELS)
     )
     + "</layout>"
 )
@@ -185,14 +185,13 @@ def add_result_segmentation(scene, completed: Volume, implant: Volume, name: str
 
 
 def add_model(scene, surface_lps: vtk.vtkPolyData, name: str, color: Tuple[float, float, float],
-              view_nodes: Sequence = (), opacity: float = 1.0) -> "slicer.vtkMRMLModelNode":
+              view_nodes: Sequence = ()) -> "slicer.vtkMRMLModelNode":
     """A model node from an LPS surface (library convention), shown only in ``view_nodes`` if given."""
     node = scene.AddNewNodeByClass("vtkMRMLModelNode", scene.GenerateUniqueName(name))
     node.SetAndObservePolyData(transform_polydata(surface_lps, LPS_TO_RAS))
     node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     display.SetColor(*color)
-    display.SetOpacity(opacity)
     display.SetViewNodeIDs([view.GetID() for view in view_nodes])
     return node
 
@@ -250,14 +249,14 @@ def three_view_nodes(scene) -> List["slicer.vtkMRMLViewNode"]:
     if not layout.IsLayoutDescription(LAYOUT_ID):
         layout.AddLayoutDescription(LAYOUT_ID, LAYOUT_XML)
     views = []
-    for index, (tag, label) in enumerate(zip(VIEW_TAGS, VIEW_LABELS)):
+    for tag, label in zip(VIEW_TAGS, VIEW_LABELS):
         view = scene.GetSingletonNode(tag, "vtkMRMLViewNode")
         if view is None:
             view = slicer.vtkMRMLViewNode()
             view.SetSingletonTag(tag)
             view.SetName(f"View{tag}")
             view.SetLayoutName(tag)
-            view.SetLayoutLabel(str(index + 1))
+            view.SetLayoutLabel(label)
             view.SetLayoutColor(*BONE_COLOR)
             scene.AddNode(view)
         view.SetLinkedControl(True)
