@@ -1,9 +1,9 @@
 """The completion network, sparse versus its dense twin, on real skulls at the paper's grids.
 
 Every (method, grid, mode) runs in a fresh subprocess (``worker``) so its peak resident memory is its
-own. Pruning is the oracle a converged network approximates: each scale keeps the complete skull's
-voxels (classifiers biased to reject, targets kept), so the work does not depend on how well a
-randomly initialised network guesses. A dense case whose activations would not fit in the memory
+own. Pruning is the oracle a converged network approximates, in inference and in the training step:
+each scale keeps the complete skull's voxels (classifiers biased to reject, targets kept), so the work
+does not depend on how well a randomly initialised network guesses. A dense case whose activations would not fit in the memory
 available is reported as out of memory with the computed need, not attempted.
 """
 
@@ -116,6 +116,8 @@ def worker(method: str, size: int, mode: str, data_root: Path, case: str, channe
         target = from_mask(complete).C
         records, handles = _sparse_counts(network)
 
+        _oracle(network)
+
         def run():
             records.clear()
             if training:
@@ -123,7 +125,6 @@ def worker(method: str, size: int, mode: str, data_root: Path, case: str, channe
                 network.zero_grad()
                 completion_loss(network(from_mask(defective), target)).backward()
             else:
-                _oracle(network)
                 network.eval()
                 with torch.no_grad():
                     network(from_mask(defective), target, keep_targets=True)
@@ -134,6 +135,8 @@ def worker(method: str, size: int, mode: str, data_root: Path, case: str, channe
         result["grid"] = list(volume.shape[2:])
         records, handles = _dense_counts(network)
 
+        _oracle(network)
+
         def run():
             records.clear()
             if training:
@@ -143,7 +146,6 @@ def worker(method: str, size: int, mode: str, data_root: Path, case: str, channe
                 loss = sum(torch.nn.functional.binary_cross_entropy_with_logits(l, t.float()) for l, t in zip(logits, targets))
                 loss.backward()
             else:
-                _oracle(network)
                 network.eval()
                 with torch.no_grad():
                     network(volume, targets)
