@@ -1,7 +1,10 @@
 """Parity of the bundled engine with MinkowskiEngine 0.5.4: same weights, same outputs (<= 1e-5).
 
-Skipped unless MinkowskiEngine imports (build it with Testing/minkowski/build.sh). Rows are compared
-after sorting both sides by packed coordinate key, since the engines order voxels differently.
+Weights always travel from ME into ours (``ours.load_state_dict(theirs.state_dict())``), the direction
+that matters for the authors' checkpoints. Skipped unless MinkowskiEngine imports (build it with
+Testing/minkowski/build.sh). Rows are compared after sorting both sides by packed coordinate key, since
+the engines order voxels differently. Kernel gradients sum thousands of float32 products in a different
+order, so they are compared relative to their magnitude; in float64 everything agrees to ~1e-13.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent / "minkowski"))
 from me_completion import MinkowskiCompletionNet  # noqa: E402
 
 TOLERANCE = 1e-5
+DTYPES = [torch.float32, torch.float64]
 
 
 def random_voxels(count: int = 600, extent: int = 24, seed: int = 0) -> torch.Tensor:
@@ -46,46 +50,60 @@ def assert_same(ours: SparseTensor, theirs, tolerance: float = TOLERANCE) -> flo
     return difference
 
 
-def pair(channels: int = 3, seed: int = 0, stride: int = 1):
+def assert_same_kernel_gradient(ours, theirs) -> None:
+    """ME keeps a kernel-volume-1 kernel as (in, out), we keep (1, in, out)."""
+    their_grad = theirs.kernel.grad.reshape(ours.kernel.grad.shape)
+    scale = float(their_grad.abs().max())
+    assert float((ours.kernel.grad - their_grad).abs().max()) <= TOLERANCE * max(scale, 1.0)
+
+
+def pair(channels: int = 3, seed: int = 0, stride: int = 1, dtype: torch.dtype = torch.float32):
     coordinates = random_voxels(seed=seed) * stride
-    features = torch.randn(len(coordinates), channels, generator=torch.Generator().manual_seed(seed + 1))
-    ours = SparseTensor(features.clone().requires_grad_(True), coordinates, tensor_stride=stride)
-    theirs = ME.SparseTensor(features.clone().requires_grad_(True), coordinates.int(), tensor_stride=stride)
-    return ours, theirs
+    generator = torch.Generator().manual_seed(seed + 1)
+    features = torch.randn(len(coordinates), channels, generator=generator, dtype=dtype)
+    our_leaf, their_leaf = features.clone().requires_grad_(True), features.clone().requires_grad_(True)
+    ours = SparseTensor(our_leaf, coordinates, tensor_stride=stride)
+    theirs = ME.SparseTensor(their_leaf, coordinates.int(), tensor_stride=stride)
+    return ours, theirs, our_leaf, their_leaf
 
 
-@pytest.mark.parametrize("kernel_size,stride,bias", [(1, 1, False), (2, 2, True), (3, 1, True), (3, 2, False)])
-def test_convolution_and_its_gradients(kernel_size, stride, bias):
-    ours_in, theirs_in = pair()
-    ours = Conv3d(3, 4, kernel_size=kernel_size, stride=stride, bias=bias)
-    theirs = ME.MinkowskiConvolution(3, 4, kernel_size=kernel_size, stride=stride, bias=bias, dimension=3)
-    theirs.load_state_dict(ours.state_dict())
+def assert_same_input_gradient(our_leaf: torch.Tensor, their_leaf: torch.Tensor) -> None:
+    """Both engines received the same rows in the same order, so the leaves' gradients align."""
+    assert float((our_leaf.grad - their_leaf.grad).abs().max()) <= TOLERANCE
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel_size,stride,bias", [(1, 1, False), (1, 1, True), (2, 2, True), (3, 1, True), (3, 2, False)])
+def test_convolution_and_its_gradients(kernel_size, stride, bias, dtype):
+    ours_in, theirs_in, our_leaf, their_leaf = pair(dtype=dtype)
+    theirs = ME.MinkowskiConvolution(3, 4, kernel_size=kernel_size, stride=stride, bias=bias, dimension=3).to(dtype)
+    ours = Conv3d(3, 4, kernel_size=kernel_size, stride=stride, bias=bias).to(dtype)
+    ours.load_state_dict(theirs.state_dict())
     ours_out, theirs_out = ours(ours_in), theirs(theirs_in)
     assert_same(ours_out, theirs_out)
-    _, weights = by_key(ours_out.C, torch.arange(len(ours_out), dtype=torch.float32)[:, None].repeat(1, 4))
     (ours_out.F * torch.cos(ours_out.F.detach())).sum().backward()
     (theirs_out.F * torch.cos(theirs_out.F.detach())).sum().backward()
-    assert float((ours.kernel.grad - theirs.kernel.grad).abs().max()) <= 1e-4
-    _, our_grad = by_key(ours_in.C, ours_in.F.grad)
-    _, their_grad = by_key(theirs_in.C, theirs_in.F.grad)
-    assert float((our_grad - their_grad).abs().max()) <= TOLERANCE
+    assert_same_kernel_gradient(ours, theirs)
+    assert_same_input_gradient(our_leaf, their_leaf)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel_size", [2, 4])
-def test_generative_transposed_convolution(kernel_size):
-    ours_in, theirs_in = pair(stride=4)
-    ours = GenerativeConvTranspose3d(3, 2, kernel_size=kernel_size, stride=2)
-    theirs = ME.MinkowskiGenerativeConvolutionTranspose(3, 2, kernel_size=kernel_size, stride=2, dimension=3)
-    theirs.load_state_dict(ours.state_dict())
+def test_generative_transposed_convolution(kernel_size, dtype):
+    ours_in, theirs_in, our_leaf, their_leaf = pair(stride=4, dtype=dtype)
+    theirs = ME.MinkowskiGenerativeConvolutionTranspose(3, 2, kernel_size=kernel_size, stride=2, dimension=3).to(dtype)
+    ours = GenerativeConvTranspose3d(3, 2, kernel_size=kernel_size, stride=2).to(dtype)
+    ours.load_state_dict(theirs.state_dict())
     ours_out, theirs_out = ours(ours_in), theirs(theirs_in)
     assert_same(ours_out, theirs_out)
     ours_out.F.pow(2).sum().backward()
     theirs_out.F.pow(2).sum().backward()
-    assert float((ours.kernel.grad - theirs.kernel.grad).abs().max()) <= 1e-4
+    assert_same_kernel_gradient(ours, theirs)
+    assert_same_input_gradient(our_leaf, their_leaf)
 
 
 def test_pruning_batch_norm_and_union_add():
-    ours_in, theirs_in = pair(channels=4)
+    ours_in, theirs_in, _, _ = pair(channels=4)
     ours_bn, theirs_bn = BatchNorm(4), ME.MinkowskiBatchNorm(4)
     assert_same(ours_bn(ours_in), theirs_bn(theirs_in))
     keep_ours = (ours_in.C[:, 1:].sum(dim=1) % 3) != 0  # decided by coordinates, so both engines agree
@@ -94,20 +112,20 @@ def test_pruning_batch_norm_and_union_add():
     theirs_pruned = ME.MinkowskiPruning()(theirs_in, keep_theirs)
     assert_same(ours_pruned, theirs_pruned)
     # Union add of tensors with different voxel sets (the decoder's skip connections).
-    conv_ours = Conv3d(4, 4, kernel_size=3)
     conv_theirs = ME.MinkowskiConvolution(4, 4, kernel_size=3, dimension=3)
-    conv_theirs.load_state_dict(conv_ours.state_dict())
+    conv_ours = Conv3d(4, 4, kernel_size=3)
+    conv_ours.load_state_dict(conv_theirs.state_dict())
     assert_same(conv_ours(ours_pruned) + ours_in, conv_theirs(theirs_pruned) + theirs_in)
 
 
 def test_whole_completion_network_with_the_same_state_dict():
     torch.manual_seed(0)
-    ours = CompletionNet(CHANNEL_PRESETS["ch1"]).eval()
-    for name, parameter in ours.named_parameters():
+    theirs = MinkowskiCompletionNet(CHANNEL_PRESETS["ch1"]).eval()
+    for name, parameter in theirs.named_parameters():
         if name.endswith("_cls.bias"):
             parameter.data.fill_(0.5)  # keep voxels at every scale so all layers are compared
-    theirs = MinkowskiCompletionNet(CHANNEL_PRESETS["ch1"]).eval()
-    theirs.load_state_dict(ours.state_dict())
+    ours = CompletionNet(CHANNEL_PRESETS["ch1"]).eval()
+    ours.load_state_dict(theirs.state_dict())  # an ME checkpoint loads unchanged
     coordinates = random_voxels(count=3000, extent=40, seed=3)
     ours_out = ours(SparseTensor(torch.ones(len(coordinates), 1), coordinates))
     theirs_logits, theirs_final = theirs(ME.SparseTensor(torch.ones(len(coordinates), 1), coordinates.int()))

@@ -30,6 +30,13 @@ class _Convolution(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # MinkowskiEngine stores a 1x1x1 kernel as (in, out), without the kernel-volume axis: accept it.
+        kernel = state_dict.get(prefix + "kernel")
+        if kernel is not None and kernel.dim() == 2 and self.kernel.shape[0] == 1:
+            state_dict[prefix + "kernel"] = kernel.unsqueeze(0)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _scatter(self, x: SparseTensor, kernel_map, out_rows_count: int) -> torch.Tensor:
         output = x.F.new_zeros(out_rows_count, self.out_channels)
         for (in_rows, out_rows), weight in zip(kernel_map, self.kernel):

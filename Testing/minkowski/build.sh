@@ -6,12 +6,15 @@
 set -euo pipefail
 
 PYTHON=$(realpath -s "$(command -v "${PYTHON:-python3}")")  # absolute: the build runs in another folder
-CACHE=${SPARSEIMPLANT_WHEEL_CACHE:-$HOME/.cache/sparseimplant/wheels}
+# The wheel links against libtorch: reusable only with the same Python and torch, so key the cache on both.
+ABI=$("$PYTHON" -c 'import sys, torch; print(f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}")')
+CACHE=${SPARSEIMPLANT_WHEEL_CACHE:-$HOME/.cache/sparseimplant/wheels}/$ABI
 VERSION=0.5.4
 SHA256=b1879c00d0b0b1d30ba622cce239886a7e3c78ee9da1064cdfe2f64c2ab15f94
 URL=https://files.pythonhosted.org/packages/21/5c/c543c4bc5fbe73ac3e38465b3da4f24a61f7a4ac5baec867e582e94aa551/MinkowskiEngine-$VERSION.tar.gz
 
-find_wheel() { ls "$CACHE"/MinkowskiEngine-"$VERSION"-*.whl 2>/dev/null | head -n 1 || true; }
+# Recent setuptools names the wheel minkowskiengine-*, older ones MinkowskiEngine-*.
+find_wheel() { ls "$CACHE"/[Mm]inkowski[Ee]ngine-"$VERSION"-*.whl 2>/dev/null | head -n 1 || true; }
 
 wheel=$(find_wheel)
 if [ -z "$wheel" ]; then
@@ -35,6 +38,13 @@ if [ -z "$wheel" ]; then
   perl -0pi -e 's/return (detail::empty_map_functor<coordinate_type, TemplatedAllocator,\s*CoordinateMapType, kernel_map_type>\(\)\(\));/m_kernel_maps[kernel_map_key] = $1;\n      return m_kernel_maps[kernel_map_key];/' \
     "$src/src/coordinate_map_manager.cpp"
   grep -q "m_kernel_maps\[kernel_map_key\] = detail::empty_map_functor" "$src/src/coordinate_map_manager.cpp"
+
+  # Fix 3: union_map (adding two tensors with different voxels) walks an input's hash table for
+  # `capacity` slots from begin(); for an empty (pruned) map begin() is end() and the walk segfaults.
+  # Stop once all N rows were visited.
+  perl -pi -e 's/for \(auto iter_in = in_map\.m_map\.begin\(\); iter_in\.num_steps\(\) < capacity;/for (auto iter_in = in_map.m_map.begin(); offset < N && iter_in.num_steps() < capacity;/' \
+    "$src/src/coordinate_map_cpu.hpp"
+  grep -q "begin(); offset < N && iter_in.num_steps() < capacity;" "$src/src/coordinate_map_cpu.hpp"
 
   mkdir -p "$CACHE"
   (cd "$src" && SETUPTOOLS_USE_DISTUTILS=stdlib MAX_JOBS=${MAX_JOBS:-2} "$PYTHON" setup.py -q bdist_wheel --cpu_only --blas=openblas -d "$CACHE")
