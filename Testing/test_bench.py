@@ -31,11 +31,20 @@ def test_network_benchmark_on_the_smallest_grid(tmp_path):
     root = require_skullfix()
     network.run(root, "050", sizes=[64], channels="ch1", output_dir=tmp_path, timeout_s=600)
     results = json.loads((tmp_path / "network.json").read_text())["results"]
-    assert {(r["method"], r["mode"]) for r in results} == {(m, n) for m in ("sparse", "dense") for n in ("inference", "train")}
+    methods = ("sparse", "dense") + (("minkowski",) if network.minkowski_available() else ())
+    assert {(r["method"], r["mode"]) for r in results} == {(m, n) for m in methods for n in ("inference", "train")}
     for result in results:
+        if result["method"] == "minkowski" and result["mode"] == "train":
+            # ME's batch norm refuses the single voxel left at stride 64 of a 64^2 grid in training.
+            assert result["status"] == "ok" or "more than 1 value per channel" in result["status"], result
+            continue
         assert result["status"] == "ok", result
-        assert result["seconds"] > 0 and result["peak_mb"] > 0 and result["gmacs"] > 0
+        assert result["seconds"] > 0 and result["peak_mb"] > 0
+        assert result["gmacs"] > 0 or result["method"] == "minkowski"
     sparse = next(r for r in results if r["method"] == "sparse" and r["mode"] == "inference")
+    if network.minkowski_available():  # same weights, same oracle: the same voxels in every layer
+        theirs = next(r for r in results if r["method"] == "minkowski" and r["mode"] == "inference")
+        assert [layer["voxels"] for layer in theirs["layers"]] == [layer["voxels"] for layer in sparse["layers"]]
     dense = next(r for r in results if r["method"] == "dense" and r["mode"] == "inference")
     assert sparse["layers"][0]["voxels"] == sparse["input_voxels"]  # first conv keeps the input voxels
     assert dense["layers"][0]["voxels"] == int(np.prod(dense["grid"]))  # dense works on every voxel

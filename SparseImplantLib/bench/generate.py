@@ -5,7 +5,6 @@ stage timings from report.json and the subprocess's peak memory; plus one sparse
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -16,10 +15,21 @@ from .network import _spawn
 from .report import markdown_table, write_results
 
 
+# Runs the CLI and, at exit, writes the process's own peak RSS (VmHWM) to the file named by argv[1]:
+# ru_maxrss of RUSAGE_CHILDREN cannot be used, Linux carries the parent's peak over into a fresh child.
+_CLI_WITH_PEAK = (
+    "import atexit, sys; from pathlib import Path; from SparseImplantLib.bench.memory import peak_rss_mb; "
+    "from SparseImplantLib.cli import main; peak_file = Path(sys.argv.pop(1)); "
+    "atexit.register(lambda: peak_file.write_text(str(peak_rss_mb()))); sys.exit(main(sys.argv[1:]))"
+)
+
+
 def run(data_root: Path, case: str, output_dir: Path, model: str | None, timeout_s: float) -> dict:
     source = Path(data_root) / "defective_skull" / f"{case}.nrrd"
     with tempfile.TemporaryDirectory() as folder:
-        command = [sys.executable, "-m", "SparseImplantLib.cli", "generate", str(source), "-o", folder,
+        peak_file = Path(folder) / "peak_mb.txt"
+        results = Path(folder) / "out"
+        command = [sys.executable, "-c", _CLI_WITH_PEAK, str(peak_file), "generate", str(source), "-o", str(results),
                    "--progress", "none", "--device", "cpu"]
         reference = Path(data_root) / "implant" / f"{case}.nrrd"
         if reference.is_file():
@@ -29,8 +39,8 @@ def run(data_root: Path, case: str, output_dir: Path, model: str | None, timeout
         start = time.perf_counter()
         subprocess.run(command, check=True, timeout=timeout_s)
         wall = time.perf_counter() - start
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-        report = json.loads((Path(folder) / "report.json").read_text())
+        peak_mb = float(peak_file.read_text())
+        report = json.loads((results / "report.json").read_text())
     forward = _spawn("sparse", 512, "inference", data_root, case, "ch1", timeout_s)
     rows = [["generate (end to end)", round(wall, 1), round(peak_mb)]]
     rows += [[f"  stage: {stage}", round(seconds, 1), ""] for stage, seconds in report["timings_s"].items()]

@@ -1,4 +1,5 @@
-"""The completion network, sparse versus its dense twin, on real skulls at the paper's grids.
+"""The completion network, sparse versus its dense twin (and MinkowskiEngine's network with the same
+weights when ME imports), on real skulls at the paper's grids.
 
 Every (method, grid, mode) runs in a fresh subprocess (``worker``) so its peak resident memory is its
 own. Pruning is the oracle a converged network approximates, in inference and in the training step:
@@ -9,6 +10,7 @@ available is reported as out of memory with the computed need, not attempted.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -25,6 +27,8 @@ from ..sparse import Conv3d, GenerativeConvTranspose3d, from_mask
 from .memory import available_mb, current_rss_mb, peak_rss_mb, reset_peak
 from .report import markdown_table, write_results
 
+# Where the MinkowskiEngine twin lives (a source checkout; ME is a test-only reference).
+ME_NETWORK_DIR = Path(__file__).resolve().parents[2] / "Testing" / "minkowski"
 GRIDS = {64: 8, 128: 4, 256: 2, 512: 1}  # in-plane size -> down-sampling factor (64^2 x Z/8 ... 512^2 x Z)
 REJECT_BIAS = -1e4
 FLOAT_BYTES = 4
@@ -99,6 +103,21 @@ def _dense_counts(network: DenseCompletionNet):
     return records, handles
 
 
+def minkowski_available() -> bool:
+    return importlib.util.find_spec("MinkowskiEngine") is not None and (ME_NETWORK_DIR / "me_completion.py").is_file()
+
+
+def _minkowski_counts(network: torch.nn.Module, me) -> tuple:
+    """Active voxels per layer (multiply-adds are the sparse engine's: same maps, same layers)."""
+    records: List[dict] = []
+
+    def hook(module, inputs, output):
+        records.append({"voxels": len(output), "macs": 0})
+
+    kinds = (me.MinkowskiConvolution, me.MinkowskiGenerativeConvolutionTranspose)
+    return records, [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, kinds)]
+
+
 def _dense_targets(complete: np.ndarray) -> List[torch.Tensor]:
     grid = torch.from_numpy(_padded(complete)).float()[None, None]
     return [torch.nn.functional.max_pool3d(grid, 2**level) > 0 if level else grid > 0 for level in reversed(range(LEVELS))]
@@ -128,6 +147,34 @@ def worker(method: str, size: int, mode: str, data_root: Path, case: str, channe
                 network.eval()
                 with torch.no_grad():
                     network(from_mask(defective), target, keep_targets=True)
+    elif method == "minkowski":
+        import MinkowskiEngine as ME
+
+        sys.path.insert(0, str(ME_NETWORK_DIR))
+        from me_completion import MinkowskiCompletionNet, load_ours
+
+        # Seeded like the sparse case, so this is the same network with the same weights.
+        network = load_ours(MinkowskiCompletionNet(CHANNEL_PRESETS[channels]), CompletionNet(CHANNEL_PRESETS[channels]).state_dict())
+        coordinates = from_mask(defective).C.int().contiguous()
+        target = from_mask(complete).C
+        records, handles = _minkowski_counts(network, ME)
+
+        _oracle(network)
+
+        def run():
+            records.clear()
+            partial = ME.SparseTensor(torch.ones(len(coordinates), 1), coordinates)
+            if training:
+                network.train()
+                network.zero_grad()
+                logits, targets, _ = network(partial, target)
+                loss = sum(torch.nn.functional.binary_cross_entropy_with_logits(l.F.reshape(-1), t.float())
+                           for l, t in zip(logits, targets) if len(t))
+                loss.backward()
+            else:
+                network.eval()
+                with torch.no_grad():
+                    network(partial, target, keep_targets=True)
     elif method == "dense":
         network = DenseCompletionNet(CHANNEL_PRESETS[channels])
         volume = torch.from_numpy(_padded(defective)).float()[None, None]
@@ -192,7 +239,7 @@ def _plot(results: List[dict], path: Path) -> Optional[Path]:
     except ImportError:
         return None
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for method, style in (("sparse", "o-"), ("dense", "s--")):
+    for method, style in (("sparse", "o-"), ("dense", "s--"), ("minkowski", "^:")):
         for mode, colour in (("inference", "tab:blue"), ("train", "tab:orange")):
             points = sorted((r["size"], r) for r in results if r["method"] == method and r["mode"] == mode and r["status"] == "ok")
             if not points:
@@ -208,7 +255,7 @@ def _plot(results: List[dict], path: Path) -> Optional[Path]:
         axis.set_ylabel(label)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
-    figure.suptitle("Completion network ch1 on SkullFix: sparse engine vs dense twin (2 CPU cores)")
+    figure.suptitle("Completion network ch1 on SkullFix: this sparse engine vs dense twin vs MinkowskiEngine (2 CPU cores)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -219,8 +266,9 @@ def run(data_root: Path, case: str, sizes: Sequence[int], channels: str, output_
         modes: Sequence[str] = ("inference", "train")) -> dict:
     results = []
     preset = CHANNEL_PRESETS[channels]
+    methods = ("sparse", "dense") + (("minkowski",) if minkowski_available() else ())
     for size in sizes:
-        for method in ("sparse", "dense"):
+        for method in methods:
             for mode in modes:
                 if method == "dense":
                     defective, _ = load_case(data_root, case, GRIDS[size])
@@ -242,13 +290,15 @@ def run(data_root: Path, case: str, sizes: Sequence[int], channels: str, output_
         ok = r["status"] == "ok"
         rows.append([f"{r['size']}²", r["method"], r["mode"], "x".join(map(str, r.get("grid", []))),
                      r.get("input_voxels", "") if ok else "", r.get("max_layer_voxels", "") if ok else "",
-                     round(r["gmacs"], 1) if ok else "", round(r["seconds"], 2) if ok else r["status"],
+                     round(r["gmacs"], 1) if ok and r["gmacs"] else "", round(r["seconds"], 2) if ok else r["status"],
                      round(r["peak_extra_mb"]) if ok else (f"~{r['estimated_mb']:.0f} (computed)" if "estimated_mb" in r else "")])
     table = markdown_table(["grid", "method", "mode", "voxels grid", "input voxels", "largest layer voxels", "GMAC",
                             "time s", "peak MB above baseline"], rows)
     plot = _plot(results, Path(output_dir) / "network.png")
     notes = (f"SkullFix case {case}, channels {channels} {list(preset)}, oracle pruning (each scale keeps the complete "
-             "skull's voxels), one pass per fresh process; memory is peak RSS above the process's RSS before the pass.")
+             "skull's voxels), one pass per fresh process; memory is peak RSS above the process's RSS before the pass. "
+             "'minkowski' is MinkowskiEngine 0.5.4 running the same network with the same weights (its GMACs equal "
+             "the sparse row's: same kernel maps).")
     write_results(output_dir, "network", {"case": case, "channels": channels, "results": results,
                                            "plot": str(plot) if plot else None}, table, notes)
     return {"results": results}

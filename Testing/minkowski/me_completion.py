@@ -1,10 +1,14 @@
-"""The completion network written with MinkowskiEngine layers (reference for parity tests only).
+"""The completion network written with MinkowskiEngine layers: the reference for parity tests and the
+network benchmark (never needed at run time).
 
-Same module names and shapes as ``SparseImplantLib.models.completion.CompletionNet`` (which follows
-the authors' MinkowskiEngine code), so ``load_state_dict`` of our weights works unchanged.
+Same module names as ``SparseImplantLib.models.completion.CompletionNet`` (which follows the authors'
+MinkowskiEngine code), so an ME state dict loads into ours unchanged; ME keeps the 1x1x1 classifier
+kernels as (in, out), which ``load_ours`` adapts for the other direction.
 """
 
 from __future__ import annotations
+
+from typing import Dict, Optional
 
 import MinkowskiEngine as ME
 import torch
@@ -44,18 +48,47 @@ class MinkowskiCompletionNet(nn.Module):
             self.add_module(f"dec_s{2 ** level}_cls", ME.MinkowskiConvolution(c[level], 1, kernel_size=1, bias=True, dimension=3))
         self.pruning = ME.MinkowskiPruning()
 
-    def forward(self, partial: ME.SparseTensor):
-        """Eval-mode completion: per-scale logits (coarse to fine) and the final pruned tensor."""
+    def forward(self, partial: ME.SparseTensor, target_coordinates: Optional[torch.Tensor] = None,
+                keep_targets: Optional[bool] = None):
+        """(per-scale logits coarse to fine, their boolean targets, the pruned stride-1 output), with
+        the arguments and pruning rule of ``CompletionNet.forward``."""
+        keep_targets = self.training if keep_targets is None else keep_targets
+        target_key = None
+        if target_coordinates is not None:
+            target_key, _ = partial.coordinate_manager.insert_and_map(
+                target_coordinates.to(dtype=torch.int32).contiguous(), string_id="target")
         encoded = [self.enc_block_s1(partial)]
         for level in range(LEVELS):
             encoded.append(getattr(self, f"enc_block_s{2 ** level}s{2 ** (level + 1)}")(encoded[-1]))
-        decoded, logits = encoded[-1], []
+        decoded, logits, targets = encoded[-1], [], []
         for level in reversed(range(LEVELS)):
             decoded = getattr(self, f"dec_block_s{2 ** (level + 1)}s{2 ** level}")(decoded) + encoded[level]
             scores = getattr(self, f"dec_s{2 ** level}_cls")(decoded)
             logits.append(scores)
-            keep = (scores.F > 0).squeeze(1)
-            if keep.sum() == 0:
-                return logits, None
+            keep = scores.F.reshape(-1) > 0
+            if target_key is not None:
+                target = _target_mask(decoded, target_key)
+                targets.append(target)
+                if keep_targets and level > 0:
+                    keep = keep | target
             decoded = self.pruning(decoded, keep)
-        return logits, decoded
+        return logits, targets, decoded
+
+
+def _target_mask(tensor: ME.SparseTensor, target_key) -> torch.Tensor:
+    """(N,) bool: voxels of ``tensor`` whose cell at its stride holds a target voxel."""
+    with torch.no_grad():
+        mask = torch.zeros(len(tensor), dtype=torch.bool)
+        manager = tensor.coordinate_manager
+        strided_target = manager.stride(target_key, tensor.tensor_stride[0])
+        kernel_map = manager.kernel_map(tensor.coordinate_map_key, strided_target, kernel_size=1)
+        for rows in kernel_map.values():
+            mask[rows[0].long()] = True
+    return mask
+
+
+def load_ours(network: nn.Module, state: Dict[str, torch.Tensor]) -> nn.Module:
+    """Load one of our state dicts into an ME module, reshaping each tensor to the shape ME expects."""
+    expected = network.state_dict()
+    network.load_state_dict({name: value.reshape(expected[name].shape) for name, value in state.items()})
+    return network
