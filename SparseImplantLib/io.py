@@ -116,6 +116,13 @@ def _list(values: np.ndarray, limit: int = 8) -> str:
     return shown + (", ..." if values.size > limit else "")
 
 
+def _new_file_mode() -> int:
+    """The mode a plainly created file gets here (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(temporary_path)`` and rename the result to ``path`` only if it succeeded."""
     path = Path(path)
@@ -125,6 +132,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     temporary_path = Path(temporary)
     try:
         write(temporary_path)
+        os.chmod(temporary_path, _new_file_mode())  # mkstemp's 0600 would hide results from other users
         os.replace(temporary_path, path)
     finally:
         temporary_path.unlink(missing_ok=True)

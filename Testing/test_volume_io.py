@@ -121,3 +121,15 @@ def test_staged_output_leaves_nothing_on_error(tmp_path, synthetic_skull):
     with pytest.raises(SparseImplantError, match="already holds a.nrrd"):
         with staged_output(out, ["a.nrrd"]):
             pass
+
+
+def test_written_files_get_the_usual_permissions(tmp_path, synthetic_skull):
+    """Atomic writing goes through mkstemp (0600); results must still be readable like any new file."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = write_volume(tmp_path / "mask.nrrd", synthetic_skull[0])
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
