@@ -70,6 +70,12 @@ def select_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+# Gaussian sigma, in model-grid voxels, applied to the network's mask before it is interpolated back to
+# the CT grid: smooths the voxel-level raggedness of a coarse prediction. Chosen on training cases 040,
+# 041, 043 (0.4 -> 1.0: mean implant DSC 0.822 -> 0.833, HD95 2.62 -> 2.55 mm), never on validation cases.
+OUTPUT_SMOOTHING = 1.0
+
+
 def model_grid_input(defective: Volume, info: ModelInfo) -> Tuple[Volume, Tuple[slice, slice, slice], Volume]:
     """The defective skull on the model's grid, cropped to the skull plus a margin for missing bone.
 
@@ -120,7 +126,7 @@ def complete_skull(defective: Volume, network: CompletionNet, info: ModelInfo, d
     predicted, used = predict_with_fallback(network, cropped.array, device, progress)
     progress(ProgressEvent("restore", 0.6, "resampling to the input grid"))
     on_grid = grid.with_array(paste(predicted, box, grid.shape))
-    return resample_mask(on_grid, defective), used
+    return resample_mask(on_grid, defective, smoothing=OUTPUT_SMOOTHING), used
 
 
 def design_implant(defective: Volume, network: CompletionNet, info: ModelInfo, device: torch.device,

@@ -111,15 +111,15 @@ def grid_with_spacing(volume: Volume, spacing: Sequence[float]) -> Volume:
     return Volume(np.zeros(tuple(shape), np.uint8), spacing, origin, volume.direction.copy())
 
 
-def resample_mask(mask: Volume, reference: Volume) -> Volume:
+def resample_mask(mask: Volume, reference: Volume, smoothing: float = 0.4) -> Volume:
     """Resample a binary mask onto ``reference``'s geometry.
 
-    The mask is blurred by a Gaussian proportional to the coarser of the two spacings before
+    The mask is blurred by a Gaussian of ``smoothing`` times the coarser of the two spacings before
     linear interpolation and re-thresholded at 0.5, which keeps plate-like bone where it is instead
     of the staircase (or lost thin bone) of nearest-neighbour resampling.
     """
     coarse = np.maximum(mask.spacing, reference.spacing)
-    sigma = 0.4 * coarse
+    sigma = smoothing * coarse
     values = _resample_float(mask.with_array(mask.array > 0), reference, sigma)
     return reference.with_array((values >= 0.5).astype(np.uint8))
 

@@ -163,7 +163,10 @@ def register_trained_model(run_dir: Path, model_dir: Optional[Path] = None, eval
         raise SparseImplantError(f"'{trained.path}' does not match the sha256 in model.json: the run did not finish cleanly")
     target_dir = Path(model_dir) if model_dir else default_model_dir()
     target_dir.mkdir(parents=True, exist_ok=True)
-    bundled = replace(trained, file=f"{trained.name}.safetensors", directory=target_dir)
+    training = dict(trained.training)
+    if "data" in training:  # the data set's name, not a path on the training machine
+        training["data"] = Path(training["data"]).name
+    bundled = replace(trained, file=f"{trained.name}.safetensors", directory=target_dir, training=training)
     if keep_logit is not None:
         bundled.keep_logit = float(keep_logit)
     atomic_write(bundled.path, lambda tmp: shutil.copyfile(trained.path, tmp))
