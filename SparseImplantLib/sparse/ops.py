@@ -1,8 +1,9 @@
 """Layers on sparse tensors with MinkowskiEngine semantics and parameter layout.
 
 Convolutions gather the input rows of each kernel offset, multiply them by that offset's
-``(in, out)`` weight and scatter-add them into the output rows (``index_add_``); autograd handles
-the backward pass. Parameters are named and shaped as in MinkowskiEngine (``kernel``:
+``(in, out)`` weight and scatter-add them into the output rows (``index_add_``). Their backward pass
+is written out (``_GatherGemmScatter``) so that training keeps only the input features and the kernel
+map, as MinkowskiEngine does, not every offset's gathered copy. Parameters are named and shaped as in MinkowskiEngine (``kernel``:
 ``(kernel_volume, in, out)``, ``bias``: ``(1, out)``, batch norm as ``bn``) so its state dicts load.
 """
 
@@ -14,6 +15,32 @@ import torch
 from torch import nn
 
 from .tensor import CoordinateSet, SparseTensor
+
+
+class _GatherGemmScatter(torch.autograd.Function):
+    """output[out_rows[k]] += features[in_rows[k]] @ kernel[k], summed over kernel offsets k."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, kernel: torch.Tensor, kernel_map, out_rows_count: int) -> torch.Tensor:
+        output = features.new_zeros(out_rows_count, kernel.shape[2])
+        for (in_rows, out_rows), weight in zip(kernel_map, kernel):
+            output.index_add_(0, out_rows, features.index_select(0, in_rows) @ weight)
+        ctx.save_for_backward(features, kernel)
+        ctx.kernel_map = kernel_map
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        features, kernel = ctx.saved_tensors
+        grad_features = torch.zeros_like(features) if ctx.needs_input_grad[0] else None
+        grad_kernel = torch.zeros_like(kernel) if ctx.needs_input_grad[1] else None
+        for k, ((in_rows, out_rows), weight) in enumerate(zip(ctx.kernel_map, kernel)):
+            grad_rows = grad_output.index_select(0, out_rows)
+            if grad_kernel is not None:
+                grad_kernel[k] = features.index_select(0, in_rows).T @ grad_rows
+            if grad_features is not None:
+                grad_features.index_add_(0, in_rows, grad_rows @ weight.T)
+        return grad_features, grad_kernel, None, None
 
 
 class _Convolution(nn.Module):
@@ -38,10 +65,7 @@ class _Convolution(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _scatter(self, x: SparseTensor, kernel_map, out_rows_count: int) -> torch.Tensor:
-        output = x.F.new_zeros(out_rows_count, self.out_channels)
-        for (in_rows, out_rows), weight in zip(kernel_map, self.kernel):
-            output.index_add_(0, out_rows, x.F[in_rows] @ weight)
-        return output
+        return _GatherGemmScatter.apply(x.F, self.kernel, kernel_map, out_rows_count)
 
     def _finish(self, features: torch.Tensor) -> torch.Tensor:
         return features + self.bias if self.bias is not None else features
