@@ -135,18 +135,11 @@ def worker(method: str, size: int, mode: str, data_root: Path, case: str, channe
         target = from_mask(complete).C
         records, handles = _sparse_counts(network)
 
-        _oracle(network)
+        def training_loss():
+            return completion_loss(network(from_mask(defective), target))
 
-        def run():
-            records.clear()
-            if training:
-                network.train()
-                network.zero_grad()
-                completion_loss(network(from_mask(defective), target)).backward()
-            else:
-                network.eval()
-                with torch.no_grad():
-                    network(from_mask(defective), target, keep_targets=True)
+        def inference():
+            network(from_mask(defective), target, keep_targets=True)
     elif method == "minkowski":
         import MinkowskiEngine as ME
 
@@ -159,22 +152,16 @@ def worker(method: str, size: int, mode: str, data_root: Path, case: str, channe
         target = from_mask(complete).C
         records, handles = _minkowski_counts(network, ME)
 
-        _oracle(network)
+        def partial():
+            return ME.SparseTensor(torch.ones(len(coordinates), 1), coordinates)
 
-        def run():
-            records.clear()
-            partial = ME.SparseTensor(torch.ones(len(coordinates), 1), coordinates)
-            if training:
-                network.train()
-                network.zero_grad()
-                logits, targets, _ = network(partial, target)
-                loss = sum(torch.nn.functional.binary_cross_entropy_with_logits(l.F.reshape(-1), t.float())
-                           for l, t in zip(logits, targets) if len(t))
-                loss.backward()
-            else:
-                network.eval()
-                with torch.no_grad():
-                    network(partial, target, keep_targets=True)
+        def training_loss():
+            logits, targets, _ = network(partial(), target)
+            return sum(torch.nn.functional.binary_cross_entropy_with_logits(l.F.reshape(-1), t.float())
+                       for l, t in zip(logits, targets) if len(t))
+
+        def inference():
+            network(partial(), target, keep_targets=True)
     elif method == "dense":
         network = DenseCompletionNet(CHANNEL_PRESETS[channels])
         volume = torch.from_numpy(_padded(defective)).float()[None, None]
@@ -182,22 +169,27 @@ def worker(method: str, size: int, mode: str, data_root: Path, case: str, channe
         result["grid"] = list(volume.shape[2:])
         records, handles = _dense_counts(network)
 
-        _oracle(network)
+        def training_loss():
+            logits = network(volume, targets)
+            return sum(torch.nn.functional.binary_cross_entropy_with_logits(l, t.float()) for l, t in zip(logits, targets))
 
-        def run():
-            records.clear()
-            if training:
-                network.train()
-                network.zero_grad()
-                logits = network(volume, targets)
-                loss = sum(torch.nn.functional.binary_cross_entropy_with_logits(l, t.float()) for l, t in zip(logits, targets))
-                loss.backward()
-            else:
-                network.eval()
-                with torch.no_grad():
-                    network(volume, targets)
+        def inference():
+            network(volume, targets)
     else:
         raise ValueError(f"unknown method {method}")
+
+    _oracle(network)
+
+    def run():
+        records.clear()
+        if training:
+            network.train()
+            network.zero_grad()
+            training_loss().backward()
+        else:
+            network.eval()
+            with torch.no_grad():
+                inference()
 
     reset_peak()
     base = current_rss_mb()
