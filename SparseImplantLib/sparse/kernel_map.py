@@ -2,9 +2,9 @@
 
 A kernel map is a list over kernel offsets of ``(input rows, output rows)`` index pairs (int64: int32
 would halve the maps' memory but made the network ~1.7x slower on CPU, where PyTorch's index kernels
-prefer int64). Maps and
-down-sampled coordinate sets are cached per coordinate-set id, kernel size and stride, as
-MinkowskiEngine's coordinate manager does, so layers working on the same voxels share them.
+prefer int64). Maps and down-sampled coordinate sets are cached per coordinate-set id, kernel size
+and stride, as MinkowskiEngine's coordinate manager does, so layers working on the same voxels share
+them.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Convolutions gather the input rows of each kernel offset, multiply them by that offset's
 ``(in, out)`` weight and scatter-add them into the output rows (``index_add_``). Their backward pass
 is written out (``_GatherGemmScatter``) so that training keeps only the input features and the kernel
-map, as MinkowskiEngine does, not every offset's gathered copy. Parameters are named and shaped as in MinkowskiEngine (``kernel``:
-``(kernel_volume, in, out)``, ``bias``: ``(1, out)``, batch norm as ``bn``) so its state dicts load.
+map, as MinkowskiEngine does, not every offset's gathered copy. Parameters are named and shaped as in
+MinkowskiEngine (``kernel``: ``(kernel_volume, in, out)``, ``bias``: ``(1, out)``, batch norm as
+``bn``) so its state dicts load.
 """
 
 from __future__ import annotations
