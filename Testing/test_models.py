@@ -82,6 +82,22 @@ def test_inference_on_tiny_input_survives_total_pruning():
     assert len(result.output) == 0
 
 
+def test_inference_without_map_cache_equals_cached_inference():
+    torch.manual_seed(0)
+    network = CompletionNet().eval()
+    x, target = small_case()
+    defective = x.C[:, 1:].numpy()
+    mask = np.zeros(tuple(defective.max(axis=0) + 1), bool)
+    mask[tuple(defective.T)] = True
+    with torch.no_grad():  # keep_targets: a random network would otherwise prune everything at once
+        cached = network(from_mask(mask), target, keep_targets=True)
+        streamed = network(from_mask(mask, cache_maps=False), target, keep_targets=True)
+    assert len(streamed.output) > len(x) // 2
+    assert torch.equal(streamed.output.C, cached.output.C) and torch.equal(streamed.output.F, cached.output.F)
+    for ours, reference in zip(streamed.logits, cached.logits):
+        assert torch.equal(ours.F, reference.F)
+
+
 def make_registry(tmp_path, kind="completion") -> ModelInfo:
     torch.manual_seed(1)
     info = ModelInfo(name="tiny", kind=kind, channels=list(CHANNEL_PRESETS["ch1"]), spacing_mm=[2.0, 2.0, 2.0],

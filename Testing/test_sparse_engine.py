@@ -91,6 +91,21 @@ def test_kernel_maps_are_cached_per_coordinates():
     assert x.coordinate_manager.convolution_map(x.coordinate_set, x.coordinate_set, 3, 1) is maps_before[key]
 
 
+@pytest.mark.parametrize("kernel_size,stride", [(3, 1), (2, 2), (3, 2)])
+def test_convolution_without_map_cache_gives_the_same_result_and_keeps_no_map(kernel_size, stride):
+    cached, mask = random_tensor()
+    streamed = from_mask(mask, cache_maps=False).replace_features(cached.F)
+    conv = Conv3d(3, 4, kernel_size=kernel_size, stride=stride, bias=True)
+    with torch.no_grad():
+        expected, actual = conv(cached), conv(streamed)  # offset by offset, in the same order
+    assert torch.equal(actual.C, expected.C) and torch.equal(actual.F, expected.F)
+    assert not streamed.coordinate_manager._maps and cached.coordinate_manager._maps
+    trained = conv(streamed)  # with autograd the whole map is built (backward needs it), still not cached
+    assert torch.equal(trained.F, expected.F) and not streamed.coordinate_manager._maps
+    trained.F.sum().backward()
+    assert conv.kernel.grad is not None
+
+
 def test_pack_round_trip_and_bounds():
     coordinates = torch.tensor([[0, -5, 0, 7], [511, 131071, -131072, 3]])
     assert torch.equal(unpack(pack(coordinates)), coordinates)

@@ -4,8 +4,9 @@ weights when ME imports), on real skulls at the paper's grids.
 Every (method, grid, mode) runs in a fresh subprocess (``worker``) so its peak resident memory is its
 own. Pruning is the oracle a converged network approximates, in inference and in the training step:
 each scale keeps the complete skull's voxels (classifiers biased to reject, targets kept), so the work
-does not depend on how well a randomly initialised network guesses. A dense case whose activations would not fit in the memory
-available is reported as out of memory with the computed need, not attempted.
+does not depend on how well a randomly initialised network guesses. Sparse inference runs as the
+pipeline does, without caching kernel maps. A dense case whose activations would not fit in the
+memory available is reported as out of memory with the computed need, not attempted.
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ def _sparse_counts(network: CompletionNet):
         elif module.kernel_size == 1 and module.stride == 1:
             pairs = len(x)
         else:
-            outputs = output.coordinate_set
-            pairs = sum(len(rows) for rows, _ in x.coordinate_manager.convolution_map(x.coordinate_set, outputs, module.kernel_size, x.tensor_stride))
+            offsets = x.coordinate_manager.convolution_pairs(x.coordinate_set, output.coordinate_set, module.kernel_size, x.tensor_stride)
+            pairs = sum(len(rows) for rows, _ in offsets)
         records.append({"voxels": len(output), "macs": pairs * module.in_channels * module.out_channels})
 
     handles = [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, (Conv3d, GenerativeConvTranspose3d))]
@@ -107,8 +108,10 @@ def minkowski_available() -> bool:
     return importlib.util.find_spec("MinkowskiEngine") is not None and (ME_NETWORK_DIR / "me_completion.py").is_file()
 
 
-def _minkowski_counts(network: torch.nn.Module, me) -> tuple:
+def _minkowski_counts(network: torch.nn.Module) -> tuple:
     """Active voxels per layer (multiply-adds are the sparse engine's: same maps, same layers)."""
+    import MinkowskiEngine as me
+
     records: List[dict] = []
 
     def hook(module, inputs, output):
@@ -133,13 +136,13 @@ def worker(method: str, size: int, mode: str, data_root: Path, case: str, channe
     if method == "sparse":
         network = CompletionNet(CHANNEL_PRESETS[channels])
         target = from_mask(complete).C
-        records, handles = _sparse_counts(network)
+        counters = _sparse_counts
 
         def training_loss():
             return completion_loss(network(from_mask(defective), target))
 
-        def inference():
-            network(from_mask(defective), target, keep_targets=True)
+        def inference():  # as the pipeline runs it: no kernel map kept (each is used once)
+            network(from_mask(defective, cache_maps=False), target, keep_targets=True)
     elif method == "minkowski":
         import MinkowskiEngine as ME
 
@@ -150,7 +153,7 @@ def worker(method: str, size: int, mode: str, data_root: Path, case: str, channe
         network = load_ours(MinkowskiCompletionNet(CHANNEL_PRESETS[channels]), CompletionNet(CHANNEL_PRESETS[channels]).state_dict())
         coordinates = from_mask(defective).C.int().contiguous()
         target = from_mask(complete).C
-        records, handles = _minkowski_counts(network, ME)
+        counters = _minkowski_counts
 
         def partial():
             return ME.SparseTensor(torch.ones(len(coordinates), 1), coordinates)
@@ -167,7 +170,7 @@ def worker(method: str, size: int, mode: str, data_root: Path, case: str, channe
         volume = torch.from_numpy(_padded(defective)).float()[None, None]
         targets = _dense_targets(complete)
         result["grid"] = list(volume.shape[2:])
-        records, handles = _dense_counts(network)
+        counters = _dense_counts
 
         def training_loss():
             logits = network(volume, targets)
@@ -180,24 +183,27 @@ def worker(method: str, size: int, mode: str, data_root: Path, case: str, channe
 
     _oracle(network)
 
-    def run():
-        records.clear()
-        if training:
-            network.train()
-            network.zero_grad()
-            training_loss().backward()
-        else:
-            network.eval()
-            with torch.no_grad():
-                inference()
-
     reset_peak()
     base = current_rss_mb()
     start = time.perf_counter()
-    run()
+    if training:
+        network.train()
+        network.zero_grad()
+        training_loss().backward()
+    else:
+        network.eval()
+        with torch.no_grad():
+            inference()
     result["seconds"] = time.perf_counter() - start
     result["peak_mb"] = peak_rss_mb()
     result["peak_extra_mb"] = result["peak_mb"] - base
+
+    # Voxels and multiply-adds per layer from a second, untimed inference pass with counting hooks
+    # (the oracle keeps the same voxels in training), so counting costs the measurement nothing.
+    records, handles = counters(network)
+    network.eval()
+    with torch.no_grad():
+        inference()
     for handle in handles:
         handle.remove()
     result["layers"] = list(records)

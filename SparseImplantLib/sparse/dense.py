@@ -7,13 +7,17 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .kernel_map import CoordinateManager
 from .tensor import CoordinateSet, SparseTensor
 
 MaskLike = Union[np.ndarray, torch.Tensor]
 
 
-def from_mask(masks: Union[MaskLike, Sequence[MaskLike]], device: Optional[Union[str, torch.device]] = None) -> SparseTensor:
-    """Sparse tensor with feature 1 on every non-zero voxel; a list of (X, Y, Z) masks makes a batch."""
+def from_mask(masks: Union[MaskLike, Sequence[MaskLike]], device: Optional[Union[str, torch.device]] = None,
+              cache_maps: bool = True) -> SparseTensor:
+    """Sparse tensor with feature 1 on every non-zero voxel; a list of (X, Y, Z) masks makes a batch.
+
+    ``cache_maps=False`` gives it a coordinate manager that keeps no kernel maps (see ``CoordinateManager``)."""
     if isinstance(masks, (np.ndarray, torch.Tensor)):
         masks = [masks]
     parts = []
@@ -24,7 +28,8 @@ def from_mask(masks: Union[MaskLike, Sequence[MaskLike]], device: Optional[Union
         voxels = torch.nonzero(mask != 0)
         parts.append(torch.cat([torch.full((len(voxels), 1), batch, dtype=torch.long), voxels], dim=1))
     coordinates = torch.cat(parts).to(device)
-    return SparseTensor(torch.ones(len(coordinates), 1, device=coordinates.device), coordinates)
+    return SparseTensor(torch.ones(len(coordinates), 1, device=coordinates.device), coordinates,
+                        coordinate_manager=CoordinateManager(cache_maps=cache_maps))
 
 
 def to_dense(x: SparseTensor, shape: Optional[Tuple[int, int, int]] = None) -> torch.Tensor:

@@ -9,7 +9,7 @@ them.
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 
@@ -30,9 +30,16 @@ def kernel_offsets(kernel_size: int, tensor_stride: int, device: torch.device) -
 
 
 class CoordinateManager:
-    """Per-network-input cache of strided coordinate sets and kernel maps."""
+    """Per-network-input cache of strided coordinate sets and kernel maps.
 
-    def __init__(self) -> None:
+    ``cache_maps=False`` keeps no convolution map: a convolution under ``torch.no_grad`` then builds
+    its map one kernel offset at a time and drops each offset's pairs once used, so inference never
+    holds a whole map. That suits networks that use every map once, like the completion network,
+    whose full-resolution map is otherwise its largest allocation.
+    """
+
+    def __init__(self, cache_maps: bool = True) -> None:
+        self.cache_maps = cache_maps
         self._strided: Dict[Tuple[int, int], CoordinateSet] = {}
         self._maps: Dict[tuple, KernelMap] = {}
         self._generated: Dict[tuple, Tuple[CoordinateSet, KernelMap]] = {}
@@ -50,17 +57,25 @@ class CoordinateManager:
     def convolution_map(self, inputs: CoordinateSet, outputs: CoordinateSet, kernel_size: int, in_stride: int) -> KernelMap:
         """For each offset o: pairs (i, j) with input voxel i at output voxel j + o."""
         cache_key = (inputs.id, outputs.id, kernel_size, in_stride)
-        if cache_key not in self._maps:
-            offsets = kernel_offsets(kernel_size, in_stride, outputs.keys.device)
-            check_packable(outputs.coordinates, offsets)
-            deltas = key_offset(offsets).tolist()
-            kernel_map = []
-            for delta in deltas:
-                found, rows = inputs.find(outputs.keys + delta)
-                out_rows = torch.nonzero(found).reshape(-1)
-                kernel_map.append((rows[out_rows], out_rows))
-            self._maps[cache_key] = kernel_map
-        return self._maps[cache_key]
+        kernel_map = self._maps.get(cache_key)
+        if kernel_map is None:
+            kernel_map = list(self.convolution_pairs(inputs, outputs, kernel_size, in_stride))
+            if self.cache_maps:
+                self._maps[cache_key] = kernel_map
+        return kernel_map
+
+    def convolution_pairs(self, inputs: CoordinateSet, outputs: CoordinateSet, kernel_size: int, in_stride: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """The map of ``convolution_map`` one offset at a time, each built only when it is asked for."""
+        cached = self._maps.get((inputs.id, outputs.id, kernel_size, in_stride))
+        if cached is not None:
+            yield from cached
+            return
+        offsets = kernel_offsets(kernel_size, in_stride, outputs.keys.device)
+        check_packable(outputs.coordinates, offsets)
+        for delta in key_offset(offsets).tolist():
+            found, rows = inputs.find(outputs.keys + delta)
+            out_rows = torch.nonzero(found).reshape(-1)
+            yield rows[out_rows], out_rows
 
     def generative_transposed(self, inputs: CoordinateSet, kernel_size: int, out_stride: int) -> Tuple[CoordinateSet, KernelMap]:
         """New voxels ``input + offset`` for every offset, and the map input -> generated voxel."""

@@ -11,6 +11,7 @@ MinkowskiEngine (``kernel``: ``(kernel_volume, in, out)``, ``bias``: ``(1, out)`
 from __future__ import annotations
 
 import math
+from typing import Iterable, Tuple
 
 import torch
 from torch import nn
@@ -18,14 +19,21 @@ from torch import nn
 from .tensor import CoordinateSet, SparseTensor
 
 
+def _gather_gemm_scatter(features: torch.Tensor, kernel: torch.Tensor, kernel_map: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+                         out_rows_count: int) -> torch.Tensor:
+    """output[out_rows[k]] += features[in_rows[k]] @ kernel[k], summed over kernel offsets k in order."""
+    output = features.new_zeros(out_rows_count, kernel.shape[2])
+    for (in_rows, out_rows), weight in zip(kernel_map, kernel):
+        output.index_add_(0, out_rows, features.index_select(0, in_rows) @ weight)
+    return output
+
+
 class _GatherGemmScatter(torch.autograd.Function):
-    """output[out_rows[k]] += features[in_rows[k]] @ kernel[k], summed over kernel offsets k."""
+    """``_gather_gemm_scatter`` with a backward pass that keeps only the features, kernel and map."""
 
     @staticmethod
     def forward(ctx, features: torch.Tensor, kernel: torch.Tensor, kernel_map, out_rows_count: int) -> torch.Tensor:
-        output = features.new_zeros(out_rows_count, kernel.shape[2])
-        for (in_rows, out_rows), weight in zip(kernel_map, kernel):
-            output.index_add_(0, out_rows, features.index_select(0, in_rows) @ weight)
+        output = _gather_gemm_scatter(features, kernel, kernel_map, out_rows_count)
         ctx.save_for_backward(features, kernel)
         ctx.kernel_map = kernel_map
         return output
@@ -87,9 +95,12 @@ class Conv3d(_Convolution):
         outputs = x.coordinate_set if self.stride == 1 else manager.strided(x.coordinate_set, out_stride)
         if self.kernel_size == 1 and self.stride == 1:
             features = x.F @ self.kernel[0]
-        else:
+        elif manager.cache_maps or torch.is_grad_enabled():
             kernel_map = manager.convolution_map(x.coordinate_set, outputs, self.kernel_size, x.tensor_stride)
             features = self._scatter(x, kernel_map, len(outputs))
+        else:  # inference without a map cache: each offset's pairs are built, used and dropped
+            pairs = manager.convolution_pairs(x.coordinate_set, outputs, self.kernel_size, x.tensor_stride)
+            features = _gather_gemm_scatter(x.F, self.kernel, pairs, len(outputs))
         return SparseTensor(self._finish(features), tensor_stride=out_stride, coordinate_manager=manager, coordinate_set=outputs)
 
 
