@@ -6,6 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from SparseImplantLib.sparse.halo_table import halo_table_for
+from SparseImplantLib.sparse.kernel_map import CoordinateManager, kernel_offsets
+from SparseImplantLib.sparse.tensor import CoordinateSet
 from SparseImplantLib.sparse import (
     BatchNorm, Conv3d, GenerativeConvTranspose3d, ReLU, SparseTensor, from_mask, pack, prune, target_mask, to_dense, unpack,
 )
@@ -104,6 +107,33 @@ def test_convolution_without_map_cache_gives_the_same_result_and_keeps_no_map(ke
     assert torch.equal(trained.F, expected.F) and not streamed.coordinate_manager._maps
     trained.F.sum().backward()
     assert conv.kernel.grad is not None
+
+
+@pytest.mark.parametrize("kernel_size,unit", [(3, 1), (2, 1), (5, 1), (3, 2), (3, 4)])
+def test_halo_table_map_equals_sorted_key_search(kernel_size, unit):
+    generator = torch.Generator().manual_seed(kernel_size * unit)
+    batch = torch.randint(0, 2, (4000, 1), generator=generator)
+    spatial = torch.randint(-12, 13, (4000, 3), generator=generator) * unit  # many 8^3 blocks, negatives
+    coordinates = torch.unique(torch.cat([batch, spatial], 1), dim=0)
+    voxels = CoordinateSet(coordinates[torch.randperm(len(coordinates), generator=generator)])
+    offsets = kernel_offsets(kernel_size, unit, torch.device("cpu"))
+    assert halo_table_for(voxels, offsets, unit) is not None
+    with_table = CoordinateManager().convolution_map(voxels, voxels, kernel_size, unit)
+    searched = CoordinateManager().convolution_map(voxels, CoordinateSet(voxels.coordinates), kernel_size, unit)
+    assert len(with_table) == len(searched) == kernel_size**3
+    for (table_in, table_out), (search_in, search_out) in zip(with_table, searched):
+        assert torch.equal(table_in, search_in) and torch.equal(table_out, search_out)
+
+
+def test_halo_table_declines_voxels_off_the_stride_grid_or_out_of_reach():
+    voxels = CoordinateSet(torch.tensor([[0, 1, 2, 4], [0, 2, 2, 4]]))
+    assert halo_table_for(voxels, kernel_offsets(3, 2, torch.device("cpu")), 2) is None  # x = 1 is off the grid
+    assert halo_table_for(voxels, kernel_offsets(19, 1, torch.device("cpu")), 1) is None  # reach 9 > one block
+    # At stride 2 the two voxels are not neighbours (x differs by 1): each only sees itself.
+    x = SparseTensor(torch.tensor([[1.0], [2.0]]), voxels.coordinates, tensor_stride=2)
+    conv = Conv3d(1, 1, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x).F, x.F @ conv.kernel[13])
 
 
 def test_pack_round_trip_and_bounds():

@@ -11,6 +11,14 @@ DEFAULT_OUTPUT = Path("results") / "bench"
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "skullfix"
 
 
+def _modes(text: str) -> List[str]:
+    modes = text.split(",")
+    unknown = sorted(set(modes) - {"inference", "train"})
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown mode {', '.join(unknown)}: choose from inference,train")
+    return modes
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     engine = commands.add_parser("engine", help="3x3x3 8->8 convolution on ~1M voxels, this engine vs MinkowskiEngine")
@@ -19,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--repeats", type=int, default=3)
     network = commands.add_parser("network", help="completion network, sparse vs dense twin, 64^2 to 512^2 grids")
     network.add_argument("--sizes", default="64,128,256,512", help="in-plane grid sizes from 64,128,256,512")
-    network.add_argument("--modes", default="inference,train")
+    network.add_argument("--modes", default="inference,train", type=_modes, help="comma-separated, from inference,train")
     network.add_argument("--channels", default="ch1", choices=("ch1", "ch2"))
     generate = commands.add_parser("generate", help="sparseimplant generate end to end on a full-resolution case")
     generate.add_argument("--model", help="registry model name (default: the bundled model)")
@@ -47,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         from . import network
 
         sizes = [int(s) for s in args.sizes.split(",")]
-        network.run(args.data, args.case, sizes, args.channels, args.output, args.timeout, args.modes.split(","))
+        network.run(args.data, args.case, sizes, args.channels, args.output, args.timeout, args.modes)
     elif args.benchmark == "generate":
         from . import generate
 

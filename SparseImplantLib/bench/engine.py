@@ -35,6 +35,7 @@ def _timed(function: Callable[[], object], repeats: int) -> tuple[float, float, 
     reset_peak()
     base = current_rss_mb()
     for _ in range(repeats):
+        result = None  # the previous result is freed first: the peak is that of one call
         start = time.perf_counter()
         result = function()
         times.append(time.perf_counter() - start)

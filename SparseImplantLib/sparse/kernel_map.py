@@ -2,9 +2,10 @@
 
 A kernel map is a list over kernel offsets of ``(input rows, output rows)`` index pairs (int64: int32
 would halve the maps' memory but made the network ~1.7x slower on CPU, where PyTorch's index kernels
-prefer int64). Maps and down-sampled coordinate sets are cached per coordinate-set id, kernel size
-and stride, as MinkowskiEngine's coordinate manager does, so layers working on the same voxels share
-them.
+prefer int64). Pairs are found with a halo table when input and output voxels are one set (stride-1
+convolutions) and by searching sorted keys otherwise. Maps and down-sampled coordinate sets are cached
+per coordinate-set id, kernel size and stride, as MinkowskiEngine's coordinate manager does, so layers
+working on the same voxels share them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Dict, Iterator, List, Tuple
 
 import torch
 
+from .halo_table import halo_table_for
 from .tensor import CoordinateSet, check_packable, key_offset
 
 KernelMap = List[Tuple[torch.Tensor, torch.Tensor]]
@@ -72,6 +74,10 @@ class CoordinateManager:
             return
         offsets = kernel_offsets(kernel_size, in_stride, outputs.keys.device)
         check_packable(outputs.coordinates, offsets)
+        table = halo_table_for(inputs, offsets, in_stride) if inputs is outputs else None
+        if table is not None:
+            yield from table.pairs(offsets // in_stride)
+            return
         for delta in key_offset(offsets).tolist():
             found, rows = inputs.find(outputs.keys + delta)
             out_rows = torch.nonzero(found).reshape(-1)
