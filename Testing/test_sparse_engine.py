@@ -81,6 +81,8 @@ def test_strided_output_coordinates_follow_minkowski():
     x = SparseTensor(torch.ones(3, 1), coordinates, tensor_stride=1)
     out = Conv3d(1, 1, kernel_size=2, stride=2)(x)
     assert sorted(map(tuple, out.C.tolist())) == [(0, -4, 0, 0), (0, 4, 2, 0), (0, 6, 2, 0)]
+    out3 = Conv3d(1, 1, kernel_size=3, stride=3)(x)  # not a power of two: floored on coordinates
+    assert sorted(map(tuple, out3.C.tolist())) == [(0, -3, 0, 0), (0, 3, 3, 0), (0, 6, 0, 0)]
 
 
 def test_kernel_maps_are_cached_per_coordinates():
@@ -101,6 +103,8 @@ def test_convolution_without_map_cache_gives_the_same_result_and_keeps_no_map(ke
     conv = Conv3d(3, 4, kernel_size=kernel_size, stride=stride, bias=True)
     with torch.no_grad():
         expected, actual = conv(cached), conv(streamed)  # offset by offset, in the same order
+    # Derived voxel sets keep only their keys until someone asks for coordinates.
+    assert all(voxels._coordinates is None for voxels in streamed.coordinate_manager._strided.values())
     assert torch.equal(actual.C, expected.C) and torch.equal(actual.F, expected.F)
     assert not streamed.coordinate_manager._maps and cached.coordinate_manager._maps
     trained = conv(streamed)  # with autograd the whole map is built (backward needs it), still not cached
@@ -125,10 +129,12 @@ def test_halo_table_map_equals_sorted_key_search(kernel_size, unit):
         assert torch.equal(table_in, search_in) and torch.equal(table_out, search_out)
 
 
-def test_halo_table_declines_voxels_off_the_stride_grid_or_out_of_reach():
+def test_halo_table_declines_voxels_off_the_stride_grid_odd_steps_or_out_of_reach():
     voxels = CoordinateSet(torch.tensor([[0, 1, 2, 4], [0, 2, 2, 4]]))
     assert halo_table_for(voxels, kernel_offsets(3, 2, torch.device("cpu")), 2) is None  # x = 1 is off the grid
     assert halo_table_for(voxels, kernel_offsets(19, 1, torch.device("cpu")), 1) is None  # reach 9 > one block
+    on_grid_of_3 = CoordinateSet(torch.tensor([[0, 3, 6, 0], [0, 6, 6, 0]]))
+    assert halo_table_for(on_grid_of_3, kernel_offsets(3, 3, torch.device("cpu")), 3) is None  # step not a power of two
     # At stride 2 the two voxels are not neighbours (x differs by 1): each only sees itself.
     x = SparseTensor(torch.tensor([[1.0], [2.0]]), voxels.coordinates, tensor_stride=2)
     conv = Conv3d(1, 1, 3)

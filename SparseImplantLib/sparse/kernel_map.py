@@ -15,7 +15,7 @@ from typing import Dict, Iterator, List, Tuple
 import torch
 
 from .halo_table import halo_table_for
-from .tensor import CoordinateSet, check_packable, key_offset
+from .tensor import AXIS_OFFSET, CoordinateSet, axis_low_bits, key_offset, pack
 
 KernelMap = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -34,9 +34,9 @@ def kernel_offsets(kernel_size: int, tensor_stride: int, device: torch.device) -
 class CoordinateManager:
     """Per-network-input cache of strided coordinate sets and kernel maps.
 
-    ``cache_maps=False`` keeps no convolution map: a convolution under ``torch.no_grad`` then builds
-    its map one kernel offset at a time and drops each offset's pairs once used, so inference never
-    holds a whole map. That suits networks that use every map once, like the completion network,
+    ``cache_maps=False`` keeps no kernel map: a convolution under ``torch.no_grad`` then builds its map
+    one kernel offset at a time and drops each offset's pairs once used, and a generative transposed
+    convolution's map is dropped with its output, so inference never holds a whole map. That suits networks that use every map once, like the completion network,
     whose full-resolution map is otherwise its largest allocation.
     """
 
@@ -50,10 +50,14 @@ class CoordinateManager:
         """Voxels at ``floor(c / out_stride) * out_stride`` (sorted, unique)."""
         cache_key = (coordinates.id, out_stride)
         if cache_key not in self._strided:
-            strided = coordinates.coordinates.clone()
-            strided[:, 1:] = torch.div(strided[:, 1:], out_stride, rounding_mode="floor") * out_stride
-            keys = torch.unique(CoordinateSet(strided).keys, sorted=True)
-            self._strided[cache_key] = CoordinateSet.from_keys(keys, is_sorted=True)
+            if out_stride & (out_stride - 1) == 0 and AXIS_OFFSET % out_stride == 0:
+                # A power-of-two stride dividing the packing's axis offset: clear the low bits of the keys.
+                floored = coordinates.keys & ~axis_low_bits(out_stride.bit_length() - 1)
+            else:
+                strided = coordinates.coordinates.clone()
+                strided[:, 1:] = torch.div(strided[:, 1:], out_stride, rounding_mode="floor") * out_stride
+                floored = pack(strided)
+            self._strided[cache_key] = CoordinateSet.from_keys(torch.unique(floored, sorted=True), is_sorted=True)
         return self._strided[cache_key]
 
     def convolution_map(self, inputs: CoordinateSet, outputs: CoordinateSet, kernel_size: int, in_stride: int) -> KernelMap:
@@ -73,7 +77,7 @@ class CoordinateManager:
             yield from cached
             return
         offsets = kernel_offsets(kernel_size, in_stride, outputs.keys.device)
-        check_packable(outputs.coordinates, offsets)
+        outputs.check_reach(offsets)
         table = halo_table_for(inputs, offsets, in_stride) if inputs is outputs else None
         if table is not None:
             yield from table.pairs(offsets // in_stride)
@@ -86,16 +90,18 @@ class CoordinateManager:
     def generative_transposed(self, inputs: CoordinateSet, kernel_size: int, out_stride: int) -> Tuple[CoordinateSet, KernelMap]:
         """New voxels ``input + offset`` for every offset, and the map input -> generated voxel."""
         cache_key = (inputs.id, kernel_size, out_stride)
-        if cache_key not in self._generated:
-            offsets = kernel_offsets(kernel_size, out_stride, inputs.keys.device)
-            check_packable(inputs.coordinates, offsets)
-            deltas = key_offset(offsets)
-            generated = (inputs.keys[None, :] + deltas[:, None]).reshape(-1)
-            keys = torch.unique(generated, sorted=True)
-            outputs = CoordinateSet.from_keys(keys, is_sorted=True)
-            rows = torch.arange(len(inputs), device=inputs.keys.device)
-            kernel_map = []
-            for delta in deltas.tolist():
-                kernel_map.append((rows, torch.searchsorted(keys, inputs.keys + delta)))
+        cached = self._generated.get(cache_key)
+        if cached is not None:
+            return cached
+        offsets = kernel_offsets(kernel_size, out_stride, inputs.keys.device)
+        inputs.check_reach(offsets)
+        deltas = key_offset(offsets)
+        generated = (inputs.keys[None, :] + deltas[:, None]).reshape(-1)
+        keys = torch.unique(generated, sorted=True)
+        del generated
+        outputs = CoordinateSet.from_keys(keys, is_sorted=True)
+        rows = torch.arange(len(inputs), device=inputs.keys.device)
+        kernel_map = [(rows, torch.searchsorted(keys, inputs.keys + delta)) for delta in deltas.tolist()]
+        if self.cache_maps:
             self._generated[cache_key] = (outputs, kernel_map)
-        return self._generated[cache_key]
+        return outputs, kernel_map

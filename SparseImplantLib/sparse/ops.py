@@ -160,7 +160,8 @@ def prune(x: SparseTensor, keep: torch.Tensor) -> SparseTensor:
     if len(keep) != len(x):
         raise ValueError(f"keep mask has {len(keep)} entries for {len(x)} voxels")
     source = x.coordinate_set
-    pruned = CoordinateSet(source.coordinates[keep], source.keys[keep], is_sorted=source.is_sorted)
+    coordinates = source._coordinates[keep] if source._coordinates is not None else None
+    pruned = CoordinateSet(coordinates, source.keys[keep], is_sorted=source.is_sorted)
     return SparseTensor(x.F[keep], tensor_stride=x.tensor_stride, coordinate_manager=x.coordinate_manager, coordinate_set=pruned)
 
 

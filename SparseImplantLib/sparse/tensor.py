@@ -21,14 +21,12 @@ _SHIFTS = (3 * AXIS_BITS, 2 * AXIS_BITS, AXIS_BITS, 0)
 _ids = itertools.count()
 
 
-def check_packable(coordinates: torch.Tensor, offsets: Optional[torch.Tensor] = None) -> None:
-    """Raise if any coordinate (N, 4), moved by any of ``offsets`` (K, 3), falls outside the packable range."""
+def check_packable(coordinates: torch.Tensor) -> None:
+    """Raise if any spatial coordinate of (N, 4) falls outside the packable range."""
     if not coordinates.numel():
         return
     spatial = coordinates[:, 1:]
     low, high = int(spatial.min()), int(spatial.max())
-    if offsets is not None and offsets.numel():
-        low, high = low + int(offsets.min()), high + int(offsets.max())
     if low < AXIS_MIN or high > AXIS_MAX:
         raise ValueError(f"coordinates must lie in [{AXIS_MIN}, {AXIS_MAX}] to be packed; got [{low}, {high}]")
 
@@ -61,46 +59,78 @@ def unpack(keys: torch.Tensor) -> torch.Tensor:
     )
 
 
+def axis_low_bits(bits: int) -> int:
+    """A key mask selecting the same low ``bits`` bits of every axis field (batch excluded)."""
+    field = (1 << bits) - 1
+    return sum(field << shift for shift in _SHIFTS[1:])
+
+
 def key_offset(offset: torch.Tensor) -> torch.Tensor:
     """Key difference of spatial offsets (K, 3): key(c + o) == key(c) + key_offset(o) while c + o packs."""
     return (offset[:, 0] << _SHIFTS[1]) + (offset[:, 1] << _SHIFTS[2]) + offset[:, 2]
 
 
 class CoordinateSet:
-    """An immutable set of voxels; ``id`` identifies it in kernel-map caches."""
+    """An immutable set of voxels; ``id`` identifies it in kernel-map caches.
 
-    def __init__(self, coordinates: torch.Tensor, keys: Optional[torch.Tensor] = None, is_sorted: bool = False) -> None:
-        self.coordinates = coordinates
-        self.keys = pack(coordinates) if keys is None else keys
+    The packed keys are the set; the (N, 4) coordinates (four times the keys' memory) are unpacked
+    only when asked for, so the sets the engine derives from keys (strided, generated, pruned,
+    unions) cost 8 bytes per voxel.
+    """
+
+    def __init__(self, coordinates: Optional[torch.Tensor] = None, keys: Optional[torch.Tensor] = None,
+                 is_sorted: bool = False) -> None:
+        if keys is None:
+            if coordinates is None:
+                raise ValueError("give coordinates or keys")
+            keys = pack(coordinates)
+        self.keys = keys
+        self._coordinates = coordinates
         self.id = next(_ids)
         self.is_sorted = is_sorted
         self._sorted: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-        if is_sorted:
-            self._sorted = (self.keys, torch.arange(len(self.keys), device=self.keys.device))
+        self._bounds: Optional[tuple[int, int]] = None
 
     @staticmethod
     def from_keys(keys: torch.Tensor, is_sorted: bool = False) -> "CoordinateSet":
-        return CoordinateSet(unpack(keys), keys, is_sorted)
+        return CoordinateSet(keys=keys, is_sorted=is_sorted)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     @property
-    def sorted(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sorted keys, permutation into this set's order)."""
-        if self._sorted is None:
-            self._sorted = torch.sort(self.keys)
-        return self._sorted
+    def coordinates(self) -> torch.Tensor:
+        """(N, 4) ``[batch, x, y, z]``, unpacked on first use."""
+        if self._coordinates is None:
+            self._coordinates = unpack(self.keys)
+        return self._coordinates
+
+    def check_reach(self, offsets: torch.Tensor) -> None:
+        """Raise if any voxel moved by any of ``offsets`` (K, 3) leaves the packable range."""
+        if not len(self) or not offsets.numel():
+            return
+        if self._bounds is None:  # from the keys' axis fields, one axis at a time
+            mask = (1 << AXIS_BITS) - 1
+            fields = [(self.keys >> shift) & mask for shift in _SHIFTS[1:]]
+            self._bounds = (min(int(f.min()) for f in fields) - AXIS_OFFSET, max(int(f.max()) for f in fields) - AXIS_OFFSET)
+        low, high = self._bounds[0] + int(offsets.min()), self._bounds[1] + int(offsets.max())
+        if low < AXIS_MIN or high > AXIS_MAX:
+            raise ValueError(f"coordinates must lie in [{AXIS_MIN}, {AXIS_MAX}] to be packed; got [{low}, {high}]")
 
     def find(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For each query key: (found mask, row index in this set, valid where found)."""
-        sorted_keys, order = self.sorted
-        if len(sorted_keys) == 0:
+        if not len(self):
             empty = torch.zeros_like(query, dtype=torch.bool)
             return empty, torch.zeros_like(query)
+        if self.is_sorted:
+            sorted_keys, order = self.keys, None
+        else:
+            if self._sorted is None:
+                self._sorted = torch.sort(self.keys)
+            sorted_keys, order = self._sorted
         position = torch.searchsorted(sorted_keys, query).clamp_(max=len(sorted_keys) - 1)
         found = sorted_keys[position] == query
-        return found, order[position]
+        return found, position if order is None else order[position]
 
 
 class SparseTensor:
