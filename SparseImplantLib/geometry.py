@@ -7,11 +7,14 @@ too). Distances are signed: positive outside the reference surface, negative ins
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import vtk
+from scipy import ndimage
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
 from .errors import SparseImplantError
@@ -21,6 +24,14 @@ from .volume import LPS_TO_RAS, Volume, foreground_box
 DISTANCE_ARRAY = "SignedDistance_mm"
 COORDINATE_SYSTEMS = ("LPS", "RAS")
 PAD = 3  # zero voxels around the cropped mask: room for the blur, so the surface stays closed
+SMOOTHING_ITERATIONS = 20
+BLUR_SIGMA_VOXELS = 0.6
+
+# VTK's wheels start with the sequential SMP backend; threads make surface extraction and smoothing
+# ~1.6x faster on 2 cores with identical output. A backend chosen by the host (Slicer's TBB, or the
+# VTK_SMP_BACKEND_IN_USE variable) is left alone.
+if vtk.vtkSMPTools.GetBackend() == "Sequential" and "VTK_SMP_BACKEND_IN_USE" not in os.environ:
+    vtk.vtkSMPTools.SetBackend("STDThread")
 
 
 def vtk_matrix(values: np.ndarray) -> vtk.vtkMatrix4x4:
@@ -54,8 +65,8 @@ def transform_polydata(surface: vtk.vtkPolyData, matrix: np.ndarray) -> vtk.vtkP
     return result
 
 
-def surface_from_mask(mask: Volume, smoothing_iterations: int = 20, decimate: float = 0.0,
-                      coordinates: str = "LPS", smoothing_sigma_voxels: float = 0.6) -> vtk.vtkPolyData:
+def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERATIONS, decimate: float = 0.0,
+                      coordinates: str = "LPS", smoothing_sigma_voxels: float = BLUR_SIGMA_VOXELS) -> vtk.vtkPolyData:
     """Closed triangle surface of the non-zero voxels, in LPS (default) or RAS millimetres.
 
     The 0.5 iso-surface of the mask blurred by ``smoothing_sigma_voxels``, then windowed-sinc smoothed
@@ -133,26 +144,72 @@ def with_normals(surface: vtk.vtkPolyData) -> vtk.vtkPolyData:
     return result
 
 
-def signed_distance(surface: vtk.vtkPolyData, reference: vtk.vtkPolyData) -> np.ndarray:
-    """Distance (mm) from each vertex of ``surface`` to ``reference``: positive outside it, negative inside."""
+def signed_distance(surface: vtk.vtkPolyData, reference: vtk.vtkPolyData, where: Optional[np.ndarray] = None) -> np.ndarray:
+    """Distance (mm) from each vertex of ``surface`` to ``reference``: positive outside it, negative inside.
+
+    ``where`` (bool per vertex) limits the search to those vertices; the others get 0.
+    """
+    distances = np.zeros(surface.GetNumberOfPoints())
     if surface.GetNumberOfPoints() == 0:
-        return np.zeros(0)
+        return distances
     if reference.GetNumberOfPoints() == 0:
         raise SparseImplantError("the reference surface is empty: there is nothing to measure distances to")
+    points = vtk_to_numpy(surface.GetPoints().GetData())
+    if where is not None:
+        points = points[where]
     implicit = vtk.vtkImplicitPolyDataDistance()
     implicit.SetInput(reference)
-    points = surface.GetPoints().GetData()
     values = vtk.vtkDoubleArray()
-    values.SetNumberOfTuples(surface.GetNumberOfPoints())
-    implicit.FunctionValue(points, values)
-    return vtk_to_numpy(values).astype(np.float64)
+    values.SetNumberOfTuples(len(points))
+    implicit.FunctionValue(numpy_to_vtk(np.ascontiguousarray(points, dtype=np.float64), deep=True), values)
+    if where is None:
+        distances[:] = vtk_to_numpy(values)
+    else:
+        distances[where] = vtk_to_numpy(values)
+    return distances
 
 
-def add_signed_distance(surface: vtk.vtkPolyData, reference: vtk.vtkPolyData, name: str = DISTANCE_ARRAY) -> vtk.vtkPolyData:
-    """Copy of ``surface`` with the signed distance to ``reference`` as its active point scalars."""
+def surface_reach_mm(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERATIONS,
+                     smoothing_sigma_voxels: float = BLUR_SIGMA_VOXELS) -> float:
+    """How far a voxel can move the surface ``surface_from_mask`` builds: the blur's radius and one
+    voxel edge to the iso-surface vertex, then one voxel diagonal per smoothing iteration (each mixes
+    neighbouring vertices). Where two masks agree within this distance, their surfaces coincide."""
+    voxels = math.ceil(3 * smoothing_sigma_voxels) + 1 + smoothing_iterations * math.sqrt(3)
+    return float(voxels * mask.spacing.max())
+
+
+def vertices_near_changes(surface: vtk.vtkPolyData, mask: Volume, other: Volume, coordinates: str = "LPS") -> np.ndarray:
+    """For each vertex of ``surface`` (built from ``mask``): whether it lies within ``surface_reach_mm``
+    of a voxel where ``mask`` and ``other`` differ. Elsewhere the two masks' surfaces coincide and
+    their distance is 0, so a distance map needs searching only here (a tenth of a skull with a
+    typical defect). Every vertex counts as near when the masks' grids differ."""
+    count = surface.GetNumberOfPoints()
+    if not mask.same_geometry(other):
+        return np.ones(count, dtype=bool)
+    changed = (mask.array != 0) != (other.array != 0)
+    if count == 0 or not changed.any():
+        return np.zeros(count, dtype=bool)
+    reach = surface_reach_mm(mask)
+    box = foreground_box(changed, margin=math.ceil(reach / mask.spacing.min()) + 1)
+    # Distance (mm) of every voxel in the box to the nearest changed voxel; outside the box it exceeds the reach.
+    distance = ndimage.distance_transform_edt(~changed[box], sampling=mask.spacing)
+    to_index = np.linalg.inv(mask.index_to_lps() if coordinates == "LPS" else LPS_TO_RAS @ mask.index_to_lps())
+    points = vtk_to_numpy(surface.GetPoints().GetData()).astype(np.float64)
+    index = np.rint(points @ to_index[:3, :3].T + to_index[:3, 3]).astype(np.int64) - [b.start for b in box]
+    inside = np.all((index >= 0) & (index < distance.shape), axis=1)
+    near = np.zeros(count, dtype=bool)
+    # Nearest-voxel lookup: one voxel diagonal of slack keeps it conservative.
+    near[inside] = distance[tuple(index[inside].T)] <= reach + float(np.linalg.norm(mask.spacing))
+    return near
+
+
+def add_signed_distance(surface: vtk.vtkPolyData, reference: vtk.vtkPolyData, name: str = DISTANCE_ARRAY,
+                        where: Optional[np.ndarray] = None) -> vtk.vtkPolyData:
+    """Copy of ``surface`` with the signed distance to ``reference`` as its active point scalars
+    (searched only at the vertices ``where`` is true, when given; 0 elsewhere)."""
     result = vtk.vtkPolyData()
     result.DeepCopy(surface)
-    array = numpy_to_vtk(signed_distance(surface, reference).astype(np.float32), deep=True)
+    array = numpy_to_vtk(signed_distance(surface, reference, where).astype(np.float32), deep=True)
     array.SetName(name)
     result.GetPointData().AddArray(array)
     result.GetPointData().SetActiveScalars(name)

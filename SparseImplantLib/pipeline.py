@@ -196,7 +196,7 @@ def _check_options(input_path: Path, output_dir: Path, options: GenerateOptions)
 def generate(input_path: Path, output_dir: Path, options: GenerateOptions = GenerateOptions(),
              progress: ProgressCallback = ignore_progress) -> dict:
     """Run the whole job and return the report (also written as report.json)."""
-    from .geometry import add_signed_distance, distance_statistics, export_mesh, surface_from_mask
+    from .geometry import add_signed_distance, distance_statistics, export_mesh, surface_from_mask, vertices_near_changes
     from .render import render_three_panel
 
     input_path, output_dir = Path(input_path), Path(output_dir)
@@ -222,9 +222,11 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             implant_surface = surface_from_mask(implant) if implant_array.any() else None
             if reference is not None:
                 truth = defective.with_array(((defective.array > 0) | (reference.array > 0)).astype(np.uint8))
-                distance_surface = add_signed_distance(completed_surface, surface_from_mask(truth))
+                distance_surface = add_signed_distance(completed_surface, surface_from_mask(truth),
+                                                       where=vertices_near_changes(completed_surface, completed, truth))
             else:
-                distance_surface = add_signed_distance(completed_surface, defective_surface)
+                distance_surface = add_signed_distance(completed_surface, defective_surface,
+                                                       where=vertices_near_changes(completed_surface, completed, defective))
             distances = distance_statistics(_point_array(distance_surface, "SignedDistance_mm"))
         progress(ProgressEvent("write", 0.9, "writing results"))
         with clock.stage("write"):

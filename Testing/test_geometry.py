@@ -58,6 +58,25 @@ def test_signed_distance_sign_and_size():
     assert with_array.GetPointData().GetScalars().GetName() == geometry.DISTANCE_ARRAY
 
 
+def test_distance_searched_near_changes_equals_the_full_search():
+    # A plate larger than twice the surfaces' reach (about 38 voxels), with a hole cut near one corner.
+    plate = np.zeros((130, 130, 12), np.uint8)
+    plate[3:127, 3:127, 3:9] = 1
+    holed = plate.copy()
+    holed[10:30, 10:30, 3:9] = 0
+    complete, defective = oblique_volume(plate), oblique_volume(holed)
+    complete_surface, defective_surface = geometry.surface_from_mask(complete), geometry.surface_from_mask(defective)
+    near = geometry.vertices_near_changes(complete_surface, complete, defective)
+    assert 0.05 < near.mean() < 0.9
+    full = geometry.signed_distance(complete_surface, defective_surface)
+    assert np.abs(full[~near]).max() < 1e-3  # beyond the reach both surfaces coincide
+    assert np.abs(full[near]).max() > 1.0  # the hole's floor lies millimetres from the plate's surface
+    np.testing.assert_allclose(geometry.signed_distance(complete_surface, defective_surface, where=near), full, atol=1e-3)
+    assert not geometry.vertices_near_changes(complete_surface, complete, complete).any()
+    elsewhere = Volume(holed, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3))  # another grid
+    assert geometry.vertices_near_changes(complete_surface, complete, elsewhere).all()
+
+
 @pytest.mark.parametrize("suffix", [".stl", ".obj", ".ply", ".vtk"])
 def test_export_round_trip_keeps_bounds_and_volume(tmp_path, suffix):
     _, implant = shell_skull()
