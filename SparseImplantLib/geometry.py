@@ -181,8 +181,8 @@ def surface_reach_mm(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERATI
 def vertices_near_changes(surface: vtk.vtkPolyData, mask: Volume, other: Volume, coordinates: str = "LPS") -> np.ndarray:
     """For each vertex of ``surface`` (built from ``mask``): whether it lies within ``surface_reach_mm``
     of a voxel where ``mask`` and ``other`` differ. Elsewhere the two masks' surfaces coincide and
-    their distance is 0, so a distance map needs searching only here (a tenth of a skull with a
-    typical defect). Every vertex counts as near when the masks' grids differ."""
+    their distance is 0, so a distance map needs searching only here (a sixth of SkullFix 050's
+    completed skull). Every vertex counts as near when the masks' grids differ."""
     count = surface.GetNumberOfPoints()
     if not mask.same_geometry(other):
         return np.ones(count, dtype=bool)

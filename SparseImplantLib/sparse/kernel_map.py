@@ -36,8 +36,9 @@ class CoordinateManager:
 
     ``cache_maps=False`` keeps no kernel map: a convolution under ``torch.no_grad`` then builds its map
     one kernel offset at a time and drops each offset's pairs once used, and a generative transposed
-    convolution's map is dropped with its output, so inference never holds a whole map. That suits networks that use every map once, like the completion network,
-    whose full-resolution map is otherwise its largest allocation.
+    convolution's map is dropped with its output, so inference never holds a whole map. That suits
+    networks that use every map once, like the completion network, whose full-resolution map is
+    otherwise its largest allocation.
     """
 
     def __init__(self, cache_maps: bool = True) -> None:
