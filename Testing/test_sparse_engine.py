@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from SparseImplantLib.sparse.halo_table import halo_table_for
+from SparseImplantLib.sparse.halo_table import HALO_TABLE_MIN_VOXELS, halo_table_for
 from SparseImplantLib.sparse.kernel_map import CoordinateManager, kernel_offsets
 from SparseImplantLib.sparse.tensor import CoordinateSet
 from SparseImplantLib.sparse import (
@@ -129,17 +129,33 @@ def test_halo_table_map_equals_sorted_key_search(kernel_size, unit):
         assert torch.equal(table_in, search_in) and torch.equal(table_out, search_out)
 
 
-def test_halo_table_declines_voxels_off_the_stride_grid_odd_steps_or_out_of_reach():
-    voxels = CoordinateSet(torch.tensor([[0, 1, 2, 4], [0, 2, 2, 4]]))
-    assert halo_table_for(voxels, kernel_offsets(3, 2, torch.device("cpu")), 2) is None  # x = 1 is off the grid
-    assert halo_table_for(voxels, kernel_offsets(19, 1, torch.device("cpu")), 1) is None  # reach 9 > one block
-    on_grid_of_3 = CoordinateSet(torch.tensor([[0, 3, 6, 0], [0, 6, 6, 0]]))
-    assert halo_table_for(on_grid_of_3, kernel_offsets(3, 3, torch.device("cpu")), 3) is None  # step not a power of two
-    # At stride 2 the two voxels are not neighbours (x differs by 1): each only sees itself.
-    x = SparseTensor(torch.tensor([[1.0], [2.0]]), voxels.coordinates, tensor_stride=2)
-    conv = Conv3d(1, 1, 3)
-    with torch.no_grad():
-        torch.testing.assert_close(conv(x).F, x.F @ conv.kernel[13])
+def test_halo_table_declines_small_sets_voxels_off_the_grid_odd_steps_or_out_of_reach():
+    cpu = torch.device("cpu")
+    grid = torch.stack(torch.meshgrid(*[torch.arange(16)] * 3, indexing="ij"), -1).reshape(-1, 3)  # 4096 voxels
+    on_grid = CoordinateSet(torch.cat([torch.zeros(len(grid), 1, dtype=torch.long), grid * 6], 1))
+    assert halo_table_for(on_grid, kernel_offsets(3, 2, cpu), 2) is not None
+    assert halo_table_for(on_grid, kernel_offsets(19, 2, cpu), 2) is None  # reach 9 steps > one block
+    assert halo_table_for(on_grid, kernel_offsets(3, 3, cpu), 3) is None  # step not a power of two
+    assert halo_table_for(on_grid, kernel_offsets(3, 4, cpu), 4) is None  # x = 6 is off the grid of 4
+    few = CoordinateSet(on_grid.coordinates[:HALO_TABLE_MIN_VOXELS - 1])
+    assert halo_table_for(few, kernel_offsets(3, 2, cpu), 2) is None  # searching is cheaper
+    # Voxels off the stride grid (a row one apart at stride 2) still convolve correctly, through the
+    # search: only those two apart are neighbours.
+    for count in (2, HALO_TABLE_MIN_VOXELS):
+        coordinates = torch.zeros(count, 4, dtype=torch.long)
+        coordinates[:, 1] = torch.arange(count)
+        x = SparseTensor(torch.randn(count, 1), coordinates, tensor_stride=2)
+        conv = Conv3d(1, 1, 3)
+        with torch.no_grad():
+            torch.testing.assert_close(conv(x).F, x.F @ conv.kernel[13] + _even_neighbours(x, conv))
+
+
+def _even_neighbours(x: SparseTensor, conv: Conv3d) -> torch.Tensor:
+    """Contributions of the voxels two apart along x (offsets -1 and +1 at stride 2)."""
+    features = x.F.reshape(-1)
+    left, right = torch.zeros_like(features), torch.zeros_like(features)
+    left[2:], right[:-2] = features[:-2], features[2:]
+    return (left[:, None] @ conv.kernel[12]) + (right[:, None] @ conv.kernel[14])
 
 
 def test_pack_round_trip_and_bounds():

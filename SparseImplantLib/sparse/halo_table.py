@@ -20,6 +20,7 @@ import torch
 from .tensor import AXIS_BITS, AXIS_OFFSET, CoordinateSet, axis_low_bits, key_offset
 
 BLOCK_SIDE = 8
+HALO_TABLE_MIN_VOXELS = 2048  # below this a table's fixed cost (27 block copies) exceeds searching sorted keys
 _AXIS_SHIFTS = (2 * AXIS_BITS, AXIS_BITS, 0)
 _LARGEST_UNIT = AXIS_OFFSET // BLOCK_SIDE  # blocks must tile the packing's axis offset exactly
 
@@ -67,9 +68,9 @@ class HaloTable:
 
     @staticmethod
     def fits(voxels: CoordinateSet, unit: int, reach: int) -> bool:
-        """Whether the grid step is a power of two, the voxels lie on its grid and ``reach`` stays
-        within neighbouring blocks."""
-        if not len(voxels) or reach > BLOCK_SIDE or unit > _LARGEST_UNIT or unit & (unit - 1):
+        """Whether the set is large enough to pay off, the grid step is a power of two, the voxels lie
+        on its grid and ``reach`` stays within neighbouring blocks."""
+        if len(voxels) < HALO_TABLE_MIN_VOXELS or reach > BLOCK_SIDE or unit > _LARGEST_UNIT or unit & (unit - 1):
             return False
         return unit == 1 or not bool((voxels.keys & axis_low_bits(unit.bit_length() - 1)).any())
 
@@ -84,7 +85,7 @@ class HaloTable:
 
 def halo_table_for(voxels: CoordinateSet, offsets: torch.Tensor, unit: int) -> Optional[HaloTable]:
     """A table for looking up ``offsets`` (K, 3, multiples of ``unit``) among ``voxels``, or None when
-    the voxels are off that grid or the offsets reach too far."""
+    it does not fit (``HaloTable.fits``)."""
     reach = int(offsets.abs().max()) // unit if offsets.numel() else 0
     if not HaloTable.fits(voxels, unit, reach):
         return None
