@@ -154,18 +154,14 @@ def signed_distance(surface: vtk.vtkPolyData, reference: vtk.vtkPolyData, where:
         return distances
     if reference.GetNumberOfPoints() == 0:
         raise SparseImplantError("the reference surface is empty: there is nothing to measure distances to")
-    points = vtk_to_numpy(surface.GetPoints().GetData())
-    if where is not None:
-        points = points[where]
+    searched = slice(None) if where is None else where
+    points = vtk_to_numpy(surface.GetPoints().GetData())[searched]
     implicit = vtk.vtkImplicitPolyDataDistance()
     implicit.SetInput(reference)
     values = vtk.vtkDoubleArray()
     values.SetNumberOfTuples(len(points))
     implicit.FunctionValue(numpy_to_vtk(np.ascontiguousarray(points, dtype=np.float64), deep=True), values)
-    if where is None:
-        distances[:] = vtk_to_numpy(values)
-    else:
-        distances[where] = vtk_to_numpy(values)
+    distances[searched] = vtk_to_numpy(values)
     return distances
 
 

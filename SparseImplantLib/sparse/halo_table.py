@@ -17,12 +17,10 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 
-from .tensor import AXIS_BITS, AXIS_OFFSET, CoordinateSet, axis_low_bits, key_offset
+from .tensor import AXIS_SHIFTS, CoordinateSet, axis_low_bits, floor_keys, key_aligned, key_offset
 
 BLOCK_SIDE = 8
 HALO_TABLE_MIN_VOXELS = 2048  # below this a table's fixed cost (27 block copies) exceeds searching sorted keys
-_AXIS_SHIFTS = (2 * AXIS_BITS, AXIS_BITS, 0)
-_LARGEST_UNIT = AXIS_OFFSET // BLOCK_SIDE  # blocks must tile the packing's axis offset exactly
 
 
 class HaloTable:
@@ -31,9 +29,8 @@ class HaloTable:
     def __init__(self, voxels: CoordinateSet, unit: int, reach: int) -> None:
         keys, device = voxels.keys, voxels.keys.device
         unit_bits = unit.bit_length() - 1
-        block_bits = unit_bits + BLOCK_SIDE.bit_length() - 1
-        # A block is named by the key of its first corner: the key with each axis's low bits cleared.
-        blocks, block_of_voxel = torch.unique(keys & ~axis_low_bits(block_bits), sorted=True, return_inverse=True)
+        # A block is named by the key of its first corner.
+        blocks, block_of_voxel = torch.unique(floor_keys(keys, BLOCK_SIDE * unit), sorted=True, return_inverse=True)
         directions = torch.stack(torch.meshgrid(*[torch.arange(-1, 2, device=device)] * 3, indexing="ij"), -1).reshape(-1, 3)
         neighbour_keys = blocks[:, None] + key_offset(directions * (BLOCK_SIDE * unit))[None, :]
         position = torch.searchsorted(blocks, neighbour_keys).clamp_(max=len(blocks) - 1)
@@ -45,7 +42,7 @@ class HaloTable:
         self._voxel_positions = block_of_voxel * self.side**3
         core_index = block_of_voxel * BLOCK_SIDE**3
         del block_of_voxel
-        for shift, core_stride, table_stride in zip(_AXIS_SHIFTS, (BLOCK_SIDE**2, BLOCK_SIDE, 1), (self.side**2, self.side, 1)):
+        for shift, core_stride, table_stride in zip(AXIS_SHIFTS, (BLOCK_SIDE**2, BLOCK_SIDE, 1), (self.side**2, self.side, 1)):
             step = (keys >> (shift + unit_bits)) & (BLOCK_SIDE - 1)  # position in the block along this axis
             core_index += step * core_stride
             self._voxel_positions += (step + reach) * table_stride
@@ -70,7 +67,7 @@ class HaloTable:
     def fits(voxels: CoordinateSet, unit: int, reach: int) -> bool:
         """Whether the set is large enough to pay off, the grid step is a power of two, the voxels lie
         on its grid and ``reach`` stays within neighbouring blocks."""
-        if len(voxels) < HALO_TABLE_MIN_VOXELS or reach > BLOCK_SIDE or unit > _LARGEST_UNIT or unit & (unit - 1):
+        if len(voxels) < HALO_TABLE_MIN_VOXELS or reach > BLOCK_SIDE or not key_aligned(BLOCK_SIDE * unit):
             return False
         return unit == 1 or not bool((voxels.keys & axis_low_bits(unit.bit_length() - 1)).any())
 

@@ -15,7 +15,7 @@ from typing import Dict, Iterator, List, Tuple
 import torch
 
 from .halo_table import halo_table_for
-from .tensor import AXIS_OFFSET, CoordinateSet, axis_low_bits, key_offset, pack
+from .tensor import CoordinateSet, floor_keys, key_aligned, key_offset, pack
 
 KernelMap = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -51,9 +51,8 @@ class CoordinateManager:
         """Voxels at ``floor(c / out_stride) * out_stride`` (sorted, unique)."""
         cache_key = (coordinates.id, out_stride)
         if cache_key not in self._strided:
-            if out_stride & (out_stride - 1) == 0 and AXIS_OFFSET % out_stride == 0:
-                # A power-of-two stride dividing the packing's axis offset: clear the low bits of the keys.
-                floored = coordinates.keys & ~axis_low_bits(out_stride.bit_length() - 1)
+            if key_aligned(out_stride):
+                floored = floor_keys(coordinates.keys, out_stride)
             else:
                 strided = coordinates.coordinates.clone()
                 strided[:, 1:] = torch.div(strided[:, 1:], out_stride, rounding_mode="floor") * out_stride

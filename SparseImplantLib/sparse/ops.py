@@ -159,10 +159,8 @@ def prune(x: SparseTensor, keep: torch.Tensor) -> SparseTensor:
     keep = keep.reshape(-1).to(device=x.device, dtype=torch.bool)
     if len(keep) != len(x):
         raise ValueError(f"keep mask has {len(keep)} entries for {len(x)} voxels")
-    source = x.coordinate_set
-    coordinates = source._coordinates[keep] if source._coordinates is not None else None
-    pruned = CoordinateSet(coordinates, source.keys[keep], is_sorted=source.is_sorted)
-    return SparseTensor(x.F[keep], tensor_stride=x.tensor_stride, coordinate_manager=x.coordinate_manager, coordinate_set=pruned)
+    return SparseTensor(x.F[keep], tensor_stride=x.tensor_stride, coordinate_manager=x.coordinate_manager,
+                        coordinate_set=x.coordinate_set.subset(keep))
 
 
 def union_add(a: SparseTensor, b: SparseTensor) -> SparseTensor:

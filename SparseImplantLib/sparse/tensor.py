@@ -18,6 +18,7 @@ AXIS_OFFSET = 1 << (AXIS_BITS - 1)
 AXIS_MIN, AXIS_MAX = -AXIS_OFFSET, AXIS_OFFSET - 1
 BATCH_MAX = (1 << BATCH_BITS) - 1
 _SHIFTS = (3 * AXIS_BITS, 2 * AXIS_BITS, AXIS_BITS, 0)
+AXIS_SHIFTS = _SHIFTS[1:]  # of the x, y and z fields in a key
 _ids = itertools.count()
 
 
@@ -26,7 +27,10 @@ def check_packable(coordinates: torch.Tensor) -> None:
     if not coordinates.numel():
         return
     spatial = coordinates[:, 1:]
-    low, high = int(spatial.min()), int(spatial.max())
+    _check_range(int(spatial.min()), int(spatial.max()))
+
+
+def _check_range(low: int, high: int) -> None:
     if low < AXIS_MIN or high > AXIS_MAX:
         raise ValueError(f"coordinates must lie in [{AXIS_MIN}, {AXIS_MAX}] to be packed; got [{low}, {high}]")
 
@@ -62,7 +66,18 @@ def unpack(keys: torch.Tensor) -> torch.Tensor:
 def axis_low_bits(bits: int) -> int:
     """A key mask selecting the same low ``bits`` bits of every axis field (batch excluded)."""
     field = (1 << bits) - 1
-    return sum(field << shift for shift in _SHIFTS[1:])
+    return sum(field << shift for shift in AXIS_SHIFTS)
+
+
+def key_aligned(step: int) -> bool:
+    """Whether keys can be floored to multiples of ``step``: a power of two dividing the axis offset,
+    so that the low bits of each axis field are those of the coordinate."""
+    return step > 0 and step & (step - 1) == 0 and AXIS_OFFSET % step == 0
+
+
+def floor_keys(keys: torch.Tensor, step: int) -> torch.Tensor:
+    """Keys of ``floor(c / step) * step`` for a ``key_aligned`` step: each axis field's low bits cleared."""
+    return keys & ~axis_low_bits(step.bit_length() - 1)
 
 
 def key_offset(offset: torch.Tensor) -> torch.Tensor:
@@ -111,11 +126,14 @@ class CoordinateSet:
             return
         if self._bounds is None:  # from the keys' axis fields, one axis at a time
             mask = (1 << AXIS_BITS) - 1
-            fields = [(self.keys >> shift) & mask for shift in _SHIFTS[1:]]
+            fields = [(self.keys >> shift) & mask for shift in AXIS_SHIFTS]
             self._bounds = (min(int(f.min()) for f in fields) - AXIS_OFFSET, max(int(f.max()) for f in fields) - AXIS_OFFSET)
-        low, high = self._bounds[0] + int(offsets.min()), self._bounds[1] + int(offsets.max())
-        if low < AXIS_MIN or high > AXIS_MAX:
-            raise ValueError(f"coordinates must lie in [{AXIS_MIN}, {AXIS_MAX}] to be packed; got [{low}, {high}]")
+        _check_range(self._bounds[0] + int(offsets.min()), self._bounds[1] + int(offsets.max()))
+
+    def subset(self, keep: torch.Tensor) -> "CoordinateSet":
+        """The voxels where ``keep`` (N,) is true, in their order (coordinates carried if unpacked)."""
+        coordinates = self._coordinates[keep] if self._coordinates is not None else None
+        return CoordinateSet(coordinates, self.keys[keep], is_sorted=self.is_sorted)
 
     def find(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For each query key: (found mask, row index in this set, valid where found)."""
