@@ -24,7 +24,7 @@ import torch.distributed as dist
 from .errors import SparseImplantError
 from .io import atomic_write
 from .models.completion import CHANNEL_PRESETS, CompletionNet, completion_loss
-from .models.registry import ModelInfo, save_network
+from .models.registry import ModelInfo, find_model, load_network, save_network
 from .sparse import SparseTensor
 from .volume import Volume, crop, foreground_box, grid_with_spacing, resample_mask
 
@@ -190,6 +190,30 @@ class Distributed:
             dist.destroy_process_group()
 
 
+def _parse_channels(text: str) -> tuple:
+    if text in CHANNEL_PRESETS:
+        return tuple(CHANNEL_PRESETS[text])
+    try:
+        channels = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        channels = ()
+    if len(channels) != 7 or min(channels) < 1:
+        raise SparseImplantError(f"--channels '{text}' is neither ch1, ch2 nor 7 comma-separated positive widths")
+    return channels
+
+
+def _initial_model(args: argparse.Namespace) -> Optional[ModelInfo]:
+    """The registered model to fine-tune (``--init-model``): it fixes the channels, and its weights
+    start a fresh optimiser and learning-rate schedule."""
+    if not args.init_model:
+        return None
+    initial = find_model(args.init_model, model_dir=args.model_dir)
+    if args.channels and _parse_channels(args.channels) != tuple(initial.channels):
+        raise SparseImplantError(f"--channels {args.channels} differs from model '{initial.name}' "
+                                 f"({','.join(map(str, initial.channels))}): leave --channels out when fine-tuning")
+    return initial
+
+
 def train(args: argparse.Namespace) -> dict:
     """Train and return the summary (also written as training_summary.json)."""
     from .data.datasets import parse_case_range
@@ -198,7 +222,8 @@ def train(args: argparse.Namespace) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     cluster = Distributed()
     torch.manual_seed(args.seed)
-    channels = CHANNEL_PRESETS.get(args.channels) or tuple(int(c) for c in args.channels.split(","))
+    initial = _initial_model(args)
+    channels = tuple(initial.channels) if initial else _parse_channels(args.channels or "ch1")
     spacing = [float(args.spacing)] * 3
     train_cases = parse_case_range(args.train_cases)
     val_cases = parse_case_range(args.val_cases) if args.val_cases else []
@@ -206,7 +231,8 @@ def train(args: argparse.Namespace) -> dict:
     train_samples = load_samples(Path(args.data), train_cases, spacing, args.margin_mm, cache)
     val_samples = load_samples(Path(args.data), val_cases, spacing, args.margin_mm, cache) if cluster.is_main else []
 
-    network = CompletionNet(channels).to(cluster.device)
+    network = load_network(initial, cluster.device).train() if initial else CompletionNet(channels).to(cluster.device)
+    network.keep_logit = 0.0  # train with the paper's pruning; the inference threshold is tuned at registration
     model: torch.nn.Module = network
     if cluster.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(network, device_ids=[cluster.device.index] if cluster.device.type == "cuda" else None)
@@ -255,7 +281,8 @@ def train(args: argparse.Namespace) -> dict:
         info = ModelInfo(name=args.name, kind="completion", channels=list(channels), spacing_mm=spacing,
                          file="model.safetensors", licence=DATA_LICENCE, crop_margin_mm=args.margin_mm,
                          training={"data": str(args.data), "cases": args.train_cases, "iterations": args.iterations,
-                                   "batch_size": args.batch_size * cluster.world_size, "lr": args.lr, "seed": args.seed},
+                                   "batch_size": args.batch_size * cluster.world_size, "lr": args.lr, "seed": args.seed,
+                                   **({"initialised_from": initial.name} if initial else {})},
                          directory=output)
         save_network(network, info)
         atomic_write(output / "model.json", lambda tmp: tmp.write_text(json.dumps(info.to_json(), indent=2) + "\n"))
@@ -270,7 +297,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-cases", default="050-059", help="validation case ids ('' for none)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="run folder: checkpoint, log, final weights")
     parser.add_argument("--name", default="skullfix-completion", help="model name written into model.json")
-    parser.add_argument("--channels", default="ch1", help="ch1, ch2 or 7 comma-separated widths")
+    parser.add_argument("--channels", help="ch1 (default), ch2 or 7 comma-separated widths")
+    parser.add_argument("--init-model", metavar="NAME",
+                        help="fine-tune this registered model (its weights and channels; new optimiser and schedule)")
+    parser.add_argument("--model-dir", type=Path, help="folder with registry.json for --init-model (default: Resources/Models)")
     parser.add_argument("--spacing", type=float, default=1.6, help="isotropic working grid spacing in mm")
     parser.add_argument("--margin-mm", type=float, default=20.0, help="crop margin around the defective skull")
     parser.add_argument("--iterations", type=int, default=20000)

@@ -51,3 +51,29 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path, tiny_skullfix):
     assert summary["world_size"] == 2
     checksums = summary["rank_weight_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_a_registered_model(tmp_path, tiny_skullfix, capsys):
+    import torch
+
+    from SparseImplantLib.models.completion import CompletionNet
+    from SparseImplantLib.models.registry import save_network, write_registry
+
+    torch.manual_seed(123)  # not the training seed: a fresh network would differ
+    start = ModelInfo(name="start", kind="completion", channels=[4, 4, 8, 8, 8, 8, 8], spacing_mm=[1.5] * 3,
+                      file="start.safetensors", licence="test", directory=tmp_path / "models")
+    save_network(CompletionNet(start.channels), start)
+    write_registry([start], start.directory)
+    fine_tune = ["--init-model", "start", "--model-dir", str(start.directory)]
+
+    assert main(train_args(tiny_skullfix, tmp_path / "bad", 2, *fine_tune, "--channels", "ch1")) != 0
+    assert "differs from model 'start'" in capsys.readouterr().err
+
+    output = tmp_path / "run"
+    assert main(train_args(tiny_skullfix, output, 2, *fine_tune, "--lr", "0")) == 0  # Adam with lr 0 moves nothing
+    info = ModelInfo(**json.loads((output / "model.json").read_text()), directory=output)
+    assert info.channels == start.channels and info.training["initialised_from"] == "start"
+    tuned, initial = load_network(info).state_dict(), load_network(start).state_dict()
+    parameters = [name for name, _ in CompletionNet(start.channels).named_parameters()]
+    assert all(torch.equal(tuned[name], initial[name]) for name in parameters)
