@@ -73,3 +73,14 @@ def test_dense_twin_matches_the_sparse_encoder_on_a_full_grid():
     with torch.no_grad():
         logits = dense(volume)
     assert [tuple(l.shape[2:]) for l in logits] == [(64 // 2**level,) * 3 for level in reversed(range(LEVELS))]
+
+
+def test_bench_options_reject_unknown_sizes_and_modes(capsys):
+    from SparseImplantLib.bench.commands import GRID_SIZES, main
+
+    assert [int(size) for size in GRID_SIZES] == sorted(network.GRIDS)
+    for option, value, message in (("--sizes", "64,100", "unknown grid size 100: choose from 64,128,256,512"),
+                                   ("--modes", "inference,infer", "unknown mode infer: choose from inference,train")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["network", option, value])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -5,18 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 DEFAULT_OUTPUT = Path("results") / "bench"
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "skullfix"
 
 
-def _modes(text: str) -> List[str]:
-    modes = text.split(",")
-    unknown = sorted(set(modes) - {"inference", "train"})
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown mode {', '.join(unknown)}: choose from inference,train")
-    return modes
+MODES = ("inference", "train")
+GRID_SIZES = ("64", "128", "256", "512")  # the keys of network.GRIDS, here so that parsing needs no torch
+
+
+def _comma_list(allowed: Sequence[str], what: str) -> Callable[[str], List[str]]:
+    """An argparse type: a comma-separated list of ``allowed`` values, rejected as a whole with the choices."""
+
+    def parse(text: str) -> List[str]:
+        values = text.split(",")
+        unknown = [value for value in values if value not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown)}: choose from {','.join(allowed)}")
+        return values
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--channels", type=int, default=8)
     engine.add_argument("--repeats", type=int, default=3)
     network = commands.add_parser("network", help="completion network, sparse vs dense twin, 64^2 to 512^2 grids")
-    network.add_argument("--sizes", default="64,128,256,512", help="in-plane grid sizes from 64,128,256,512")
-    network.add_argument("--modes", default="inference,train", type=_modes, help="comma-separated, from inference,train")
+    network.add_argument("--sizes", default=",".join(GRID_SIZES), type=_comma_list(GRID_SIZES, "grid size"),
+                         help=f"in-plane grid sizes, comma-separated, from {','.join(GRID_SIZES)}")
+    network.add_argument("--modes", default=",".join(MODES), type=_comma_list(MODES, "mode"),
+                         help=f"comma-separated, from {','.join(MODES)}")
     network.add_argument("--channels", default="ch1", choices=("ch1", "ch2"))
     generate = commands.add_parser("generate", help="sparseimplant generate end to end on a full-resolution case")
     generate.add_argument("--model", help="registry model name (default: the bundled model)")
@@ -54,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.benchmark == "network":
         from . import network
 
-        sizes = [int(s) for s in args.sizes.split(",")]
-        network.run(args.data, args.case, sizes, args.channels, args.output, args.timeout, args.modes)
+        network.run(args.data, args.case, [int(size) for size in args.sizes], args.channels, args.output, args.timeout, args.modes)
     elif args.benchmark == "generate":
         from . import generate
 
