@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,11 +215,30 @@ def _initial_model(args: argparse.Namespace) -> Optional[ModelInfo]:
     return initial
 
 
+def _check_run_folder(output: Path, checkpoint_path: Path, resume: bool) -> None:
+    """Never overwrite a run the user has (hours of CPU), and never silently start over when asked to resume."""
+    if resume and not checkpoint_path.is_file():
+        raise SparseImplantError(f"nothing to resume: {checkpoint_path} does not exist; drop --resume to start a new run")
+    if not resume and (checkpoint_path.is_file() or (output / "model.json").is_file()):
+        raise SparseImplantError(f"{output} already holds a training run; pass --resume to continue it "
+                                 "or choose another --output folder")
+
+
+def _truncate_log(log_path: Path, last_iteration: int) -> None:
+    """Drop log entries written after the checkpoint: the resumed run repeats those iterations."""
+    if not log_path.is_file():
+        return
+    kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["iteration"] <= last_iteration]
+    atomic_write(log_path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
+
+
 def train(args: argparse.Namespace) -> dict:
     """Train and return the summary (also written as training_summary.json)."""
     from .data.datasets import parse_case_range
 
     output = Path(args.output)
+    checkpoint_path = output / "checkpoint.pt"
+    _check_run_folder(output, checkpoint_path, args.resume)
     output.mkdir(parents=True, exist_ok=True)
     cluster = Distributed()
     torch.manual_seed(args.seed)
@@ -238,18 +258,19 @@ def train(args: argparse.Namespace) -> dict:
         model = torch.nn.parallel.DistributedDataParallel(network, device_ids=[cluster.device.index] if cluster.device.type == "cuda" else None)
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.iterations, eta_min=args.lr * 0.02)
-    start = 0
-    checkpoint_path = output / "checkpoint.pt"
-    if args.resume and checkpoint_path.is_file():
+    start, seconds_before = 0, 0.0
+    log_path = output / "train_log.jsonl"
+    if args.resume:
         state = torch.load(checkpoint_path, map_location=cluster.device, weights_only=False)
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start = int(state["iteration"])
+        start, seconds_before = int(state["iteration"]), float(state.get("seconds", 0.0))
+        if cluster.is_main:
+            _truncate_log(log_path, start)
     rng = np.random.default_rng([args.seed, cluster.rank, start])
-    log_path = output / "train_log.jsonl"
     network.train()
-    started = time.perf_counter()
+    started = time.perf_counter() - seconds_before  # the log and summary count the whole run's training time
     for iteration in range(start, args.iterations):
         batch = [augment(train_samples[i], rng, spacing, args.generated_defects)
                  for i in rng.integers(0, len(train_samples), size=args.batch_size)]
@@ -270,7 +291,8 @@ def train(args: argparse.Namespace) -> dict:
             print(json.dumps(entry), flush=True)
         if cluster.is_main and (done % args.checkpoint_every == 0 or done == args.iterations):
             state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "iteration": done}
+                     "scheduler": scheduler.state_dict(), "iteration": done,
+                     "seconds": time.perf_counter() - started}
             atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     cluster.share_buffers(network)
@@ -329,7 +351,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         train(parser.parse_args(argv))
     except SparseImplantError as error:
-        print(f"sparseimplant: error: {error}")
+        print(f"sparseimplant: error: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -35,8 +35,21 @@ def test_training_learns_and_resumes(tmp_path, tiny_skullfix, capsys):
     info = ModelInfo(**json.loads((output / "model.json").read_text()), directory=output)
     assert info.licence.startswith("CC BY-NC-SA") and len(info.sha256) == 64
     load_network(info)  # checksum and shapes agree
+
+    model_file = (output / "model.safetensors").read_bytes()
+    assert main(train_args(tiny_skullfix, output, 30)) != 0  # no --resume: the finished run stays as it was
+    assert "already holds a training run; pass --resume" in capsys.readouterr().err
+    assert (output / "model.safetensors").read_bytes() == model_file
+    assert main(train_args(tiny_skullfix, tmp_path / "empty", 30, "--resume")) != 0
+    assert "nothing to resume" in capsys.readouterr().err
+
+    with open(output / "train_log.jsonl", "a") as log:  # as if stopped after logging 25 but before its checkpoint
+        log.write(json.dumps({"iteration": 25, "loss": 1.0, "seconds": 1e9}) + "\n")
     assert main(train_args(tiny_skullfix, output, 30, "--resume")) == 0
-    assert [entry["iteration"] for entry in read_log(output)][-2:] == [25, 30]
+    resumed = read_log(output)
+    assert [entry["iteration"] for entry in resumed] == [5, 10, 15, 20, 25, 30]
+    seconds = [entry["seconds"] for entry in resumed]
+    assert seconds == sorted(seconds) and seconds[-1] < 1e9  # the whole run's time, counted on from the checkpoint
 
 
 @pytest.mark.slow
