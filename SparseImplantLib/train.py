@@ -203,6 +203,11 @@ def _parse_channels(text: str) -> tuple:
     return channels
 
 
+def _lineage(initial: ModelInfo) -> dict:
+    """The start model's identity and its own training record, so a fine-tuned model card shows its whole history."""
+    return {"name": initial.name, "sha256": initial.sha256, "training": initial.training}
+
+
 def _initial_model(args: argparse.Namespace) -> Optional[ModelInfo]:
     """The registered model to fine-tune (``--init-model``): it fixes the channels, and its weights
     start a fresh optimiser and learning-rate schedule."""
@@ -304,7 +309,7 @@ def train(args: argparse.Namespace) -> dict:
                          file="model.safetensors", licence=DATA_LICENCE, crop_margin_mm=args.margin_mm,
                          training={"data": str(args.data), "cases": args.train_cases, "iterations": args.iterations,
                                    "batch_size": args.batch_size * cluster.world_size, "lr": args.lr, "seed": args.seed,
-                                   **({"initialised_from": initial.name} if initial else {})},
+                                   **({"initialised_from": _lineage(initial)} if initial else {})},
                          directory=output)
         save_network(network, info)
         atomic_write(output / "model.json", lambda tmp: tmp.write_text(json.dumps(info.to_json(), indent=2) + "\n"))
