@@ -7,6 +7,7 @@ The one function the CLI and the Slicer module (through the CLI in a subprocess)
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 import warnings
@@ -245,6 +246,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             "model": {"name": info.name, "kind": info.kind, "spacing_mm": info.spacing_mm, "licence": info.licence},
             "device": device.type,
             "timings_s": clock.timings,
+            "threads": _threads(),
             "voxels": {
                 "defective": int(np.count_nonzero(defective.array)),
                 "completed": int(np.count_nonzero(completed.array)),
@@ -265,6 +267,11 @@ def _point_array(surface, name: str) -> np.ndarray:
     from vtk.util.numpy_support import vtk_to_numpy
 
     return vtk_to_numpy(surface.GetPointData().GetArray(name))
+
+
+def _threads() -> dict:
+    """What the timings depend on besides the hardware: CPU threads and how idle OpenMP threads wait."""
+    return {"torch": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
 
 
 def _versions() -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -25,7 +26,8 @@ def run_to_end(job, timeout_s: float = 300.0):
     return events + job.poll()
 
 
-def test_generate_implant_from_a_segment(tmp_path, model_dir, synthetic_skull):
+def test_generate_implant_from_a_segment(tmp_path, model_dir, synthetic_skull, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     scene = slicer.vtkMRMLScene()
     skull = skull_segmentation(scene, synthetic_skull[0])
     reference = skull_segmentation(scene, synthetic_skull[1], "Ground truth")
@@ -41,6 +43,8 @@ def test_generate_implant_from_a_segment(tmp_path, model_dir, synthetic_skull):
     assert job.succeeded, job.log
     fractions = [event.fraction for event in events]
     assert fractions == sorted(fractions) and events[-1].stage == "done" and len(events) >= 4
+    report = json.loads((request.output_dir / "report.json").read_text())
+    assert report["threads"]["omp_wait_policy"] == "PASSIVE"  # idle OpenMP threads sleep beside Slicer
     result = designer.load(request, "Implant design")
     designer.discard(request)
     assert not request.input_path.parent.exists()
