@@ -86,7 +86,8 @@ def test_fine_tuning_starts_from_a_registered_model(tmp_path, tiny_skullfix, cap
     output = tmp_path / "run"
     assert main(train_args(tiny_skullfix, output, 2, *fine_tune, "--lr", "0")) == 0  # Adam with lr 0 moves nothing
     info = ModelInfo(**json.loads((output / "model.json").read_text()), directory=output)
-    assert info.channels == start.channels and info.training["initialised_from"] == {"name": "start", "sha256": start.sha256, "training": start.training}
+    assert info.channels == start.channels
+    assert info.training["initialised_from"] == {"name": "start", "sha256": start.sha256, "training": start.training}
     tuned, initial = load_network(info).state_dict(), load_network(start).state_dict()
     parameters = [name for name, _ in CompletionNet(start.channels).named_parameters()]
     assert all(torch.equal(tuned[name], initial[name]) for name in parameters)
