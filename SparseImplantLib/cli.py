@@ -37,7 +37,14 @@ def _register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="terminal bar, JSON lines (for Slicer) or nothing")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in OUTDIR")
     parser.add_argument("--model-dir", type=Path, help="folder with registry.json and weights (default: Resources/Models)")
+    _add_single_pass(parser)
     parser.set_defaults(func=_run_generate)
+
+
+def _add_single_pass(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--single-pass", action="store_true",
+                        help="one network pass instead of the average of four (left-right flip x grid shift): "
+                             "~4x less network time, implant DSC ~0.02 lower")
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -53,6 +60,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         mesh_formats=tuple(f.strip().lower() for f in args.mesh_formats.split(",") if f.strip()),
         overwrite=args.overwrite,
         model_dir=args.model_dir,
+        averaged=not args.single_pass,
     )
     if args.progress == "bar":
         with TerminalProgress() as bar:
@@ -84,6 +92,7 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model-dir", type=Path, help="folder with registry.json and weights")
     parser.add_argument("--overwrite", action="store_true", help="replace predictions already in OUTDIR")
     parser.add_argument("--keep-logit", type=float, help="override the model's pruning threshold (for tuning on training cases)")
+    _add_single_pass(parser)
     parser.set_defaults(func=_run_predict)
 
 
@@ -95,7 +104,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     cases = parse_case_range(args.cases) if args.cases else None
     with TerminalProgress() as bar:
         records = predict_cases(args.data, args.output, cases, args.model, args.device, args.model_dir, args.overwrite, bar,
-                                keep_logit=args.keep_logit)
+                                keep_logit=args.keep_logit, averaged=not args.single_pass)
     for record in records:
         print(f"{record['case']}: {sum(record['timings_s'].values()):.1f} s on {record['device']}")
     return 0

@@ -118,9 +118,13 @@ def resample_mask(mask: Volume, reference: Volume, smoothing: float = 0.4) -> Vo
     linear interpolation and re-thresholded at 0.5, which keeps plate-like bone where it is instead
     of the staircase (or lost thin bone) of nearest-neighbour resampling.
     """
-    coarse = np.maximum(mask.spacing, reference.spacing)
-    sigma = smoothing * coarse
-    values = _resample_float(mask.with_array(mask.array > 0), reference, sigma)
+    return resample_soft_mask(mask.with_array((mask.array > 0).astype(np.float32)), reference, smoothing)
+
+
+def resample_soft_mask(fractions: Volume, reference: Volume, smoothing: float = 0.4) -> Volume:
+    """``resample_mask`` for a mask with values in [0, 1] (e.g. the share of predictions keeping a voxel)."""
+    sigma = smoothing * np.maximum(fractions.spacing, reference.spacing)
+    values = _resample_float(fractions, reference, sigma)
     return reference.with_array((values >= 0.5).astype(np.uint8))
 
 

@@ -43,6 +43,7 @@ def test_generate_writes_every_output(tmp_path, capsys, skull_file, model_dir, s
     assert report["device"] == "cpu" and report["model"]["name"] == "tiny"
     assert set(report["metrics"]) == {"dsc", "bdsc", "hd95_mm", "skull_dsc"}
     assert {"read", "network", "implant", "meshes", "write"} <= set(report["timings_s"])
+    assert report["network_passes"] == 4
     completed = sitk.ReadImage(str(out / "completed_skull.nrrd"))
     source = sitk.ReadImage(str(skull_file))
     assert completed.GetSize() == source.GetSize()
@@ -147,7 +148,7 @@ def test_unknown_mesh_format(tmp_path, capsys, skull_file, model_dir):
 def test_predict_then_evaluate(tmp_path, capsys, tiny_skullfix, model_dir):
     predictions = tmp_path / "predictions"
     code, stdout, stderr = run_cli(capsys, "predict", "--data", tiny_skullfix, "--cases", "001-002", "-o", predictions,
-                                   "--model-dir", model_dir, "--device", "cpu")
+                                   "--model-dir", model_dir, "--device", "cpu", "--single-pass")
     assert code == 0, stderr
     assert sorted(p.name for p in predictions.iterdir()) == ["001", "002"]
     assert {p.name for p in (predictions / "001").iterdir()} == {"completed_skull.nrrd", "implant.nrrd"}
