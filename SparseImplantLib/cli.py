@@ -44,7 +44,8 @@ def _register_generate(subparsers: argparse._SubParsersAction) -> None:
 def _add_single_pass(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--single-pass", action="store_true",
                         help="one network pass instead of the average of four (left-right flip x grid shift): "
-                             "~4x less network time, implant DSC ~0.02 lower")
+                             "a quarter of the network's compute (SkullFix 050, bundled 2 mm model, 2 CPU cores: 0.25 s "
+                             "instead of 1.0 s), implant DSC 0.003-0.02 lower (validation / training cases)")
 
 
 def _run_generate(args: argparse.Namespace) -> int:
