@@ -86,6 +86,10 @@ AVERAGED_PASSES = ((False, 0), (True, 0), (False, 8), (True, 8))
 SINGLE_PASS = ((False, 0),)
 
 
+def network_passes(averaged: bool) -> Tuple[Tuple[bool, int], ...]:
+    return AVERAGED_PASSES if averaged else SINGLE_PASS
+
+
 def model_grid_input(defective: Volume, info: ModelInfo) -> Tuple[Volume, Tuple[slice, slice, slice], Volume]:
     """The defective skull on the model's grid, cropped to the skull plus a margin for missing bone.
 
@@ -146,7 +150,7 @@ def complete_skull(defective: Volume, network: CompletionNet, info: ModelInfo, d
                    progress: ProgressCallback = ignore_progress, averaged: bool = True) -> Tuple[Volume, torch.device]:
     """Completed skull on the input's geometry (before implant clean-up)."""
     cropped, box, grid = model_grid_input(defective, info)
-    passes = AVERAGED_PASSES if averaged else SINGLE_PASS
+    passes = network_passes(averaged)
     progress(ProgressEvent("network", 0.2, f"{int(cropped.array.sum())} voxels on a {cropped.shape} grid, "
                                            f"{len(passes)} pass(es)"))
     fraction, used = predict_with_fallback(network, cropped.array, device, progress, passes)
@@ -271,7 +275,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             "device": device.type,
             "timings_s": clock.timings,
             "threads": _threads(),
-            "network_passes": len(AVERAGED_PASSES if options.averaged else SINGLE_PASS),
+            "network_passes": len(network_passes(options.averaged)),
             "voxels": {
                 "defective": int(np.count_nonzero(defective.array)),
                 "completed": int(np.count_nonzero(completed.array)),

@@ -90,7 +90,7 @@ def _resample_float(volume: Volume, reference: Volume, sigma_mm: Sequence[float]
     """Smooth (anti-alias) a float mask and interpolate it linearly onto ``reference``'s grid."""
     import SimpleITK as sitk
 
-    image = to_sitk(volume.with_array(volume.array.astype(np.float32)))
+    image = to_sitk(volume.with_array(volume.array.astype(np.float32, copy=False)))  # no copy when already float32
     if max(sigma_mm) > 0:
         image = sitk.SmoothingRecursiveGaussian(image, [float(s) for s in sigma_mm])
     resampler = sitk.ResampleImageFilter()
