@@ -244,10 +244,10 @@ def train(args: argparse.Namespace) -> dict:
     output = Path(args.output)
     checkpoint_path = output / "checkpoint.pt"
     _check_run_folder(output, checkpoint_path, args.resume)
+    initial = _initial_model(args)  # a wrong --init-model or --channels fails before the folder is made
     output.mkdir(parents=True, exist_ok=True)
     cluster = Distributed()
     torch.manual_seed(args.seed)
-    initial = _initial_model(args)
     channels = tuple(initial.channels) if initial else _parse_channels(args.channels or "ch1")
     spacing = [float(args.spacing)] * 3
     train_cases = parse_case_range(args.train_cases)

@@ -82,6 +82,7 @@ def test_fine_tuning_starts_from_a_registered_model(tmp_path, tiny_skullfix, cap
 
     assert main(train_args(tiny_skullfix, tmp_path / "bad", 2, *fine_tune, "--channels", "ch1")) != 0
     assert "differs from model 'start'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before the run folder is made
 
     output = tmp_path / "run"
     assert main(train_args(tiny_skullfix, output, 2, *fine_tune, "--lr", "0")) == 0  # Adam with lr 0 moves nothing
