@@ -123,6 +123,7 @@ class SparseImplantParameterNode:
     referenceSegmentId: str = ""
     model: str = ""
     device: Annotated[str, Choice(list(DEVICES))] = "Auto"
+    refine: bool = True
 
 
 #
@@ -380,6 +381,7 @@ class SparseImplantLogic(ScriptedLoadableModuleLogic):
             reference_segment_id=parameters.referenceSegmentId,
             model=parameters.model or None,
             device=DEVICES[parameters.device],
+            refine=parameters.refine,
         )
 
     def start(self, parameters: SparseImplantParameterNode):

@@ -37,11 +37,15 @@ def _register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="terminal bar, JSON lines (for Slicer) or nothing")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in OUTDIR")
     parser.add_argument("--model-dir", type=Path, help="folder with registry.json and weights (default: Resources/Models)")
-    _add_single_pass(parser)
+    _add_network_choices(parser)
     parser.set_defaults(func=_run_generate)
 
 
-def _add_single_pass(parser: argparse.ArgumentParser) -> None:
+def _add_network_choices(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--refine-model", default="auto", metavar="NAME|auto|none",
+                        help="super-resolution model that redraws the implant region on its finer grid: auto (default) "
+                             "= the registry's model made for the completion model's grid, if there is one; none = "
+                             "resample the completion model's output directly")
     parser.add_argument("--single-pass", action="store_true",
                         help="one network pass instead of the average of four (left-right flip x grid shift): "
                              "a quarter of the network's compute (SkullFix 050, bundled 2 mm model, 2 CPU cores: 0.25 s "
@@ -62,6 +66,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         model_dir=args.model_dir,
         averaged=not args.single_pass,
+        refine_model=args.refine_model,
     )
     if args.progress == "bar":
         with TerminalProgress() as bar:
@@ -93,7 +98,7 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model-dir", type=Path, help="folder with registry.json and weights")
     parser.add_argument("--overwrite", action="store_true", help="replace predictions already in OUTDIR")
     parser.add_argument("--keep-logit", type=float, help="override the model's pruning threshold (for tuning on training cases)")
-    _add_single_pass(parser)
+    _add_network_choices(parser)
     parser.set_defaults(func=_run_predict)
 
 
@@ -105,7 +110,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     cases = parse_case_range(args.cases) if args.cases else None
     with TerminalProgress() as bar:
         records = predict_cases(args.data, args.output, cases, args.model, args.device, args.model_dir, args.overwrite, bar,
-                                keep_logit=args.keep_logit, averaged=not args.single_pass)
+                                keep_logit=args.keep_logit, averaged=not args.single_pass,
+                                refine_model=args.refine_model)
     for record in records:
         print(f"{record['case']}: {sum(record['timings_s'].values()):.1f} s on {record['device']}")
     return 0

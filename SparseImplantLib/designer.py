@@ -35,6 +35,7 @@ class DesignInputs:
     reference_segment_id: str = ""
     model: Optional[str] = None
     device: str = "auto"
+    refine: bool = True  # super-resolution refinement when the registry has a model for it
 
 
 class ImplantDesigner:
@@ -71,7 +72,8 @@ class ImplantDesigner:
             shutil.rmtree(work, ignore_errors=True)
             raise
         return GenerateRequest(input_path, work / "output", model=inputs.model, device=inputs.device,
-                               threshold_hu=threshold, reference=reference_path, model_dir=self.model_dir)
+                               threshold_hu=threshold, reference=reference_path, model_dir=self.model_dir,
+                               refine=inputs.refine)
 
     def start(self, request: GenerateRequest) -> GenerateJob:
         env = dict(os.environ)

@@ -33,6 +33,7 @@ class GenerateRequest:
     threshold_hu: Optional[float] = None
     reference: Optional[Path] = None
     model_dir: Optional[Path] = None
+    refine: bool = True  # False: --refine-model none
     mesh_formats: Sequence[str] = ("vtk",)  # Slicer exports STL/OBJ itself; VTK keeps the distance array
 
     def command(self, python: str = sys.executable) -> List[str]:
@@ -43,6 +44,8 @@ class GenerateRequest:
         for flag, value in optional.items():
             if value is not None:
                 command += [flag, str(value)]
+        if not self.refine:
+            command += ["--refine-model", "none"]
         return command
 
 

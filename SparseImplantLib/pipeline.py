@@ -14,7 +14,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -24,10 +24,11 @@ from .errors import SparseImplantError
 from .evaluate import COMPLETED_FILE, IMPLANT_FILE, evaluate_case
 from .io import read_mask, staged_output, write_volume
 from .models.completion import CompletionNet
-from .models.registry import ModelInfo, find_model, load_network
+from .models.registry import ModelInfo, find_model, find_refiner, load_network
 from .postprocess import extract_implant
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 from .sparse import from_mask
+from .superres import refine_skull
 from .volume import Volume, crop, foreground_box, grid_with_spacing, paste, resample_mask, resample_soft_mask
 
 MESH_FORMATS = ("stl", "obj", "ply", "vtk")
@@ -47,6 +48,40 @@ class GenerateOptions:
     preview_size: Tuple[int, int] = (1800, 600)
     model_dir: Optional[Path] = None
     averaged: bool = True  # average the network over AVERAGED_PASSES (False: one pass, a quarter of the compute)
+    refine_model: Optional[str] = "auto"  # super-resolution model: a name, "auto" (the registry's, if any) or "none"
+
+
+@dataclass
+class Networks:
+    """The loaded completion network and, when one is used, the super-resolution network refining it."""
+
+    completion: CompletionNet
+    info: ModelInfo
+    refiner: Optional[CompletionNet] = None
+    refiner_info: Optional[ModelInfo] = None
+
+    def to(self, device: torch.device) -> "Networks":
+        self.completion.to(device)
+        if self.refiner is not None:
+            self.refiner.to(device)
+        return self
+
+    def describe(self) -> dict:
+        """The models, for report.json."""
+        described = {"name": self.info.name, "kind": self.info.kind, "spacing_mm": self.info.spacing_mm,
+                     "licence": self.info.licence}
+        if self.refiner_info is not None:
+            described["refinement"] = {"name": self.refiner_info.name, "spacing_mm": self.refiner_info.spacing_mm,
+                                       "licence": self.refiner_info.licence}
+        return described
+
+
+def load_networks(model: Optional[str], refine_model: Optional[str], device: torch.device,
+                  model_dir: Optional[Path] = None) -> Networks:
+    info = find_model(model, "completion", model_dir)
+    refiner_info = find_refiner(refine_model, info, model_dir)
+    refiner = load_network(refiner_info, device) if refiner_info is not None else None
+    return Networks(load_network(info, device), info, refiner, refiner_info)
 
 
 @dataclass
@@ -131,11 +166,14 @@ def predict_fraction(network: CompletionNet, mask: np.ndarray, device: torch.dev
     return kept / len(passes)
 
 
-def predict_with_fallback(network: CompletionNet, mask: np.ndarray, device: torch.device, progress: ProgressCallback,
-                          passes: Sequence[Tuple[bool, int]] = AVERAGED_PASSES) -> Tuple[np.ndarray, torch.device]:
-    """Predict on ``device``; on CUDA out-of-memory retry on the CPU with a warning."""
+Result = TypeVar("Result")
+
+
+def with_cpu_fallback(run: Callable[[torch.device], Result], networks: Networks, device: torch.device,
+                      progress: ProgressCallback) -> Tuple[Result, torch.device]:
+    """``run(device)``; on CUDA out-of-memory move the networks to the CPU and retry there, with a warning."""
     try:
-        return predict_fraction(network, mask, device, passes), device
+        return run(device), device
     except torch.cuda.OutOfMemoryError:
         if device.type != "cuda":
             raise
@@ -144,29 +182,46 @@ def predict_with_fallback(network: CompletionNet, mask: np.ndarray, device: torc
         progress(ProgressEvent("network", 0.3, message))
         torch.cuda.empty_cache()
         cpu = torch.device("cpu")
-        return predict_fraction(network.to(cpu), mask, cpu, passes), cpu
+        networks.to(cpu)
+        return run(cpu), cpu
 
 
-def complete_skull(defective: Volume, network: CompletionNet, info: ModelInfo, device: torch.device,
-                   progress: ProgressCallback = ignore_progress, averaged: bool = True) -> Tuple[Volume, torch.device]:
-    """Completed skull on the input's geometry (before implant clean-up)."""
-    cropped, box, grid = model_grid_input(defective, info)
+def coarse_skull(defective: Volume, networks: Networks, device: torch.device,
+                 progress: ProgressCallback = ignore_progress, averaged: bool = True) -> Tuple[Volume, torch.device]:
+    """The completion network's skull on its (uncropped) grid, as the share of passes keeping each voxel."""
+    cropped, box, grid = model_grid_input(defective, networks.info)
     passes = network_passes(averaged)
     progress(ProgressEvent("network", 0.2, f"{int(cropped.array.sum())} voxels on a {cropped.shape} grid, "
                                            f"{len(passes)} pass(es)"))
-    fraction, used = predict_with_fallback(network, cropped.array, device, progress, passes)
-    progress(ProgressEvent("restore", 0.6, "resampling to the input grid"))
-    on_grid = grid.with_array(paste(fraction, box, grid.shape))
-    return resample_soft_mask(on_grid, defective, smoothing=OUTPUT_SMOOTHING), used
+    fraction, device = with_cpu_fallback(lambda on: predict_fraction(networks.completion, cropped.array, on, passes),
+                                         networks, device, progress)
+    return grid.with_array(paste(fraction, box, grid.shape)), device
 
 
-def design_implant(defective: Volume, network: CompletionNet, info: ModelInfo, device: torch.device,
+def refined_skull(coarse: Volume, defective: Volume, networks: Networks, device: torch.device,
+                  progress: ProgressCallback = ignore_progress) -> Tuple[Volume, torch.device]:
+    """The super-resolution network's skull on its finer grid (see ``superres``)."""
+    info = networks.refiner_info
+    progress(ProgressEvent("refine", 0.45, f"super-resolution on a {info.spacing_mm} mm grid ({info.name})"))
+    return with_cpu_fallback(lambda on: refine_skull(coarse, defective, networks.refiner, info.spacing_mm, on,
+                                                     OUTPUT_SMOOTHING), networks, device, progress)
+
+
+def design_implant(defective: Volume, networks: Networks, device: torch.device,
                    progress: ProgressCallback = ignore_progress, clock: Optional[StageClock] = None,
                    averaged: bool = True) -> Tuple[Volume, Volume, torch.device]:
     """(completed skull, implant, device used) on the input's geometry; completed = defective | implant."""
     clock = clock or StageClock()
     with clock.stage("network"):
-        completed_raw, device = complete_skull(defective, network, info, device, progress, averaged)
+        coarse, device = coarse_skull(defective, networks, device, progress, averaged)
+        if networks.refiner is None:
+            progress(ProgressEvent("restore", 0.6, "resampling to the input grid"))
+            completed_raw = resample_soft_mask(coarse, defective, smoothing=OUTPUT_SMOOTHING)
+    if networks.refiner is not None:
+        with clock.stage("refine"):
+            fine, device = refined_skull(coarse, defective, networks, device, progress)
+            progress(ProgressEvent("restore", 0.6, "resampling to the input grid"))
+            completed_raw = resample_mask(fine, defective)
     progress(ProgressEvent("implant", 0.7, "extracting the implant"))
     with clock.stage("implant"):
         implant_array = extract_implant(completed_raw.array, defective.array, defective.spacing)
@@ -180,19 +235,18 @@ def design_implant(defective: Volume, network: CompletionNet, info: ModelInfo, d
 def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[str]] = None, model: Optional[str] = None,
                   device: str = "auto", model_dir: Optional[Path] = None, overwrite: bool = False,
                   progress: ProgressCallback = ignore_progress, keep_logit: Optional[float] = None,
-                  averaged: bool = True) -> list[dict]:
+                  averaged: bool = True, refine_model: Optional[str] = "auto") -> list[dict]:
     """Batch prediction over a SkullFix/SkullBreak folder: OUTDIR/<case>/{completed_skull,implant}.nrrd,
-    the layout ``evaluate`` reads. ``keep_logit`` overrides the model's pruning threshold (tuning);
-    ``averaged`` as in ``GenerateOptions``.
+    the layout ``evaluate`` reads. ``keep_logit`` overrides the completion model's pruning threshold
+    (tuning); ``averaged`` and ``refine_model`` as in ``GenerateOptions``.
     Returns one timing record per case."""
     from .data.datasets import list_cases
 
     selected = list_cases(data_root, cases=cases)
-    info = find_model(model, "completion", model_dir)
     chosen = select_device(device)
-    network = load_network(info, chosen)
+    networks = load_networks(model, refine_model, chosen, model_dir)
     if keep_logit is not None:
-        network.keep_logit = keep_logit
+        networks.completion.keep_logit = keep_logit
     records = []
     for index, files in enumerate(selected):
         progress(ProgressEvent("predict", index / len(selected), files.key))
@@ -200,11 +254,12 @@ def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[st
         with staged_output(Path(output_dir) / files.key, [COMPLETED_FILE, IMPLANT_FILE], overwrite) as staging:
             with clock.stage("read"):
                 defective = read_mask(files.defective_path)
-            completed, implant, used = design_implant(defective, network, info, chosen, clock=clock, averaged=averaged)
+            completed, implant, used = design_implant(defective, networks, chosen, clock=clock, averaged=averaged)
             with clock.stage("write"):
                 write_volume(staging / COMPLETED_FILE, completed)
                 write_volume(staging / IMPLANT_FILE, implant)
-        records.append({"case": files.key, "device": used.type, "timings_s": clock.timings})
+        records.append({"case": files.key, "device": used.type, "timings_s": clock.timings,
+                        "refinement": networks.refiner_info.name if networks.refiner_info else None})
     progress(ProgressEvent("done", 1.0, f"{len(selected)} case(s) in {output_dir}"))
     return records
 
@@ -239,11 +294,10 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             reference = read_mask(options.reference) if options.reference else None
             if reference is not None and not reference.same_geometry(defective):
                 raise SparseImplantError("the reference implant's geometry differs from the input's: resample it onto the input")
-            info = find_model(options.model, "completion", options.model_dir)
             device = select_device(options.device)
-            network = load_network(info, device)
-        progress(ProgressEvent("network", 0.1, f"model {info.name} on {device.type}"))
-        completed, implant, device = design_implant(defective, network, info, device, progress, clock, options.averaged)
+            networks = load_networks(options.model, options.refine_model, device, options.model_dir)
+        progress(ProgressEvent("network", 0.1, f"model {networks.info.name} on {device.type}"))
+        completed, implant, device = design_implant(defective, networks, device, progress, clock, options.averaged)
         implant_array = implant.array > 0
         progress(ProgressEvent("meshes", 0.8, "surfaces and distances"))
         with clock.stage("meshes"):
@@ -272,7 +326,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
                                staging / "preview.png", size=options.preview_size)
         report = {
             "input": str(input_path),
-            "model": {"name": info.name, "kind": info.kind, "spacing_mm": info.spacing_mm, "licence": info.licence},
+            "model": networks.describe(),
             "device": device.type,
             "timings_s": clock.timings,
             "threads": _threads(),

@@ -1,4 +1,5 @@
-"""Training of the completion network: the paper's loss, Adam, checkpoints, resume, DDP.
+"""Training of the completion and super-resolution networks: the paper's loss, Adam, checkpoints,
+resume, DDP.
 
 One process trains on one CPU or GPU; ``torchrun --nproc_per_node N -m SparseImplantLib.train ...``
 (or ``sparseimplant train`` under torchrun) trains data-parallel with DDP (NCCL on GPUs, Gloo on CPU).
@@ -25,24 +26,31 @@ import torch.distributed as dist
 from .errors import SparseImplantError
 from .io import atomic_write
 from .models.completion import CHANNEL_PRESETS, CompletionNet, completion_loss
-from .models.registry import ModelInfo, find_model, load_network, save_network
+from .models.registry import MODEL_KINDS, ModelInfo, find_model, load_network, save_network
+from .pipeline import OUTPUT_SMOOTHING
 from .sparse import SparseTensor
+from .superres import INPUT_CHANNELS, batch_input, input_voxels, refine_box, upsample_coarse
 from .volume import Volume, crop, foreground_box, grid_with_spacing, resample_mask
 
 MIN_KEPT_FRACTION = 0.6  # a generated defect must leave this share of the skull
 DATA_LICENCE = "CC BY-NC-SA 4.0 (trained on SkullFix, derived from CQ500): non-commercial use only"
 
 
+COMPLETION, SUPER_RESOLUTION = MODEL_KINDS
+
+
 @dataclass
 class TrainingSample:
     """One skull on the model grid, cropped like inference crops it: voxel coordinates (N, 3), and the
-    grid's direction (defects are placed by anatomical region)."""
+    grid's direction (defects are placed by anatomical region). For super-resolution, ``coarse`` holds
+    the complete skull as the coarse grid shows it, upsampled to this grid like inference upsamples."""
 
     case: str
     defective: np.ndarray
     complete: np.ndarray
     shape: tuple
     direction: np.ndarray
+    coarse: Optional[np.ndarray] = None
 
     def complete_volume(self, spacing: Sequence[float]) -> Volume:
         array = np.zeros(self.shape, np.uint8)
@@ -50,36 +58,46 @@ class TrainingSample:
         return Volume(array, spacing, (0.0, 0.0, 0.0), self.direction)
 
 
-def _grid_sample(case: str, defective: Volume, complete: Volume, spacing: Sequence[float], margin_mm: float) -> TrainingSample:
+def _grid_sample(case: str, defective: Volume, complete: Volume, spacing: Sequence[float], margin_mm: float,
+                 input_spacing: Optional[Sequence[float]] = None) -> TrainingSample:
     grid = grid_with_spacing(defective, spacing)
     defective_grid = resample_mask(defective, grid).array
     complete_grid = resample_mask(complete, grid).array | defective_grid
+    arrays = [defective_grid, complete_grid]
+    if input_spacing is not None:  # the complete skull through the coarse grid and back, as inference sees it
+        coarse = resample_mask(complete, grid_with_spacing(defective, input_spacing))
+        arrays.append(upsample_coarse(coarse.with_array(coarse.array.astype(np.float32)), grid, OUTPUT_SMOOTHING))
     box = foreground_box(defective_grid, int(np.ceil(margin_mm / min(spacing))))
-    cropped = [crop(grid.with_array(a), box).array for a in (defective_grid, complete_grid)]
-    return TrainingSample(case, np.argwhere(cropped[0]).astype(np.int32), np.argwhere(cropped[1]).astype(np.int32),
-                          cropped[0].shape, defective.direction)
+    voxels = [np.argwhere(crop(grid.with_array(a), box).array).astype(np.int32) for a in arrays]
+    shape = tuple(s.stop - s.start for s in box)
+    return TrainingSample(case, voxels[0], voxels[1], shape, defective.direction, voxels[2] if input_spacing else None)
 
 
 def load_samples(data_root: Path, cases: Sequence[str], spacing: Sequence[float], margin_mm: float,
-                 cache_dir: Path) -> List[TrainingSample]:
-    """Cases of a SkullFix/SkullBreak folder on the model grid, from the cache when it holds them."""
+                 cache_dir: Path, input_spacing: Optional[Sequence[float]] = None) -> List[TrainingSample]:
+    """Cases of a SkullFix/SkullBreak folder on the model grid, from the cache when it holds them;
+    ``input_spacing`` (super-resolution) adds the coarse view of each complete skull."""
     from .data.datasets import list_cases
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     tag = "x".join(f"{s:g}" for s in spacing) + f"_m{margin_mm:g}"
+    if input_spacing is not None:
+        tag += "_from" + "x".join(f"{s:g}" for s in input_spacing)
     samples = []
     for files in list_cases(data_root, cases=cases):
         cached = cache_dir / f"{files.key.replace('/', '_')}_{tag}.npz"
         if cached.is_file():
             data = np.load(cached)
             direction = data["direction"] if "direction" in data else _direction_of(files.defective_path)
-            samples.append(TrainingSample(files.key, data["defective"], data["complete"], tuple(data["shape"]), direction))
+            samples.append(TrainingSample(files.key, data["defective"], data["complete"], tuple(data["shape"]), direction,
+                                          data["coarse"] if "coarse" in data else None))
             continue
         case = files.load()
         complete = case.complete or case.defective.with_array(case.defective.array | case.implant.array)
-        sample = _grid_sample(files.key, case.defective, complete, spacing, margin_mm)
+        sample = _grid_sample(files.key, case.defective, complete, spacing, margin_mm, input_spacing)
+        extra = {"coarse": sample.coarse} if sample.coarse is not None else {}
         atomic_write(cached, lambda tmp: np.savez(tmp, defective=sample.defective, complete=sample.complete,
-                                                  shape=np.array(sample.shape), direction=sample.direction))
+                                                  shape=np.array(sample.shape), direction=sample.direction, **extra))
         samples.append(sample)
     return samples
 
@@ -94,23 +112,58 @@ def _direction_of(path: Path) -> np.ndarray:
     return np.array(reader.GetDirection()).reshape(3, 3)
 
 
+@dataclass
+class Example:
+    """One network input (voxels (N, 3) and their features (N, C)) with its defective and complete skull."""
+
+    voxels: np.ndarray
+    features: np.ndarray
+    defective: np.ndarray
+    complete: np.ndarray
+
+
 def augment(sample: TrainingSample, rng: np.random.Generator, spacing: Sequence[float],
-            generated_defects: float) -> tuple[np.ndarray, np.ndarray]:
+            generated_defects: float) -> TrainingSample:
     """With probability ``generated_defects`` a new SkullFix-style defect replaces the case's own; then a
-    random left-right flip and shift (which changes how voxels fall into the coarse cells)."""
+    random left-right flip."""
     from .data.defects import SKULLFIX_BOX, cut_defect
 
-    defective, complete = sample.defective.copy(), sample.complete.copy()
+    defective = sample.defective.copy()
     if rng.random() < generated_defects:
         generated, _ = cut_defect(sample.complete_volume(spacing), SKULLFIX_BOX, rng)
         kept = np.argwhere(generated.array).astype(np.int32)
-        if len(kept) >= MIN_KEPT_FRACTION * len(complete):  # small skulls: a box may take most of them
+        if len(kept) >= MIN_KEPT_FRACTION * len(sample.complete):  # small skulls: a box may take most of them
             defective = kept
+    voxel_sets = [defective, sample.complete.copy()] + ([sample.coarse.copy()] if sample.coarse is not None else [])
     if rng.random() < 0.5:
-        defective[:, 0] = sample.shape[0] - 1 - defective[:, 0]
-        complete[:, 0] = sample.shape[0] - 1 - complete[:, 0]
-    shift = rng.integers(0, 16, size=3).astype(np.int32)
-    return defective + shift, complete + shift
+        for voxels in voxel_sets:
+            voxels[:, 0] = sample.shape[0] - 1 - voxels[:, 0]
+    return TrainingSample(sample.case, voxel_sets[0], voxel_sets[1], sample.shape, sample.direction,
+                          voxel_sets[2] if sample.coarse is not None else None)
+
+
+def make_example(sample: TrainingSample, spacing: Sequence[float], rng: Optional[np.random.Generator] = None,
+                 generated_defects: float = 0.0) -> Example:
+    """The network's view of a sample: the defective skull for completion; for super-resolution the
+    box ``superres.refine_box`` cuts from the coarse and defective skulls. With ``rng``: augmented, and
+    shifted at random (which changes how voxels fall into the network's coarse cells)."""
+    if rng is not None:
+        sample = augment(sample, rng, spacing, generated_defects)
+    defective, complete = sample.defective, sample.complete
+    if sample.coarse is None:
+        voxels, features = defective, np.ones((len(defective), 1), np.float32)
+    else:
+        masks = []
+        for voxel_set in (sample.coarse, defective, complete):
+            mask = np.zeros(sample.shape, np.uint8)
+            mask[tuple(voxel_set.T)] = 1
+            masks.append(mask)
+        box = refine_box(masks[0], masks[1], spacing) or tuple(slice(0, n) for n in sample.shape)
+        coarse, defective_box, complete_box = (m[box] for m in masks)
+        voxels, features = input_voxels(coarse, defective_box)
+        defective, complete = np.argwhere(defective_box), np.argwhere(complete_box)
+    shift = rng.integers(0, 16, size=3) if rng is not None else np.zeros(3, np.int64)
+    return Example(voxels + shift, features, defective + shift, complete + shift)
 
 
 def batch_coordinates(voxel_sets: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -119,9 +172,8 @@ def batch_coordinates(voxel_sets: Sequence[np.ndarray], device: torch.device) ->
     return torch.from_numpy(np.concatenate(parts)).to(device)
 
 
-def sparse_input(voxel_sets: Sequence[np.ndarray], device: torch.device) -> SparseTensor:
-    coordinates = batch_coordinates(voxel_sets, device)
-    return SparseTensor(torch.ones(len(coordinates), 1, device=device), coordinates)
+def network_input(examples: Sequence[Example], device: torch.device) -> SparseTensor:
+    return batch_input([(e.voxels, e.features) for e in examples], device)
 
 
 def dice_coefficient(a: set, b: set) -> float:
@@ -129,16 +181,19 @@ def dice_coefficient(a: set, b: set) -> float:
 
 
 @torch.no_grad()
-def validate(network: CompletionNet, samples: Sequence[TrainingSample], device: torch.device) -> Dict[str, float]:
-    """Implant and completed-skull DSC on the model grid (quick; full-resolution scores come from ``evaluate``)."""
+def validate(network: CompletionNet, samples: Sequence[TrainingSample], spacing: Sequence[float],
+             device: torch.device) -> Dict[str, float]:
+    """Implant and completed-skull DSC on the model grid, within the refined box for super-resolution
+    (quick; full-resolution scores come from ``evaluate``)."""
     was_training = network.training
     network.eval()
     implant_scores, complete_scores = [], []
     for sample in samples:
-        result = network(sparse_input([sample.defective], device))
+        example = make_example(sample, spacing)
+        result = network(network_input([example], device))
         predicted = {tuple(c) for c in result.output.C[:, 1:].cpu().numpy().tolist()}
-        defective = {tuple(c) for c in sample.defective.tolist()}
-        complete = {tuple(c) for c in sample.complete.tolist()}
+        defective = {tuple(c) for c in example.defective.tolist()}
+        complete = {tuple(c) for c in example.complete.tolist()}
         complete_scores.append(dice_coefficient(predicted, complete))
         implant_scores.append(dice_coefficient(predicted - defective, complete - defective))
     network.train(was_training)
@@ -213,7 +268,7 @@ def _initial_model(args: argparse.Namespace) -> Optional[ModelInfo]:
     start a fresh optimiser and learning-rate schedule."""
     if not args.init_model:
         return None
-    initial = find_model(args.init_model, model_dir=args.model_dir)
+    initial = find_model(args.init_model, args.kind, model_dir=args.model_dir)
     if args.channels and _parse_channels(args.channels) != tuple(initial.channels):
         raise SparseImplantError(f"--channels {args.channels} differs from model '{initial.name}' "
                                  f"({','.join(map(str, initial.channels))}): leave --channels out when fine-tuning")
@@ -250,13 +305,19 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     channels = tuple(initial.channels) if initial else _parse_channels(args.channels or "ch1")
     spacing = [float(args.spacing)] * 3
+    input_spacing = [float(args.input_spacing)] * 3 if args.kind == SUPER_RESOLUTION else None
+    if initial is not None and input_spacing is not None and initial.input_spacing_mm != input_spacing:
+        raise SparseImplantError(f"--input-spacing {args.input_spacing} differs from model '{initial.name}' "
+                                 f"({initial.input_spacing_mm}): leave it at the model's value when fine-tuning")
     train_cases = parse_case_range(args.train_cases)
     val_cases = parse_case_range(args.val_cases) if args.val_cases else []
     cache = Path(args.cache) if args.cache else output / "cache"
-    train_samples = load_samples(Path(args.data), train_cases, spacing, args.margin_mm, cache)
-    val_samples = load_samples(Path(args.data), val_cases, spacing, args.margin_mm, cache) if cluster.is_main else []
-
-    network = load_network(initial, cluster.device).train() if initial else CompletionNet(channels).to(cluster.device)
+    train_samples = load_samples(Path(args.data), train_cases, spacing, args.margin_mm, cache, input_spacing)
+    val_samples = (load_samples(Path(args.data), val_cases, spacing, args.margin_mm, cache, input_spacing)
+                   if cluster.is_main else [])
+    in_channels = INPUT_CHANNELS if input_spacing else 1
+    network = (load_network(initial, cluster.device).train() if initial
+               else CompletionNet(channels, in_channels).to(cluster.device))
     network.keep_logit = 0.0  # train with the paper's pruning; the inference threshold is tuned at registration
     model: torch.nn.Module = network
     if cluster.world_size > 1:
@@ -277,9 +338,9 @@ def train(args: argparse.Namespace) -> dict:
     network.train()
     started = time.perf_counter() - seconds_before  # the log and summary count the whole run's training time
     for iteration in range(start, args.iterations):
-        batch = [augment(train_samples[i], rng, spacing, args.generated_defects)
+        batch = [make_example(train_samples[i], spacing, rng, args.generated_defects)
                  for i in rng.integers(0, len(train_samples), size=args.batch_size)]
-        result = model(sparse_input([d for d, _ in batch], cluster.device), batch_coordinates([c for _, c in batch], cluster.device))
+        result = model(network_input(batch, cluster.device), batch_coordinates([e.complete for e in batch], cluster.device))
         loss = completion_loss(result)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -290,7 +351,7 @@ def train(args: argparse.Namespace) -> dict:
             entry = {"iteration": done, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
                      "output_voxels": len(result.output), "seconds": round(time.perf_counter() - started, 1)}
             if val_samples and (done % args.val_every == 0 or done == args.iterations):
-                entry.update(validate(network, val_samples, cluster.device))
+                entry.update(validate(network, val_samples, spacing, cluster.device))
             with open(log_path, "a") as log:
                 log.write(json.dumps(entry) + "\n")
             print(json.dumps(entry), flush=True)
@@ -305,8 +366,9 @@ def train(args: argparse.Namespace) -> dict:
     summary = {"iterations": args.iterations, "world_size": cluster.world_size, "rank_weight_checksums": checksums,
                "seconds": round(time.perf_counter() - started, 1)}
     if cluster.is_main:
-        info = ModelInfo(name=args.name, kind="completion", channels=list(channels), spacing_mm=spacing,
+        info = ModelInfo(name=args.name, kind=args.kind, channels=list(channels), spacing_mm=spacing,
                          file="model.safetensors", licence=DATA_LICENCE, crop_margin_mm=args.margin_mm,
+                         in_channels=in_channels, input_spacing_mm=input_spacing,
                          training={"data": str(args.data), "cases": args.train_cases, "iterations": args.iterations,
                                    "batch_size": args.batch_size * cluster.world_size, "lr": args.lr, "seed": args.seed,
                                    **({"initialised_from": _lineage(initial)} if initial else {})},
@@ -324,6 +386,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-cases", default="050-059", help="validation case ids ('' for none)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="run folder: checkpoint, log, final weights")
     parser.add_argument("--name", default="skullfix-completion", help="model name written into model.json")
+    parser.add_argument("--kind", choices=MODEL_KINDS, default=COMPLETION,
+                        help="completion (defective skull -> complete skull) or super_resolution (the coarse complete "
+                             "skull and the defective skull on the --spacing grid -> the skull on that grid)")
+    parser.add_argument("--input-spacing", type=float, default=2.0,
+                        help="super_resolution: spacing in mm of the coarse grid its input comes from (the completion model's)")
     parser.add_argument("--channels", help="ch1 (default), ch2 or 7 comma-separated widths")
     parser.add_argument("--init-model", metavar="NAME",
                         help="fine-tune this registered model (its weights and channels; new optimiser and schedule)")
@@ -344,14 +411,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("train", help="train the completion network (torchrun for several processes)",
-                                   description="Train the completion network on SkullFix cases.")
+    parser = subparsers.add_parser("train", help="train a completion or super-resolution network (torchrun for several processes)",
+                                   description="Train the completion or the super-resolution network on SkullFix cases.")
     add_arguments(parser)
     parser.set_defaults(func=lambda args: (train(args), 0)[1])
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m SparseImplantLib.train", description="Train the completion network.")
+    parser = argparse.ArgumentParser(prog="python -m SparseImplantLib.train", description="Train the completion or super-resolution network.")
     add_arguments(parser)
     try:
         train(parser.parse_args(argv))

@@ -92,3 +92,26 @@ def test_fine_tuning_starts_from_a_registered_model(tmp_path, tiny_skullfix, cap
     tuned, initial = load_network(info).state_dict(), load_network(start).state_dict()
     parameters = [name for name, _ in CompletionNet(start.channels).named_parameters()]
     assert all(torch.equal(tuned[name], initial[name]) for name in parameters)
+
+
+@pytest.mark.slow
+def test_super_resolution_training_learns_and_is_picked_for_its_grid(tmp_path, tiny_skullfix):
+    from SparseImplantLib.models.registry import find_model, find_refiner, register_trained_model
+    from test_models import make_registry
+
+    output = tmp_path / "sr"
+    args = train_args(tiny_skullfix, output, 20, "--kind", "super_resolution", "--input-spacing", "2.0", "--name", "sr")
+    args[args.index("--spacing") + 1] = "1.0"
+    assert main(args) == 0
+    log = read_log(output)
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert "val_implant_dice_grid" in log[1]
+    info = ModelInfo(**json.loads((output / "model.json").read_text()), directory=output)
+    assert (info.kind, info.in_channels, info.input_spacing_mm, info.spacing_mm) == ("super_resolution", 2, [2.0] * 3, [1.0] * 3)
+    assert load_network(info).in_channels == 2
+
+    models = tmp_path / "models"
+    models.mkdir()
+    make_registry(models)  # a 2 mm completion model
+    register_trained_model(output, models)
+    assert find_refiner("auto", find_model(model_dir=models), models).name == "sr"

@@ -65,18 +65,20 @@ class CompletionOutput:
 
 
 class CompletionNet(nn.Module):
-    """Encoder-decoder over sparse voxels; ``channels`` lists the width at strides 1, 2, ..., 64."""
+    """Encoder-decoder over sparse voxels; ``channels`` lists the width at strides 1, 2, ..., 64;
+    ``in_channels`` is 1 for completion (the defective skull) and 2 for super-resolution (``superres``)."""
 
-    def __init__(self, channels: Sequence[int] = CHANNEL_PRESETS["ch1"]) -> None:
+    def __init__(self, channels: Sequence[int] = CHANNEL_PRESETS["ch1"], in_channels: int = 1) -> None:
         super().__init__()
         if len(channels) != LEVELS + 1:
             raise ValueError(f"channels needs {LEVELS + 1} entries (strides 1..64), got {len(channels)}")
         self.channels = tuple(int(c) for c in channels)
+        self.in_channels = int(in_channels)
         # A voxel survives a scale's classifier when its logit exceeds this (0: probability 0.5). A model's
         # registry entry may lower it when validation shows the network prunes too eagerly.
         self.keep_logit = 0.0
         c = self.channels
-        self.enc_block_s1 = nn.Sequential(Conv3d(1, c[0], kernel_size=3), BatchNorm(c[0]), ReLU())
+        self.enc_block_s1 = nn.Sequential(Conv3d(self.in_channels, c[0], kernel_size=3), BatchNorm(c[0]), ReLU())
         for level in range(LEVELS):
             name = f"enc_block_s{2 ** level}s{2 ** (level + 1)}"
             self.add_module(name, _down_block(c[level], c[level + 1]))

@@ -1,8 +1,8 @@
 """Model weights: safetensors files described by a small JSON registry.
 
 Each registry entry names a model, its kind (``completion`` or ``super_resolution``), its channels,
-the grid it was trained on (``spacing_mm``), the file and its sha256, the licence and the validation
-metrics. Loading verifies the checksum so a corrupt or swapped file never runs silently.
+the grid it was trained on (``spacing_mm``; a super-resolution model also the coarse grid its input
+comes from, ``input_spacing_mm``), the file and its sha256, the licence and the validation metrics. Loading verifies the checksum so a corrupt or swapped file never runs silently.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class ModelInfo:
     licence: str = ""
     crop_margin_mm: float = 20.0
     keep_logit: float = 0.0
+    in_channels: int = 1
+    input_spacing_mm: Optional[List[float]] = None
     training: Dict[str, Any] = field(default_factory=dict)
     metrics: Dict[str, Any] = field(default_factory=dict)
     directory: Path = field(default_factory=default_model_dir, repr=False)
@@ -100,6 +102,28 @@ def find_model(name: Optional[str] = None, kind: str = "completion", model_dir: 
     raise SparseImplantError(f"unknown model '{name}' (available: {known}): check --model")
 
 
+def find_refiner(name: Optional[str], completion: ModelInfo, model_dir: Optional[Path] = None) -> Optional[ModelInfo]:
+    """The super-resolution model that refines ``completion``'s output: ``none`` -> None; ``auto`` (or None)
+    -> the registry's first one whose input grid is the completion model's grid, if any; a name -> that
+    model, which must take that grid."""
+    if name == "none":
+        return None
+    if name in (None, "auto"):
+        return next((m for m in load_registry(model_dir) if m.kind == "super_resolution"
+                     and _same_spacing(m.input_spacing_mm, completion.spacing_mm)), None)
+    refiner = find_model(name, "super_resolution", model_dir)
+    if not _same_spacing(refiner.input_spacing_mm, completion.spacing_mm):
+        raise SparseImplantError(
+            f"model '{name}' refines a {refiner.input_spacing_mm} mm grid but '{completion.name}' completes on a "
+            f"{completion.spacing_mm} mm grid: choose a refinement model made for it, or none"
+        )
+    return refiner
+
+
+def _same_spacing(a: Optional[Sequence[float]], b: Sequence[float]) -> bool:
+    return a is not None and len(a) == len(b) and all(abs(x - y) < 1e-6 for x, y in zip(a, b))
+
+
 def load_network(info: ModelInfo, device: "torch.device | str" = "cpu") -> "CompletionNet":
     """Network with verified weights, in eval mode on ``device``."""
     from safetensors.torch import load_file
@@ -112,7 +136,7 @@ def load_network(info: ModelInfo, device: "torch.device | str" = "cpu") -> "Comp
         raise SparseImplantError(
             f"weights of model '{info.name}' fail their sha256 check ('{info.path}' is corrupt or replaced): reinstall the extension"
         )
-    network = CompletionNet(info.channels)
+    network = CompletionNet(info.channels, info.in_channels)
     try:
         state = load_file(str(info.path))
         network.load_state_dict(state)

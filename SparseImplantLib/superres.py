@@ -1,0 +1,99 @@
+"""Shape super-resolution: the completed skull's implant region redrawn on a finer grid.
+
+The completion network works on a coarse grid (2 mm), so the implant's rim meets the defect edge to
+within a coarse voxel. A second network of the same architecture (the paper's shape super-resolution,
+model kind ``super_resolution``) takes the coarse completed skull upsampled to a finer grid and
+returns the skull on that grid. Unlike the paper's, its input has a second channel, the defective
+skull on the fine grid: at implant time that bone is known exactly, and the rim should meet it.
+Only a box around the bone the coarse network added (plus ``REFINE_MARGIN_MM``) is refined; the
+same box is what training crops, so both see the same kind of input.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .sparse import CoordinateManager, SparseTensor
+from .volume import Volume, foreground_box, grid_with_spacing, resample_mask, resample_soft_mask
+
+REFINE_MARGIN_MM = 12.0
+MIN_COMPONENT_SHARE = 0.2
+INPUT_CHANNELS = 2  # [coarse completed skull, defective skull], both on the fine grid
+
+Box = Tuple[slice, slice, slice]
+
+
+def upsample_coarse(coarse_fraction: Volume, fine_grid: Volume, smoothing: float) -> np.ndarray:
+    """The coarse skull (values in [0, 1]) as a binary uint8 mask on ``fine_grid``; training and
+    inference both go through here so the network sees the same interpolation."""
+    return resample_soft_mask(coarse_fraction, fine_grid, smoothing=smoothing).array
+
+
+def added_bone(coarse: np.ndarray, defective: np.ndarray) -> np.ndarray:
+    """Where the coarse skull adds bone to the defective one: the difference, opened (the two masks'
+    surfaces differ by a voxel all over the skull) and cut to its components of at least
+    ``MIN_COMPONENT_SHARE`` of the largest (a bilateral defect has two)."""
+    from scipy import ndimage
+
+    cube = np.ones((3, 3, 3), bool)
+    opened = ndimage.binary_opening((coarse > 0) & (defective == 0), structure=cube)
+    labels, count = ndimage.label(opened, structure=cube)
+    if count == 0:
+        return opened
+    sizes = np.bincount(labels.ravel())[1:]
+    return np.isin(labels, 1 + np.flatnonzero(sizes >= MIN_COMPONENT_SHARE * sizes.max()))
+
+
+def refine_box(coarse: np.ndarray, defective: np.ndarray, spacing: Sequence[float]) -> Optional[Box]:
+    """Box around ``added_bone`` grown by ``REFINE_MARGIN_MM``; None when the coarse skull adds none."""
+    added = added_bone(coarse, defective)
+    if not added.any():
+        return None
+    return foreground_box(added, int(np.ceil(REFINE_MARGIN_MM / min(spacing))))
+
+
+def input_voxels(coarse: np.ndarray, defective: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(N, 3) voxel indices of the union of both masks and their (N, 2) float32 channel values."""
+    voxels = np.argwhere((coarse > 0) | (defective > 0))
+    index = tuple(voxels.T)
+    features = np.stack([coarse[index] > 0, defective[index] > 0], axis=1).astype(np.float32)
+    return voxels, features
+
+
+def batch_input(examples: Sequence[Tuple[np.ndarray, np.ndarray]], device: torch.device,
+                cache_maps: bool = True) -> SparseTensor:
+    """A batch of ``input_voxels`` results as one sparse tensor ([batch, x, y, z] coordinates)."""
+    coordinates = [np.concatenate([np.full((len(v), 1), b, np.int64), v.astype(np.int64)], axis=1)
+                   for b, (v, _) in enumerate(examples)]
+    features = np.concatenate([f for _, f in examples]) if examples else np.zeros((0, INPUT_CHANNELS), np.float32)
+    return SparseTensor(torch.from_numpy(features).to(device), torch.from_numpy(np.concatenate(coordinates)).to(device),
+                        coordinate_manager=CoordinateManager(cache_maps=cache_maps))
+
+
+@torch.no_grad()
+def refine_mask(network: torch.nn.Module, coarse: np.ndarray, defective: np.ndarray, device: torch.device) -> np.ndarray:
+    """The network's skull on the grid of ``coarse``/``defective`` (one box); generated voxels outside
+    the array are dropped. Kernel maps are not cached (each is used once)."""
+    result = network(batch_input([input_voxels(coarse, defective)], device, cache_maps=False))
+    coordinates = result.output.C[:, 1:].cpu().numpy()
+    inside = np.all((coordinates >= 0) & (coordinates < np.asarray(coarse.shape)), axis=1)
+    refined = np.zeros(coarse.shape, dtype=np.uint8)
+    refined[tuple(coordinates[inside].T)] = 1
+    return refined
+
+
+def refine_skull(coarse_fraction: Volume, defective: Volume, network: torch.nn.Module, spacing: Sequence[float],
+                 device: torch.device, smoothing: float) -> Volume:
+    """The completed skull on a ``spacing`` grid over ``defective``'s extent: the upsampled coarse skull,
+    redrawn by the network inside ``refine_box``; always contains the defective skull."""
+    fine_grid = grid_with_spacing(defective, spacing)
+    coarse = upsample_coarse(coarse_fraction, fine_grid, smoothing)
+    defective_fine = resample_mask(defective, fine_grid).array
+    completed = coarse | defective_fine
+    box = refine_box(coarse, defective_fine, spacing)
+    if box is not None:
+        completed[box] = refine_mask(network, coarse[box], defective_fine[box], device) | defective_fine[box]
+    return fine_grid.with_array(completed)
