@@ -212,6 +212,7 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.referenceSegmentSelector.setCurrentSegmentID(self._parameterNode.referenceSegmentId)
             if self._parameterNode.model:
                 self.ui.modelSelector.setCurrentText(self._parameterNode.model)
+            self._updateRefinement()
             self._updateButtons()
 
     def onSegmentSelectionChanged(self, *unused) -> None:
@@ -222,6 +223,15 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.referenceSegmentation = self.ui.referenceSegmentSelector.currentNode()
         self._parameterNode.referenceSegmentId = self.ui.referenceSegmentSelector.currentSegmentID() or ""
         self._parameterNode.model = self.ui.modelSelector.currentText
+        self._updateRefinement()
+
+    def _updateRefinement(self) -> None:
+        """The super-resolution checkbox only means something when the registry has a model for the chosen one."""
+        refiner = self.logic.refinementModel(self._parameterNode.model)
+        self.ui.refineCheckBox.enabled = refiner is not None
+        self.ui.refineCheckBox.toolTip = (
+            _("Redraw the implant region with '{name}' on its finer grid.").format(name=refiner) if refiner
+            else _("No super-resolution model for this model is installed (none is bundled; see the README)."))
 
     def _updateButtons(self, caller=None, event=None) -> None:
         if self._job is not None:
@@ -337,6 +347,17 @@ class SparseImplantLogic(ScriptedLoadableModuleLogic):
         except SparseImplantError as error:
             logging.warning(str(error))
             return []
+
+    @staticmethod
+    def refinementModel(modelName: str) -> Optional[str]:
+        """The super-resolution model ``generate`` picks for ``modelName`` (empty: the default), if any."""
+        from SparseImplantLib.models.registry import find_model, find_refiner
+
+        try:
+            refiner = find_refiner("auto", find_model(modelName or None))
+        except SparseImplantError:
+            return None
+        return refiner.name if refiner else None
 
     @staticmethod
     def ensureDependencies(askConfirmation: bool = True) -> bool:
