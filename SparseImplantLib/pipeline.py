@@ -173,8 +173,9 @@ Result = TypeVar("Result")
 
 
 def with_cpu_fallback(run: Callable[[torch.device], Result], networks: Networks, device: torch.device,
-                      progress: ProgressCallback) -> Tuple[Result, torch.device]:
-    """``run(device)``; on CUDA out-of-memory move the networks to the CPU and retry there, with a warning."""
+                      progress: ProgressCallback, stage: ProgressEvent) -> Tuple[Result, torch.device]:
+    """``run(device)``; on CUDA out-of-memory move the networks to the CPU and retry there, with a
+    warning reported at ``stage``'s progress."""
     try:
         return run(device), device
     except torch.cuda.OutOfMemoryError:
@@ -182,7 +183,7 @@ def with_cpu_fallback(run: Callable[[torch.device], Result], networks: Networks,
             raise
         message = "GPU out of memory: running on the CPU instead (slower)"
         warnings.warn(message)
-        progress(ProgressEvent("network", 0.3, message))
+        progress(ProgressEvent(stage.stage, stage.fraction, message))
         torch.cuda.empty_cache()
         cpu = torch.device("cpu")
         networks.to(cpu)
@@ -194,10 +195,11 @@ def coarse_skull(defective: Volume, networks: Networks, device: torch.device,
     """The completion network's skull on its (uncropped) grid, as the share of passes keeping each voxel."""
     cropped, box, grid = model_grid_input(defective, networks.info)
     passes = network_passes(averaged)
-    progress(ProgressEvent("network", 0.2, f"{int(cropped.array.sum())} voxels on a {cropped.shape} grid, "
-                                           f"{len(passes)} pass(es)"))
+    stage = ProgressEvent("network", 0.2, f"{int(cropped.array.sum())} voxels on a {cropped.shape} grid, "
+                                          f"{len(passes)} pass(es)")
+    progress(stage)
     fraction, device = with_cpu_fallback(lambda on: predict_fraction(networks.completion, cropped.array, on, passes),
-                                         networks, device, progress)
+                                         networks, device, progress, stage)
     return grid.with_array(paste(fraction, box, grid.shape)), device
 
 
@@ -205,9 +207,10 @@ def refined_skull(coarse: Volume, defective: Volume, networks: Networks, device:
                   progress: ProgressCallback = ignore_progress) -> Tuple[Volume, torch.device]:
     """The super-resolution network's skull on its finer grid (see ``superres``)."""
     info = networks.refiner_info
-    progress(ProgressEvent("refine", 0.45, f"super-resolution on a {info.spacing_mm} mm grid ({info.name})"))
+    stage = ProgressEvent("refine", 0.45, f"super-resolution on a {info.spacing_mm} mm grid ({info.name})")
+    progress(stage)
     return with_cpu_fallback(lambda on: refine_skull(coarse, defective, networks.refiner, info.spacing_mm, on,
-                                                     OUTPUT_SMOOTHING), networks, device, progress)
+                                                     OUTPUT_SMOOTHING), networks, device, progress, stage)
 
 
 def design_implant(defective: Volume, networks: Networks, device: torch.device,

@@ -1,10 +1,14 @@
-"""Averaged network passes: each flip and shift is undone before the passes are averaged."""
+"""Averaged network passes undo their flip and shift; a GPU out of memory retries on the CPU."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from SparseImplantLib import pipeline
+from SparseImplantLib.models.completion import CompletionNet
+from SparseImplantLib.progress import ProgressEvent
 
 
 def test_averaged_passes_undo_their_flip_and_shift(monkeypatch):
@@ -23,3 +27,20 @@ def test_averaged_passes_undo_their_flip_and_shift(monkeypatch):
     np.testing.assert_array_equal(averaged, 0.5 * mask)
     single = pipeline.predict_fraction(None, mask, "cpu", pipeline.SINGLE_PASS)
     np.testing.assert_array_equal(single, keep_even_rows(None, mask, "cpu"))
+
+
+def test_cuda_out_of_memory_retries_on_the_cpu():
+    networks = pipeline.Networks(CompletionNet((2,) * 7), info=None)
+    calls, events = [], []
+
+    def run(device):
+        calls.append(device.type)
+        if device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return "done"
+
+    with pytest.warns(UserWarning, match="GPU out of memory"):
+        result, used = pipeline.with_cpu_fallback(run, networks, torch.device("cuda"), events.append,
+                                                  ProgressEvent("refine", 0.45, ""))
+    assert (result, used.type, calls) == ("done", "cpu", ["cuda", "cpu"])
+    assert [(e.stage, e.fraction) for e in events] == [("refine", 0.45)]

@@ -2,7 +2,8 @@
 
 Each registry entry names a model, its kind (``completion`` or ``super_resolution``), its channels,
 the grid it was trained on (``spacing_mm``; a super-resolution model also the coarse grid its input
-comes from, ``input_spacing_mm``), the file and its sha256, the licence and the validation metrics. Loading verifies the checksum so a corrupt or swapped file never runs silently.
+comes from, ``input_spacing_mm``, and its ``in_channels``), the file and its sha256, the licence and
+the validation metrics. Loading verifies the checksum so a corrupt or swapped file never runs silently.
 """
 
 from __future__ import annotations
