@@ -264,15 +264,23 @@ def _lineage(initial: ModelInfo) -> dict:
 
 
 def _initial_model(args: argparse.Namespace) -> Optional[ModelInfo]:
-    """The registered model to fine-tune (``--init-model``): it fixes the channels, and its weights
-    start a fresh optimiser and learning-rate schedule."""
+    """The registered model to fine-tune (``--init-model``): it fixes the channels (and a super-resolution
+    model its input grid), and its weights start a fresh optimiser and learning-rate schedule."""
     if not args.init_model:
         return None
     initial = find_model(args.init_model, args.kind, model_dir=args.model_dir)
     if args.channels and _parse_channels(args.channels) != tuple(initial.channels):
         raise SparseImplantError(f"--channels {args.channels} differs from model '{initial.name}' "
                                  f"({','.join(map(str, initial.channels))}): leave --channels out when fine-tuning")
+    if args.kind == SUPER_RESOLUTION and initial.input_spacing_mm != _input_spacing(args):
+        raise SparseImplantError(f"--input-spacing {args.input_spacing} differs from model '{initial.name}' "
+                                 f"({initial.input_spacing_mm}): leave it at the model's value when fine-tuning")
     return initial
+
+
+def _input_spacing(args: argparse.Namespace) -> Optional[List[float]]:
+    """The coarse grid a super-resolution model's input comes from; None for completion."""
+    return [float(args.input_spacing)] * 3 if args.kind == SUPER_RESOLUTION else None
 
 
 def _check_run_folder(output: Path, checkpoint_path: Path, resume: bool) -> None:
@@ -305,10 +313,7 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     channels = tuple(initial.channels) if initial else _parse_channels(args.channels or "ch1")
     spacing = [float(args.spacing)] * 3
-    input_spacing = [float(args.input_spacing)] * 3 if args.kind == SUPER_RESOLUTION else None
-    if initial is not None and input_spacing is not None and initial.input_spacing_mm != input_spacing:
-        raise SparseImplantError(f"--input-spacing {args.input_spacing} differs from model '{initial.name}' "
-                                 f"({initial.input_spacing_mm}): leave it at the model's value when fine-tuning")
+    input_spacing = _input_spacing(args)
     train_cases = parse_case_range(args.train_cases)
     val_cases = parse_case_range(args.val_cases) if args.val_cases else []
     cache = Path(args.cache) if args.cache else output / "cache"

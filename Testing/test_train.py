@@ -95,7 +95,7 @@ def test_fine_tuning_starts_from_a_registered_model(tmp_path, tiny_skullfix, cap
 
 
 @pytest.mark.slow
-def test_super_resolution_training_learns_and_is_picked_for_its_grid(tmp_path, tiny_skullfix):
+def test_super_resolution_training_learns_and_is_picked_for_its_grid(tmp_path, tiny_skullfix, capsys):
     from SparseImplantLib.models.registry import find_model, find_refiner, register_trained_model
     from test_models import make_registry
 
@@ -115,3 +115,9 @@ def test_super_resolution_training_learns_and_is_picked_for_its_grid(tmp_path, t
     make_registry(models)  # a 2 mm completion model
     register_trained_model(output, models)
     assert find_refiner("auto", find_model(model_dir=models), models).name == "sr"
+
+    refused = tmp_path / "sr-from-4mm"  # fine-tuning keeps the model's input grid, refused before any folder exists
+    assert main([*args[:args.index("-o")], "-o", str(refused), *args[args.index("-o") + 2:], "--init-model", "sr",
+                 "--model-dir", str(models), "--input-spacing", "4.0"]) != 0
+    assert "--input-spacing 4.0 differs from model 'sr'" in capsys.readouterr().err
+    assert not refused.exists()
