@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .sparse import CoordinateManager, SparseTensor
+from .sparse import CoordinateManager, SparseTensor, batch_coordinates
 from .volume import Volume, foreground_box, grid_with_spacing, resample_mask, resample_soft_mask
 
 REFINE_MARGIN_MM = 12.0
@@ -67,10 +67,8 @@ def input_voxels(coarse: np.ndarray, defective: np.ndarray) -> Tuple[np.ndarray,
 def batch_input(examples: Sequence[Tuple[np.ndarray, np.ndarray]], device: torch.device,
                 cache_maps: bool = True) -> SparseTensor:
     """A batch of ``input_voxels`` results as one sparse tensor ([batch, x, y, z] coordinates)."""
-    coordinates = [np.concatenate([np.full((len(v), 1), b, np.int64), v.astype(np.int64)], axis=1)
-                   for b, (v, _) in enumerate(examples)]
     features = np.concatenate([f for _, f in examples]) if examples else np.zeros((0, INPUT_CHANNELS), np.float32)
-    return SparseTensor(torch.from_numpy(features).to(device), torch.from_numpy(np.concatenate(coordinates)).to(device),
+    return SparseTensor(torch.from_numpy(features).to(device), batch_coordinates([v for v, _ in examples], device),
                         coordinate_manager=CoordinateManager(cache_maps=cache_maps))
 
 

@@ -28,7 +28,7 @@ from .io import atomic_write
 from .models.completion import CHANNEL_PRESETS, CompletionNet, completion_loss
 from .models.registry import MODEL_KINDS, ModelInfo, find_model, load_network, save_network
 from .pipeline import OUTPUT_SMOOTHING
-from .sparse import SparseTensor
+from .sparse import SparseTensor, batch_coordinates
 from .superres import INPUT_CHANNELS, batch_input, input_voxels, refine_box, upsample_coarse
 from .volume import Volume, crop, foreground_box, grid_with_spacing, resample_mask
 
@@ -164,12 +164,6 @@ def make_example(sample: TrainingSample, spacing: Sequence[float], rng: Optional
         defective, complete = np.argwhere(defective_box), np.argwhere(complete_box)
     shift = rng.integers(0, 16, size=3) if rng is not None else np.zeros(3, np.int64)
     return Example(voxels + shift, features, defective + shift, complete + shift)
-
-
-def batch_coordinates(voxel_sets: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
-    """(N, 4) [batch, x, y, z] coordinates of several voxel sets."""
-    parts = [np.concatenate([np.full((len(v), 1), b, np.int64), v.astype(np.int64)], axis=1) for b, v in enumerate(voxel_sets)]
-    return torch.from_numpy(np.concatenate(parts)).to(device)
 
 
 def network_input(examples: Sequence[Example], device: torch.device) -> SparseTensor:

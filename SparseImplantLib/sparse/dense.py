@@ -32,6 +32,12 @@ def from_mask(masks: Union[MaskLike, Sequence[MaskLike]], device: Optional[Union
                         coordinate_manager=CoordinateManager(cache_maps=cache_maps))
 
 
+def batch_coordinates(voxel_sets: Sequence[np.ndarray], device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
+    """(N, 4) int64 [batch, x, y, z] coordinates of several (Ni, 3) voxel index arrays, batch b = list position."""
+    parts = [np.concatenate([np.full((len(v), 1), b, np.int64), v.astype(np.int64)], axis=1) for b, v in enumerate(voxel_sets)]
+    return torch.from_numpy(np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)).to(device)
+
+
 def to_dense(x: SparseTensor, shape: Optional[Tuple[int, int, int]] = None) -> torch.Tensor:
     """(B, C, X, Y, Z) with coordinates divided by the tensor stride; zeros where no voxel is."""
     voxels = x.C[:, 1:] // x.tensor_stride
