@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,9 +27,9 @@ from .errors import SparseImplantError
 from .io import atomic_write
 from .models.completion import CHANNEL_PRESETS, CompletionNet, completion_loss
 from .models.registry import MODEL_KINDS, ModelInfo, find_model, load_network, save_network
-from .pipeline import OUTPUT_SMOOTHING
+from .pipeline import OUTPUT_SMOOTHING, Networks, coarse_skull, load_networks
 from .sparse import SparseTensor, batch_coordinates
-from .superres import INPUT_CHANNELS, batch_input, input_voxels, refine_box, upsample_coarse
+from .superres import INPUT_CHANNELS, Box, batch_input, input_voxels, refine_box, upsample_coarse
 from .volume import Volume, crop, foreground_box, grid_with_spacing, resample_mask
 
 MIN_KEPT_FRACTION = 0.6  # a generated defect must leave this share of the skull
@@ -43,7 +43,9 @@ COMPLETION, SUPER_RESOLUTION = MODEL_KINDS
 class TrainingSample:
     """One skull on the model grid, cropped like inference crops it: voxel coordinates (N, 3), and the
     grid's direction (defects are placed by anatomical region). For super-resolution, ``coarse`` holds
-    the complete skull as the coarse grid shows it, upsampled to this grid like inference upsamples."""
+    the complete skull as the coarse grid shows it, upsampled to this grid like inference upsamples, and
+    ``predicted`` (with ``--coarse-model``) a completion model's skull for the case's own defect, upsampled
+    the same way."""
 
     case: str
     defective: np.ndarray
@@ -51,6 +53,12 @@ class TrainingSample:
     shape: tuple
     direction: np.ndarray
     coarse: Optional[np.ndarray] = None
+    predicted: Optional[np.ndarray] = None
+
+    def input_coarse(self, own_defect: bool = True) -> Optional[np.ndarray]:
+        """The coarse skull to pair with a defect: the prediction when there is one for this (the case's
+        own) defect, else the complete skull through the coarse grid (a generated defect has no prediction)."""
+        return self.predicted if own_defect and self.predicted is not None else self.coarse
 
     def complete_volume(self, spacing: Sequence[float]) -> Volume:
         array = np.zeros(self.shape, np.uint8)
@@ -60,23 +68,43 @@ class TrainingSample:
 
 def _grid_sample(case: str, defective: Volume, complete: Volume, spacing: Sequence[float], margin_mm: float,
                  input_spacing: Optional[Sequence[float]] = None) -> TrainingSample:
-    grid = grid_with_spacing(defective, spacing)
-    defective_grid = resample_mask(defective, grid).array
+    grid, defective_grid, box = _sample_grid(defective, spacing, margin_mm)
     complete_grid = resample_mask(complete, grid).array | defective_grid
     arrays = [defective_grid, complete_grid]
     if input_spacing is not None:  # the complete skull through the coarse grid and back, as inference sees it
         coarse = resample_mask(complete, grid_with_spacing(defective, input_spacing))
         arrays.append(upsample_coarse(coarse.with_array(coarse.array.astype(np.float32)), grid, OUTPUT_SMOOTHING))
-    box = foreground_box(defective_grid, int(np.ceil(margin_mm / min(spacing))))
-    voxels = [np.argwhere(crop(grid.with_array(a), box).array).astype(np.int32) for a in arrays]
+    voxels = [_box_voxels(grid.with_array(a), box) for a in arrays]
     shape = tuple(s.stop - s.start for s in box)
     return TrainingSample(case, voxels[0], voxels[1], shape, defective.direction, voxels[2] if input_spacing else None)
 
 
+def _sample_grid(defective: Volume, spacing: Sequence[float], margin_mm: float) -> Tuple[Volume, np.ndarray, Box]:
+    """The model grid over ``defective``, the defective skull on it, and the training crop box."""
+    grid = grid_with_spacing(defective, spacing)
+    defective_grid = resample_mask(defective, grid).array
+    return grid, defective_grid, foreground_box(defective_grid, int(np.ceil(margin_mm / min(spacing))))
+
+
+def _box_voxels(mask: Volume, box: Box) -> np.ndarray:
+    return np.argwhere(crop(mask, box).array).astype(np.int32)
+
+
+def _predicted_coarse(defective: Volume, networks: Networks, spacing: Sequence[float], margin_mm: float) -> np.ndarray:
+    """The completion network's skull for ``defective``, exactly as inference hands it to a refiner
+    (averaged passes, upsampled to the ``spacing`` grid), as voxels of the training crop."""
+    grid, _, box = _sample_grid(defective, spacing, margin_mm)
+    coarse, _ = coarse_skull(defective, networks, next(networks.completion.parameters()).device)
+    return _box_voxels(grid.with_array(upsample_coarse(coarse, grid, OUTPUT_SMOOTHING)), box)
+
+
 def load_samples(data_root: Path, cases: Sequence[str], spacing: Sequence[float], margin_mm: float,
-                 cache_dir: Path, input_spacing: Optional[Sequence[float]] = None) -> List[TrainingSample]:
+                 cache_dir: Path, input_spacing: Optional[Sequence[float]] = None,
+                 coarse_networks: Optional[Networks] = None) -> List[TrainingSample]:
     """Cases of a SkullFix/SkullBreak folder on the model grid, from the cache when it holds them;
-    ``input_spacing`` (super-resolution) adds the coarse view of each complete skull."""
+    ``input_spacing`` (super-resolution) adds the coarse view of each complete skull and
+    ``coarse_networks`` a completion model's prediction for each case's own defect (cached apart,
+    under the model's checksum)."""
     from .data.datasets import list_cases
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -86,19 +114,27 @@ def load_samples(data_root: Path, cases: Sequence[str], spacing: Sequence[float]
     samples = []
     for files in list_cases(data_root, cases=cases):
         cached = cache_dir / f"{files.key.replace('/', '_')}_{tag}.npz"
+        case = None
         if cached.is_file():
             data = np.load(cached)
             direction = data["direction"] if "direction" in data else _direction_of(files.defective_path)
             samples.append(TrainingSample(files.key, data["defective"], data["complete"], tuple(data["shape"]), direction,
                                           data["coarse"] if "coarse" in data else None))
-            continue
-        case = files.load()
-        complete = case.complete or case.defective.with_array(case.defective.array | case.implant.array)
-        sample = _grid_sample(files.key, case.defective, complete, spacing, margin_mm, input_spacing)
-        extra = {"coarse": sample.coarse} if sample.coarse is not None else {}
-        atomic_write(cached, lambda tmp: np.savez(tmp, defective=sample.defective, complete=sample.complete,
-                                                  shape=np.array(sample.shape), direction=sample.direction, **extra))
-        samples.append(sample)
+        else:
+            case = files.load()
+            complete = case.complete or case.defective.with_array(case.defective.array | case.implant.array)
+            sample = _grid_sample(files.key, case.defective, complete, spacing, margin_mm, input_spacing)
+            extra = {"coarse": sample.coarse} if sample.coarse is not None else {}
+            atomic_write(cached, lambda tmp: np.savez(tmp, defective=sample.defective, complete=sample.complete,
+                                                      shape=np.array(sample.shape), direction=sample.direction, **extra))
+            samples.append(sample)
+        if coarse_networks is not None:
+            predicted = cached.with_name(f"{cached.stem}_predicted-{coarse_networks.info.sha256[:12]}.npy")
+            if not predicted.is_file():
+                defective = (case or files.load()).defective
+                voxels = _predicted_coarse(defective, coarse_networks, spacing, margin_mm)
+                atomic_write(predicted, lambda tmp: np.save(tmp, voxels))
+            samples[-1].predicted = np.load(predicted)
     return samples
 
 
@@ -128,18 +164,19 @@ def augment(sample: TrainingSample, rng: np.random.Generator, spacing: Sequence[
     random left-right flip."""
     from .data.defects import SKULLFIX_BOX, cut_defect
 
-    defective = sample.defective.copy()
+    defective, own_defect = sample.defective.copy(), True
     if rng.random() < generated_defects:
         generated, _ = cut_defect(sample.complete_volume(spacing), SKULLFIX_BOX, rng)
         kept = np.argwhere(generated.array).astype(np.int32)
         if len(kept) >= MIN_KEPT_FRACTION * len(sample.complete):  # small skulls: a box may take most of them
-            defective = kept
-    voxel_sets = [defective, sample.complete.copy()] + ([sample.coarse.copy()] if sample.coarse is not None else [])
+            defective, own_defect = kept, False
+    coarse = sample.input_coarse(own_defect)
+    voxel_sets = [defective, sample.complete.copy()] + ([coarse.copy()] if coarse is not None else [])
     if rng.random() < 0.5:
         for voxels in voxel_sets:
             voxels[:, 0] = sample.shape[0] - 1 - voxels[:, 0]
     return TrainingSample(sample.case, voxel_sets[0], voxel_sets[1], sample.shape, sample.direction,
-                          voxel_sets[2] if sample.coarse is not None else None)
+                          voxel_sets[2] if coarse is not None else None)
 
 
 def make_example(sample: TrainingSample, spacing: Sequence[float], rng: Optional[np.random.Generator] = None,
@@ -149,12 +186,12 @@ def make_example(sample: TrainingSample, spacing: Sequence[float], rng: Optional
     shifted at random (which changes how voxels fall into the network's coarse cells)."""
     if rng is not None:
         sample = augment(sample, rng, spacing, generated_defects)
-    defective, complete = sample.defective, sample.complete
-    if sample.coarse is None:
+    defective, complete, coarse = sample.defective, sample.complete, sample.input_coarse()
+    if coarse is None:
         voxels, features = defective, np.ones((len(defective), 1), np.float32)
     else:
         masks = []
-        for voxel_set in (sample.coarse, defective, complete):
+        for voxel_set in (coarse, defective, complete):
             mask = np.zeros(sample.shape, np.uint8)
             mask[tuple(voxel_set.T)] = 1
             masks.append(mask)
@@ -272,6 +309,20 @@ def _initial_model(args: argparse.Namespace) -> Optional[ModelInfo]:
     return initial
 
 
+def _coarse_model(args: argparse.Namespace) -> Optional[ModelInfo]:
+    """The completion model whose predictions a super-resolution model learns to refine (``--coarse-model``);
+    it must complete on the ``--input-spacing`` grid."""
+    if not args.coarse_model:
+        return None
+    if args.kind != SUPER_RESOLUTION:
+        raise SparseImplantError("--coarse-model is for --kind super_resolution: leave it out to train a completion model")
+    model = find_model(args.coarse_model, COMPLETION, model_dir=args.model_dir)
+    if any(abs(s - args.input_spacing) > 1e-6 for s in model.spacing_mm):
+        raise SparseImplantError(f"--coarse-model '{model.name}' completes on a {model.spacing_mm} mm grid but "
+                                 f"--input-spacing is {args.input_spacing}: set --input-spacing to the model's spacing")
+    return model
+
+
 def _input_spacing(args: argparse.Namespace) -> Optional[List[float]]:
     """The coarse grid a super-resolution model's input comes from; None for completion."""
     return [float(args.input_spacing)] * 3 if args.kind == SUPER_RESOLUTION else None
@@ -301,7 +352,8 @@ def train(args: argparse.Namespace) -> dict:
     output = Path(args.output)
     checkpoint_path = output / "checkpoint.pt"
     _check_run_folder(output, checkpoint_path, args.resume)
-    initial = _initial_model(args)  # a wrong --init-model or --channels fails before the folder is made
+    initial = _initial_model(args)  # a wrong --init-model, --coarse-model or --channels fails before the folder is made
+    coarse_model = _coarse_model(args)
     output.mkdir(parents=True, exist_ok=True)
     cluster = Distributed()
     torch.manual_seed(args.seed)
@@ -311,9 +363,12 @@ def train(args: argparse.Namespace) -> dict:
     train_cases = parse_case_range(args.train_cases)
     val_cases = parse_case_range(args.val_cases) if args.val_cases else []
     cache = Path(args.cache) if args.cache else output / "cache"
-    train_samples = load_samples(Path(args.data), train_cases, spacing, args.margin_mm, cache, input_spacing)
-    val_samples = (load_samples(Path(args.data), val_cases, spacing, args.margin_mm, cache, input_spacing)
-                   if cluster.is_main else [])
+    coarse_networks = (load_networks(coarse_model.name, "none", cluster.device, args.model_dir)
+                       if coarse_model else None)
+    train_samples = load_samples(Path(args.data), train_cases, spacing, args.margin_mm, cache, input_spacing,
+                                 coarse_networks)
+    val_samples = (load_samples(Path(args.data), val_cases, spacing, args.margin_mm, cache, input_spacing,
+                                coarse_networks) if cluster.is_main else [])
     in_channels = INPUT_CHANNELS if input_spacing else 1
     network = (load_network(initial, cluster.device).train() if initial
                else CompletionNet(channels, in_channels).to(cluster.device))
@@ -370,7 +425,10 @@ def train(args: argparse.Namespace) -> dict:
                          in_channels=in_channels, input_spacing_mm=input_spacing,
                          training={"data": str(args.data), "cases": args.train_cases, "iterations": args.iterations,
                                    "batch_size": args.batch_size * cluster.world_size, "lr": args.lr, "seed": args.seed,
-                                   **({"initialised_from": _lineage(initial)} if initial else {})},
+                                   "generated_defects": args.generated_defects,
+                                   **({"initialised_from": _lineage(initial)} if initial else {}),
+                                   **({"coarse_model": {"name": coarse_model.name, "sha256": coarse_model.sha256}}
+                                      if coarse_model else {})},
                          directory=output)
         save_network(network, info)
         atomic_write(output / "model.json", lambda tmp: tmp.write_text(json.dumps(info.to_json(), indent=2) + "\n"))
@@ -390,10 +448,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "skull and the defective skull on the --spacing grid -> the skull on that grid)")
     parser.add_argument("--input-spacing", type=float, default=2.0,
                         help="super_resolution: spacing in mm of the coarse grid its input comes from (the completion model's)")
+    parser.add_argument("--coarse-model", metavar="NAME",
+                        help="super_resolution: learn to refine this registered completion model's predictions of "
+                             "each case's own defect (generated defects still pair with the complete skull through "
+                             "the coarse grid)")
     parser.add_argument("--channels", help="ch1 (default), ch2 or 7 comma-separated widths")
     parser.add_argument("--init-model", metavar="NAME",
                         help="fine-tune this registered model (its weights and channels; new optimiser and schedule)")
-    parser.add_argument("--model-dir", type=Path, help="folder with registry.json for --init-model (default: Resources/Models)")
+    parser.add_argument("--model-dir", type=Path, help="folder with registry.json for --init-model and --coarse-model (default: Resources/Models)")
     parser.add_argument("--spacing", type=float, default=1.6, help="isotropic working grid spacing in mm")
     parser.add_argument("--margin-mm", type=float, default=20.0, help="crop margin around the defective skull")
     parser.add_argument("--iterations", type=int, default=20000)

@@ -7,9 +7,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, shell_skull
 from SparseImplantLib.cli import main
 from SparseImplantLib.models.registry import ModelInfo, load_network
 
@@ -121,3 +122,55 @@ def test_super_resolution_training_learns_and_is_picked_for_its_grid(tmp_path, t
                  "--model-dir", str(models), "--input-spacing", "4.0"]) != 0
     assert "--input-spacing 4.0 differs from model 'sr'" in capsys.readouterr().err
     assert not refused.exists()
+
+
+def test_super_resolution_pairs_each_defect_with_its_own_coarse_skull():
+    """The case's own defect comes with the completion model's prediction of it; a generated defect, which
+    no model has seen, with the complete skull through the coarse grid."""
+    from SparseImplantLib.train import TrainingSample, augment
+
+    defective, implant = shell_skull(shape=(84, 84, 64), radius=38.0)  # big enough for a SkullFix box at 2 mm
+    complete = defective | implant
+    as_voxels = lambda mask: np.argwhere(mask).astype(np.int32)  # noqa: E731
+    through_grid, predicted = as_voxels(complete), as_voxels(np.roll(complete, 2, axis=2))  # two distinct stand-ins
+    sample = TrainingSample("000", as_voxels(defective), as_voxels(complete), complete.shape, np.eye(3),
+                            through_grid, predicted)
+
+    def either_side(voxels):
+        mirrored = voxels.copy()
+        mirrored[:, 0] = complete.shape[0] - 1 - mirrored[:, 0]
+        return {frozenset(map(tuple, v.tolist())) for v in (voxels, mirrored)}
+
+    for generated in (0.0, 1.0):
+        for seed in range(3):
+            pair = augment(sample, np.random.default_rng(seed), [2.0] * 3, generated)
+            own_defect = frozenset(map(tuple, pair.defective.tolist())) in either_side(sample.defective)
+            assert own_defect == (generated == 0.0)
+            expected = predicted if own_defect else through_grid
+            assert frozenset(map(tuple, pair.coarse.tolist())) in either_side(expected)
+            assert pair.predicted is None  # the pair is final: make_example uses its coarse skull as it is
+
+
+@pytest.mark.slow
+def test_super_resolution_learns_from_a_completion_models_predictions(tmp_path, tiny_skullfix, capsys):
+    from test_models import make_registry
+
+    models = tmp_path / "models"
+    models.mkdir()
+    completion = make_registry(models)  # a 2 mm completion model
+    output = tmp_path / "sr"
+    args = train_args(tiny_skullfix, output, 6, "--kind", "super_resolution", "--input-spacing", "2.0",
+                      "--coarse-model", "tiny", "--model-dir", str(models))
+    args[args.index("--spacing") + 1] = "1.0"
+    assert main(args) == 0
+    info = ModelInfo(**json.loads((output / "model.json").read_text()), directory=output)
+    assert info.training["coarse_model"] == {"name": "tiny", "sha256": completion.sha256}
+    predictions = sorted(path.name for path in (output / "cache").glob(f"*_predicted-{completion.sha256[:12]}.npy"))
+    assert predictions == [f"{case}_1x1x1_m6_from2x2x2_predicted-{completion.sha256[:12]}.npy" for case in ("000", "001", "002")]
+
+    for wrong, message in ((["--input-spacing", "4.0"], "completes on a [2.0, 2.0, 2.0] mm grid but --input-spacing is 4.0"),
+                           (["--kind", "completion"], "--coarse-model is for --kind super_resolution")):
+        refused = tmp_path / "refused"
+        assert main([*args[:args.index("-o")], "-o", str(refused), *args[args.index("-o") + 2:], *wrong]) != 0
+        assert message in capsys.readouterr().err
+        assert not refused.exists()
