@@ -104,7 +104,7 @@ def load_samples(data_root: Path, cases: Sequence[str], spacing: Sequence[float]
     """Cases of a SkullFix/SkullBreak folder on the model grid, from the cache when it holds them;
     ``input_spacing`` (super-resolution) adds the coarse view of each complete skull and
     ``coarse_networks`` a completion model's prediction for each case's own defect (cached apart,
-    under the model's checksum)."""
+    under the model's checksum and pruning threshold)."""
     from .data.datasets import list_cases
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,8 @@ def load_samples(data_root: Path, cases: Sequence[str], spacing: Sequence[float]
                                                       shape=np.array(sample.shape), direction=sample.direction, **extra))
             samples.append(sample)
         if coarse_networks is not None:
-            predicted = cached.with_name(f"{cached.stem}_predicted-{coarse_networks.info.sha256[:12]}.npy")
+            model = coarse_networks.info  # its weights and its pruning threshold decide the prediction
+            predicted = cached.with_name(f"{cached.stem}_predicted-{model.sha256[:12]}_k{model.keep_logit:g}.npy")
             if not predicted.is_file():
                 defective = (case or files.load()).defective
                 voxels = _predicted_coarse(defective, coarse_networks, spacing, margin_mm)

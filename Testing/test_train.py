@@ -131,7 +131,10 @@ def test_super_resolution_pairs_each_defect_with_its_own_coarse_skull():
 
     defective, implant = shell_skull(shape=(84, 84, 64), radius=38.0)  # big enough for a SkullFix box at 2 mm
     complete = defective | implant
-    as_voxels = lambda mask: np.argwhere(mask).astype(np.int32)  # noqa: E731
+
+    def as_voxels(mask):
+        return np.argwhere(mask).astype(np.int32)
+
     through_grid, predicted = as_voxels(complete), as_voxels(np.roll(complete, 2, axis=2))  # two distinct stand-ins
     sample = TrainingSample("000", as_voxels(defective), as_voxels(complete), complete.shape, np.eye(3),
                             through_grid, predicted)
@@ -165,8 +168,8 @@ def test_super_resolution_learns_from_a_completion_models_predictions(tmp_path, 
     assert main(args) == 0
     info = ModelInfo(**json.loads((output / "model.json").read_text()), directory=output)
     assert info.training["coarse_model"] == {"name": "tiny", "sha256": completion.sha256}
-    predictions = sorted(path.name for path in (output / "cache").glob(f"*_predicted-{completion.sha256[:12]}.npy"))
-    assert predictions == [f"{case}_1x1x1_m6_from2x2x2_predicted-{completion.sha256[:12]}.npy" for case in ("000", "001", "002")]
+    predictions = sorted(path.name for path in (output / "cache").glob("*_predicted-*.npy"))
+    assert predictions == [f"{case}_1x1x1_m6_from2x2x2_predicted-{completion.sha256[:12]}_k0.npy" for case in ("000", "001", "002")]
 
     for wrong, message in ((["--input-spacing", "4.0"], "completes on a [2.0, 2.0, 2.0] mm grid but --input-spacing is 4.0"),
                            (["--kind", "completion"], "--coarse-model is for --kind super_resolution")):
