@@ -19,12 +19,12 @@ from SparseImplantLib.models.registry import ModelInfo, find_model, find_refiner
 from SparseImplantLib.volume import Volume
 
 
-def add_refiner(model_dir, name="tiny-sr", input_spacing=(2.0, 2.0, 2.0)) -> ModelInfo:
+def add_refiner(model_dir, name="tiny-sr", input_spacing=(2.0, 2.0, 2.0), training=None) -> ModelInfo:
     """Append an untrained two-channel super-resolution model to ``model_dir``'s registry."""
     torch.manual_seed(2)
     info = ModelInfo(name=name, kind="super_resolution", channels=list(CHANNEL_PRESETS["ch1"]), spacing_mm=[1.0] * 3,
                      file=f"{name}.safetensors", licence="test", in_channels=2, input_spacing_mm=list(input_spacing),
-                     directory=model_dir)
+                     training=training or {}, directory=model_dir)
     save_network(CompletionNet(info.channels, in_channels=2), info)
     write_registry(load_registry(model_dir) + [info], model_dir)
     return info
@@ -105,6 +105,9 @@ def test_refinement_model_choice(model_dir):
     assert find_refiner("auto", completion, model_dir).name == "tiny-sr"
     assert find_refiner(None, completion, model_dir).name == "tiny-sr"
     assert find_refiner("none", completion, model_dir) is None
+    add_refiner(model_dir, "for-another-model", training={"coarse_model": {"name": "other", "sha256": "0" * 64}})
+    add_refiner(model_dir, "for-tiny", training={"coarse_model": {"name": "tiny", "sha256": completion.sha256}})
+    assert find_refiner("auto", completion, model_dir).name == "for-tiny"  # trained on this model's predictions
     with pytest.raises(SparseImplantError, match=r"refines a \[4.0, 4.0, 4.0\] mm grid but 'tiny' completes"):
         find_refiner("for-4mm", completion, model_dir)
     with pytest.raises(SparseImplantError, match="'tiny' is a completion model but a super_resolution model is needed"):

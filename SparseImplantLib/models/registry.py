@@ -105,13 +105,17 @@ def find_model(name: Optional[str] = None, kind: str = "completion", model_dir: 
 
 def find_refiner(name: Optional[str], completion: ModelInfo, model_dir: Optional[Path] = None) -> Optional[ModelInfo]:
     """The super-resolution model that refines ``completion``'s output: ``none`` -> None; ``auto`` (or None)
-    -> the registry's first one whose input grid is the completion model's grid, if any; a name -> that
-    model, which must take that grid."""
+    -> among the registry's models whose input grid is the completion model's grid, the first trained on
+    this completion model's own predictions (``training.coarse_model.sha256``: it learned that model's
+    errors), else the first, else None; a name -> that model, which must take that grid."""
     if name == "none":
         return None
     if name in (None, "auto"):
-        return next((m for m in load_registry(model_dir) if m.kind == "super_resolution"
-                     and _same_spacing(m.input_spacing_mm, completion.spacing_mm)), None)
+        fitting = [m for m in load_registry(model_dir) if m.kind == "super_resolution"
+                   and _same_spacing(m.input_spacing_mm, completion.spacing_mm)]
+        trained_on_it = [m for m in fitting if completion.sha256
+                         and m.training.get("coarse_model", {}).get("sha256") == completion.sha256]
+        return (trained_on_it or fitting or [None])[0]
     refiner = find_model(name, "super_resolution", model_dir)
     if not _same_spacing(refiner.input_spacing_mm, completion.spacing_mm):
         raise SparseImplantError(
