@@ -29,8 +29,9 @@ def test_engine_benchmark_writes_a_sane_report(tmp_path):
 @pytest.mark.slow
 def test_network_benchmark_on_the_smallest_grid(tmp_path):
     root = require_skullfix()
-    network.run(root, "050", sizes=[64], channels="ch1", output_dir=tmp_path, timeout_s=600)
-    results = json.loads((tmp_path / "network.json").read_text())["results"]
+    output = tmp_path / "new-folder"  # made by the benchmark, plot included
+    network.run(root, "050", sizes=[64], channels="ch1", output_dir=output, timeout_s=600)
+    results = json.loads((output / "network.json").read_text())["results"]
     methods = ("sparse", "dense") + (("minkowski",) if network.minkowski_available() else ())
     assert {(r["method"], r["mode"]) for r in results} == {(m, n) for m in methods for n in ("inference", "train")}
     for result in results:
@@ -49,7 +50,7 @@ def test_network_benchmark_on_the_smallest_grid(tmp_path):
     assert sparse["layers"][0]["voxels"] == sparse["input_voxels"]  # first conv keeps the input voxels
     assert dense["layers"][0]["voxels"] == int(np.prod(dense["grid"]))  # dense works on every voxel
     assert sparse["gmacs"] < dense["gmacs"]
-    assert (tmp_path / "network.png").is_file()
+    assert (output / "network.png").is_file()
 
 
 def test_dense_twin_matches_the_sparse_encoder_on_a_full_grid():

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..io import atomic_write
 from ..models.completion import CHANNEL_PRESETS, LEVELS, CompletionNet, completion_loss
 from ..models.dense_twin import GRID_MULTIPLE, DenseCompletionNet
 from ..sparse import Conv3d, GenerativeConvTranspose3d, from_mask
@@ -255,7 +256,7 @@ def _plot(results: List[dict], path: Path) -> Optional[Path]:
         axis.legend(fontsize=8)
     figure.suptitle("Completion network ch1 on SkullFix: this sparse engine vs dense twin vs MinkowskiEngine (2 CPU cores)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
     plt.close(figure)
     return path
 
