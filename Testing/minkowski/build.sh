@@ -28,10 +28,11 @@ if [ -z "$wheel" ]; then
   tar xzf "$work/me.tar.gz" -C "$work"
   src="$work/MinkowskiEngine-$VERSION"
 
-  # Fix 1: Python >= 3.10 has Sequence only in collections.abc.
+  # Fix 1: Python >= 3.10 has Sequence only in collections.abc (the package and its utils/).
+  sources=$(find "$src/MinkowskiEngine" -name '*.py')
   sed -i -e 's/^from collections import Sequence, namedtuple$/from collections import namedtuple\nfrom collections.abc import Sequence/' \
-         -e 's/^from collections import Sequence$/from collections.abc import Sequence/' "$src"/MinkowskiEngine/*.py
-  ! grep -n "^from collections import Sequence" "$src"/MinkowskiEngine/*.py
+         -e 's/^from collections import Sequence$/from collections.abc import Sequence/' $sources
+  ! grep -n "^from collections import Sequence" $sources
 
   # Fix 2: an empty kernel map (everything pruned) was returned by reference to a temporary, which
   # crashes later; keep it in the manager's cache and return that reference instead.
