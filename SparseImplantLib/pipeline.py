@@ -149,7 +149,7 @@ def predict_mask(network: CompletionNet, mask: np.ndarray, device: torch.device)
     """Run the network on one binary mask; voxels it generates outside the array are dropped.
 
     Each kernel map of the network is used once, so none is cached: a full-resolution ch1 forward
-    then peaks at 1.2 GB above baseline (with cached maps: 4.9 GB; results/bench/network.md)."""
+    then peaks at 1.4 GB above baseline (results/bench/network.md; about 5 GB with cached maps)."""
     result = network(from_mask(mask.astype(bool), device=device, cache_maps=False))
     coordinates = result.output.C[:, 1:].cpu().numpy()
     inside = np.all((coordinates >= 0) & (coordinates < np.asarray(mask.shape)), axis=1)
