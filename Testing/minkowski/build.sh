@@ -32,7 +32,7 @@ if [ -z "$wheel" ]; then
   sources=$(find "$src/MinkowskiEngine" -name '*.py')
   sed -i -e 's/^from collections import Sequence, namedtuple$/from collections import namedtuple\nfrom collections.abc import Sequence/' \
          -e 's/^from collections import Sequence$/from collections.abc import Sequence/' $sources
-  ! grep -n "^from collections import Sequence" $sources
+  if grep -n "^from collections import Sequence" $sources; then echo "build.sh: Sequence fix incomplete" >&2; exit 1; fi
 
   # Fix 2: an empty kernel map (everything pruned) was returned by reference to a temporary, which
   # crashes later; keep it in the manager's cache and return that reference instead.
