@@ -44,9 +44,8 @@ def _register_generate(subparsers: argparse._SubParsersAction) -> None:
 def _add_network_choices(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine-model", default="auto", metavar="NAME|auto|none",
                         help="super-resolution model that redraws the implant region on its finer grid: auto (default) "
-                             "= the registry's model made for the completion model's grid, if there is one (one trained on that "
-                             "model's own predictions first); none = "
-                             "resample the completion model's output directly")
+                             "= the registry's model made for the completion model's grid, if there is one (one trained "
+                             "on that model's own predictions first); none = resample the completion model's output directly")
     parser.add_argument("--single-pass", action="store_true",
                         help="one network pass instead of the average of four (left-right flip x grid shift): "
                              "a quarter of the network's compute (SkullFix 050, bundled 2 mm model, 2 CPU cores: 0.25 s "
