@@ -18,7 +18,8 @@ EXIT_USER_ERROR = 1
 
 
 def _register_generate(subparsers: argparse._SubParsersAction) -> None:
-    from .pipeline import DEVICES, MESH_FORMATS
+    from .inference import DEVICES
+    from .pipeline import MESH_FORMATS
 
     parser = subparsers.add_parser(
         "generate",
@@ -82,7 +83,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _register_predict(subparsers: argparse._SubParsersAction) -> None:
-    from .pipeline import DEVICES
+    from .inference import DEVICES
 
     parser = subparsers.add_parser(
         "predict",

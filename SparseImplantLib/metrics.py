@@ -24,6 +24,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from .volume import find_foreground_box
+
 Box = Tuple[slice, slice, slice]
 
 BORDER_DISTANCE_MM = 10.0
@@ -49,21 +51,11 @@ def _check_spacing(spacing: Sequence[float]) -> np.ndarray:
 
 def joint_box(masks: Sequence[np.ndarray], margins: Sequence[int]) -> Optional[Box]:
     """Index box around the foreground of all ``masks``, grown by ``margins`` voxels per axis and clipped
-    to the array; None when every mask is empty. Uses axis projections, which is much faster than
-    ``argwhere`` on a 512x512x240 grid."""
+    to the array; None when every mask is empty."""
     union = masks[0]
     for mask in masks[1:]:
         union = union | mask
-    box = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        present = np.flatnonzero(union.any(axis=others))
-        if present.size == 0:
-            return None
-        low = max(int(present[0]) - int(margins[axis]), 0)
-        high = min(int(present[-1]) + int(margins[axis]) + 1, union.shape[axis])
-        box.append(slice(low, high))
-    return tuple(box)  # type: ignore[return-value]
+    return find_foreground_box(union, margins)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -19,14 +19,12 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .sparse import CoordinateManager, SparseTensor, batch_coordinates
-from .volume import Volume, foreground_box, grid_with_spacing, resample_mask, resample_soft_mask
+from .sparse import CoordinateManager, SparseTensor, batch_coordinates, to_mask
+from .volume import Box, Volume, canonical_grid, foreground_box, resample_mask, resample_soft_mask
 
 REFINE_MARGIN_MM = 12.0
 MIN_COMPONENT_SHARE = 0.2
 INPUT_CHANNELS = 2  # [coarse completed skull, defective skull], both on the fine grid
-
-Box = Tuple[slice, slice, slice]
 
 
 def upsample_coarse(coarse_fraction: Volume, fine_grid: Volume, smoothing: float) -> np.ndarray:
@@ -79,18 +77,14 @@ def refine_mask(network: torch.nn.Module, coarse: np.ndarray, defective: np.ndar
     """The network's skull on the grid of ``coarse``/``defective`` (one box); generated voxels outside
     the array are dropped. Kernel maps are not cached (each is used once)."""
     result = network(batch_input([input_voxels(coarse, defective)], device, cache_maps=False))
-    coordinates = result.output.C[:, 1:].cpu().numpy()
-    inside = np.all((coordinates >= 0) & (coordinates < np.asarray(coarse.shape)), axis=1)
-    refined = np.zeros(coarse.shape, dtype=np.uint8)
-    refined[tuple(coordinates[inside].T)] = 1
-    return refined
+    return to_mask(result.output, coarse.shape)
 
 
 def refine_skull(coarse_fraction: Volume, defective: Volume, network: torch.nn.Module, spacing: Sequence[float],
-                 device: torch.device, smoothing: float) -> Volume:
-    """The completed skull on a ``spacing`` grid over ``defective``'s extent: the upsampled coarse skull,
-    redrawn by the network inside ``refine_box``; always contains the defective skull."""
-    fine_grid = grid_with_spacing(defective, spacing)
+                 device: torch.device, smoothing: float, margin_mm: float) -> Volume:
+    """The completed skull on a canonical ``spacing`` grid over the skull plus ``margin_mm``: the
+    upsampled coarse skull, redrawn by the network inside ``refine_box``; always contains the defective skull."""
+    fine_grid = canonical_grid(defective, spacing, margin_mm)
     coarse = upsample_coarse(coarse_fraction, fine_grid, smoothing)
     defective_fine = resample_mask(defective, fine_grid).array
     completed = coarse | defective_fine

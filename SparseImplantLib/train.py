@@ -27,7 +27,7 @@ from .errors import SparseImplantError
 from .io import atomic_write
 from .models.completion import CHANNEL_PRESETS, CompletionNet, completion_loss
 from .models.registry import MODEL_KINDS, ModelInfo, find_model, load_network, save_network
-from .pipeline import OUTPUT_SMOOTHING, Networks, coarse_skull, load_networks
+from .inference import OUTPUT_SMOOTHING, Networks, coarse_skull, load_networks
 from .sparse import SparseTensor, batch_coordinates
 from .superres import INPUT_CHANNELS, Box, batch_input, input_voxels, refine_box, upsample_coarse
 from .volume import Volume, crop, foreground_box, grid_with_spacing, resample_mask

@@ -8,11 +8,12 @@ ITK and NRRD files; ``index_to_ras`` gives Slicer's RAS convention.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+Box = Tuple[slice, slice, slice]
 
 
 @dataclass
@@ -63,6 +64,19 @@ class Volume:
         )
 
 
+def reorient(volume: Volume, order: Sequence[int], flips: Sequence[bool] = (False, False, False)) -> Volume:
+    """The same physical volume stored another way: index axes permuted (new axis k is old axis
+    ``order[k]``), then reversed where ``flips``; geometry adjusted so every voxel keeps its LPS position."""
+    array = np.transpose(volume.array, tuple(order))
+    spacing, direction, origin = volume.spacing[list(order)], volume.direction[:, list(order)].copy(), volume.origin.copy()
+    for axis, flip in enumerate(flips):
+        if flip:
+            array = np.flip(array, axis)
+            origin = origin + direction[:, axis] * spacing[axis] * (array.shape[axis] - 1)
+            direction[:, axis] *= -1
+    return Volume(np.ascontiguousarray(array), spacing, origin, direction)
+
+
 def to_sitk(volume: Volume):
     """SimpleITK image of the volume (SimpleITK arrays are [k, j, i])."""
     import SimpleITK as sitk
@@ -86,19 +100,56 @@ def from_sitk(image) -> Volume:
     )
 
 
-def _resample_float(volume: Volume, reference: Volume, sigma_mm: Sequence[float]):
-    """Smooth (anti-alias) a float mask and interpolate it linearly onto ``reference``'s grid."""
+def index_box_of_region(volume: Volume, corners_lps: np.ndarray, margin_voxels: Sequence[int]) -> Optional[Box]:
+    """Index box of ``volume`` holding every voxel within the LPS points' bounding box (grown by
+    ``margin_voxels``), clipped to the array; None when the region misses the array."""
+    to_index = np.linalg.inv(volume.index_to_lps())
+    indices = corners_lps @ to_index[:3, :3].T + to_index[:3, 3]
+    low = np.floor(indices.min(axis=0)).astype(int) - np.asarray(margin_voxels)
+    high = np.ceil(indices.max(axis=0)).astype(int) + np.asarray(margin_voxels) + 1
+    low, high = np.maximum(low, 0), np.minimum(high, volume.shape)
+    if np.any(high <= low):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))  # type: ignore[return-value]
+
+
+def corners_lps(volume: Volume, box: Optional[Box] = None) -> np.ndarray:
+    """(8, 3) LPS positions of the outer voxel corners of ``box`` (default: the whole array)."""
+    box = box or tuple(slice(0, n) for n in volume.shape)
+    bounds = [(s.start - 0.5, s.stop - 0.5) for s in box]
+    corners = np.array(np.meshgrid(*bounds, indexing="ij")).reshape(3, -1).T
+    matrix = volume.index_to_lps()
+    return corners @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def resample_fraction(volume: Volume, reference: Volume, sigma_mm: Sequence[float], binary: bool = False) -> np.ndarray:
+    """Smooth (anti-alias) a float mask (``binary``: a mask whose non-zero voxels count as 1) and
+    interpolate it linearly onto ``reference``'s grid.
+
+    Only the part of each grid that can matter is touched: the source is cropped to the reference's
+    extent plus the blur's reach, and only the reference voxels inside the source's extent are
+    interpolated (the rest are 0), so a small grid resampled into a 512x512xZ one costs little."""
     import SimpleITK as sitk
 
-    image = to_sitk(volume.with_array(volume.array.astype(np.float32, copy=False)))  # no copy when already float32
+    reach = [int(np.ceil(4 * s / d)) + 2 for s, d in zip(sigma_mm, volume.spacing)]
+    source_box = index_box_of_region(volume, corners_lps(reference), reach)
+    target_box = index_box_of_region(reference, corners_lps(volume), (1, 1, 1))
+    values = np.zeros(reference.shape, np.float32)
+    if source_box is None or target_box is None:
+        return values
+    source = volume.array[source_box]
+    source = (source != 0) if binary else source
+    image = to_sitk(crop(volume, source_box, source.astype(np.float32, copy=False)))
     if max(sigma_mm) > 0:
         image = sitk.SmoothingRecursiveGaussian(image, [float(s) for s in sigma_mm])
+    target = crop(reference, target_box, np.zeros(tuple(b.stop - b.start for b in target_box), np.uint8))
     resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(to_sitk(reference.with_array(np.zeros(reference.shape, np.uint8))))
+    resampler.SetReferenceImage(to_sitk(target))
     resampler.SetInterpolator(sitk.sitkLinear)
     resampler.SetDefaultPixelValue(0.0)
     resampler.SetOutputPixelType(sitk.sitkFloat32)
-    return from_sitk(resampler.Execute(image)).array
+    values[target_box] = from_sitk(resampler.Execute(image)).array
+    return values
 
 
 def grid_with_spacing(volume: Volume, spacing: Sequence[float]) -> Volume:
@@ -111,6 +162,18 @@ def grid_with_spacing(volume: Volume, spacing: Sequence[float]) -> Volume:
     return Volume(np.zeros(tuple(shape), np.uint8), spacing, origin, volume.direction.copy())
 
 
+def canonical_grid(mask: Volume, spacing: Sequence[float], margin_mm: float) -> Volume:
+    """An empty grid with axes along L, P and S (identity direction) and ``spacing``, covering the
+    mask's foreground plus ``margin_mm``: the frame the network sees, whatever the file's axis order,
+    flips or obliquity. The same physical skull stored another way gets the same grid."""
+    box = foreground_box(mask.array != 0, 0)
+    corners = corners_lps(mask, box)
+    spacing = np.asarray(spacing, dtype=np.float64)
+    low = corners.min(axis=0) - margin_mm
+    shape = np.maximum(1, np.ceil((corners.max(axis=0) + margin_mm - low) / spacing - 1e-6)).astype(int)
+    return Volume(np.zeros(tuple(shape), np.uint8), spacing, low + spacing / 2, np.eye(3))
+
+
 def resample_mask(mask: Volume, reference: Volume, smoothing: float = 0.4) -> Volume:
     """Resample a binary mask onto ``reference``'s geometry.
 
@@ -118,35 +181,51 @@ def resample_mask(mask: Volume, reference: Volume, smoothing: float = 0.4) -> Vo
     linear interpolation and re-thresholded at 0.5, which keeps plate-like bone where it is instead
     of the staircase (or lost thin bone) of nearest-neighbour resampling.
     """
-    return resample_soft_mask(mask.with_array((mask.array > 0).astype(np.float32)), reference, smoothing)
+    sigma = smoothing * np.maximum(mask.spacing, reference.spacing)
+    return reference.with_array((resample_fraction(mask, reference, sigma, binary=True) >= 0.5).astype(np.uint8))
 
 
 def resample_soft_mask(fractions: Volume, reference: Volume, smoothing: float = 0.4) -> Volume:
     """``resample_mask`` for a mask with values in [0, 1] (e.g. the share of predictions keeping a voxel)."""
     sigma = smoothing * np.maximum(fractions.spacing, reference.spacing)
-    values = _resample_float(fractions, reference, sigma)
-    return reference.with_array((values >= 0.5).astype(np.uint8))
+    return reference.with_array((resample_fraction(fractions, reference, sigma) >= 0.5).astype(np.uint8))
 
 
 def resample_mask_to_spacing(mask: Volume, spacing: Sequence[float]) -> Volume:
     return resample_mask(mask, grid_with_spacing(mask, spacing))
 
 
-def foreground_box(mask: np.ndarray, margin: int) -> Tuple[slice, slice, slice]:
-    """Index box around the non-zero voxels, grown by ``margin`` and clipped to the array."""
-    nonzero = np.argwhere(mask)
-    if nonzero.size == 0:
+def find_foreground_box(mask: np.ndarray, margin: Union[int, Sequence[int]] = 0) -> Optional[Box]:
+    """Index box around the non-zero voxels, grown by ``margin`` (voxels, one or per axis) and clipped
+    to the array; None when the mask is empty. Axis projections, not ``argwhere``: on a 512x512xZ
+    grid that is many times faster."""
+    margins = np.broadcast_to(np.asarray(margin, dtype=int), (3,))
+    box = []
+    for axis in range(3):
+        present = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
+        if present.size == 0:
+            return None
+        low = max(int(present[0]) - int(margins[axis]), 0)
+        high = min(int(present[-1]) + int(margins[axis]) + 1, mask.shape[axis])
+        box.append(slice(low, high))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def foreground_box(mask: np.ndarray, margin: Union[int, Sequence[int]] = 0) -> Box:
+    """``find_foreground_box`` for a mask that must not be empty."""
+    box = find_foreground_box(mask, margin)
+    if box is None:
         raise ValueError("mask is empty")
-    low = np.maximum(nonzero.min(axis=0) - margin, 0)
-    high = np.minimum(nonzero.max(axis=0) + margin + 1, mask.shape[:3])
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))  # type: ignore[return-value]
+    return box
 
 
-def crop(volume: Volume, box: Tuple[slice, slice, slice]) -> Volume:
-    """Sub-volume with its origin moved to the box's first voxel."""
+def crop(volume: Volume, box: Box, array: Optional[np.ndarray] = None) -> Volume:
+    """Sub-volume with its origin moved to the box's first voxel; ``array`` (of the box's shape), when
+    given, replaces the copied voxels."""
     start = np.array([s.start for s in box], dtype=np.float64)
     origin = volume.origin + volume.direction @ (start * volume.spacing)
-    return Volume(volume.array[box].copy(), volume.spacing.copy(), origin, volume.direction.copy())
+    voxels = volume.array[box].copy() if array is None else array
+    return Volume(voxels, volume.spacing.copy(), origin, volume.direction.copy())
 
 
 def paste(cropped: np.ndarray, box: Tuple[slice, slice, slice], shape: Sequence[int]) -> np.ndarray:

@@ -73,8 +73,9 @@ def test_refine_skull_redraws_only_the_box_and_keeps_the_defective_skull(monkeyp
         return kept
 
     monkeypatch.setattr(superres, "refine_mask", network_keeps_the_coarse_channel_only_above_half_height)
-    fine = superres.refine_skull(coarse, defective_volume, None, (1.0, 1.0, 1.0), "cpu", smoothing=1.0)
-    assert fine.shape == (32, 32, 28) and np.allclose(fine.spacing, 1.0)
+    fine = superres.refine_skull(coarse, defective_volume, None, (1.0, 1.0, 1.0), "cpu", smoothing=1.0, margin_mm=8.0)
+    # The canonical grid over the defective skull's 24 x 24 x 14 mm box (the cap is cut off) plus 8 mm each side.
+    assert fine.shape == (40, 40, 30) and np.allclose(fine.spacing, 1.0) and np.allclose(fine.direction, np.eye(3))
     assert seen["shapes"][0] == seen["shapes"][1]
     on_fine = superres.resample_mask(defective_volume, fine).array
     assert (fine.array[on_fine > 0] == 1).all()  # the defective skull is always kept

@@ -32,6 +32,16 @@ def from_mask(masks: Union[MaskLike, Sequence[MaskLike]], device: Optional[Union
                         coordinate_manager=CoordinateManager(cache_maps=cache_maps))
 
 
+def to_mask(x: SparseTensor, shape: Sequence[int]) -> np.ndarray:
+    """The voxels of a single-batch tensor as a uint8 mask of ``shape``; voxels outside the array (a
+    generative network can grow beyond its input) are dropped."""
+    coordinates = x.C[:, 1:].cpu().numpy()
+    inside = np.all((coordinates >= 0) & (coordinates < np.asarray(shape)), axis=1)
+    mask = np.zeros(tuple(shape), dtype=np.uint8)
+    mask[tuple(coordinates[inside].T)] = 1
+    return mask
+
+
 def batch_coordinates(voxel_sets: Sequence[np.ndarray], device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
     """(N, 4) int64 [batch, x, y, z] coordinates of several (Ni, 3) voxel index arrays, batch b = list position."""
     parts = [np.concatenate([np.full((len(v), 1), b, np.int64), v.astype(np.int64)], axis=1) for b, v in enumerate(voxel_sets)]

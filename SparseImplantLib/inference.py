@@ -1,0 +1,165 @@
+"""Running the networks: the completion network's skull in the canonical frame, averaged passes,
+the optional super-resolution stage, and the fallback to the CPU when a GPU runs out of memory.
+
+The network always sees the skull on a grid with axes along L, P and S (``volume.canonical_grid``),
+whatever the file's axis order, flips or obliquity; results go back onto the input's own grid by
+resampling in physical space. Training (``train``) builds its examples in the same frame.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Tuple, TypeVar
+
+import numpy as np
+import torch
+
+from .errors import SparseImplantError
+from .models.completion import CompletionNet
+from .models.registry import ModelInfo, find_model, find_refiner, load_network
+from .progress import ProgressCallback, ProgressEvent, ignore_progress
+from .sparse import from_mask, to_mask
+from .superres import refine_skull
+from .volume import Box, Volume, canonical_grid, crop, foreground_box, paste, resample_mask
+
+DEVICES = ("auto", "cpu", "cuda")
+
+# Gaussian sigma, in model-grid voxels, applied to the network's mask before it is interpolated back to
+# the CT grid: it smooths the voxel-level raggedness of a coarse prediction. The super-resolution
+# network's mask gets the same, in its own grid's voxels. Chosen on training cases (README, "Bundled model").
+OUTPUT_SMOOTHING = 1.0
+
+# Test-time augmentation: (left-right flip, shift in grid voxels) of each network pass, averaged. The
+# output depends on the side of the defect and on where the skull falls in the network's stride-64
+# cells; the flip is the one training uses (grid axis 0 is left-right in the canonical frame).
+AVERAGED_PASSES = ((False, 0), (True, 0), (False, 8), (True, 8))
+SINGLE_PASS = ((False, 0),)
+
+
+@dataclass
+class Networks:
+    """The loaded completion network and, when one is used, the super-resolution network refining it."""
+
+    completion: CompletionNet
+    info: ModelInfo
+    refiner: Optional[CompletionNet] = None
+    refiner_info: Optional[ModelInfo] = None
+
+    def to(self, device: torch.device) -> "Networks":
+        self.completion.to(device)
+        if self.refiner is not None:
+            self.refiner.to(device)
+        return self
+
+    def describe(self) -> dict:
+        """The models, for report.json."""
+        described = {"name": self.info.name, "kind": self.info.kind, "spacing_mm": self.info.spacing_mm,
+                     "licence": self.info.licence}
+        if self.refiner_info is not None:
+            described["refinement"] = {"name": self.refiner_info.name, "spacing_mm": self.refiner_info.spacing_mm,
+                                       "licence": self.refiner_info.licence}
+        return described
+
+
+def load_networks(model: Optional[str], refine_model: Optional[str], device: torch.device,
+                  model_dir: Optional[Path] = None) -> Networks:
+    info = find_model(model, "completion", model_dir)
+    refiner_info = find_refiner(refine_model, info, model_dir)
+    refiner = load_network(refiner_info, device) if refiner_info is not None else None
+    return Networks(load_network(info, device), info, refiner, refiner_info)
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    if requested not in DEVICES:
+        raise SparseImplantError(f"unknown device '{requested}': use one of {', '.join(DEVICES)}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SparseImplantError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def network_passes(averaged: bool) -> Tuple[Tuple[bool, int], ...]:
+    return AVERAGED_PASSES if averaged else SINGLE_PASS
+
+
+def model_grid_input(defective: Volume, info: ModelInfo) -> Tuple[Volume, Box, Volume]:
+    """The defective skull on the model's canonical grid, cropped to the skull plus the model's margin
+    for missing bone. Returns (cropped mask, crop box, the uncropped grid)."""
+    grid = canonical_grid(defective, info.spacing_mm, info.crop_margin_mm)
+    on_grid = resample_mask(defective, grid)
+    if not on_grid.array.any():
+        raise SparseImplantError(
+            f"the skull vanishes at the model's {info.spacing_mm} mm grid (too thin or too small): check the input mask"
+        )
+    margin = int(np.ceil(info.crop_margin_mm / min(info.spacing_mm)))
+    box = foreground_box(on_grid.array, margin)
+    return crop(on_grid, box), box, on_grid
+
+
+@torch.no_grad()
+def predict_mask(network: CompletionNet, mask: np.ndarray, device: torch.device) -> np.ndarray:
+    """Run the network on one binary mask; voxels it generates outside the array are dropped.
+
+    Each kernel map of the network is used once, so none is cached: that keeps the peak memory of a
+    forward pass near its features' (results/bench/network.md)."""
+    result = network(from_mask(mask.astype(bool), device=device, cache_maps=False))
+    return to_mask(result.output, mask.shape)
+
+
+def predict_fraction(network: CompletionNet, mask: np.ndarray, device: torch.device,
+                     passes: Sequence[Tuple[bool, int]] = AVERAGED_PASSES) -> np.ndarray:
+    """Share of the (flip, shift) passes whose prediction keeps each voxel, as float32 in [0, 1]."""
+    kept = np.zeros(mask.shape, dtype=np.float32)
+    for flip, shift in passes:
+        view = mask[::-1] if flip else mask
+        predicted = predict_mask(network, np.pad(view, [(shift, 0)] * 3), device)[shift:, shift:, shift:]
+        kept += predicted[::-1] if flip else predicted
+    return kept / len(passes)
+
+
+Result = TypeVar("Result")
+
+
+def with_cpu_fallback(run: Callable[[torch.device], Result], networks: Networks, device: torch.device,
+                      progress: ProgressCallback, stage: ProgressEvent) -> Tuple[Result, torch.device]:
+    """``run(device)``; on CUDA out-of-memory move the networks to the CPU and retry there, with a
+    warning reported at ``stage``'s progress."""
+    try:
+        return run(device), device
+    except torch.cuda.OutOfMemoryError:
+        if device.type != "cuda":
+            raise
+        message = "GPU out of memory: running on the CPU instead (slower)"
+        warnings.warn(message)
+        progress(ProgressEvent(stage.stage, stage.fraction, message))
+        torch.cuda.empty_cache()
+        cpu = torch.device("cpu")
+        networks.to(cpu)
+        return run(cpu), cpu
+
+
+def coarse_skull(defective: Volume, networks: Networks, device: torch.device,
+                 progress: ProgressCallback = ignore_progress, averaged: bool = True) -> Tuple[Volume, torch.device]:
+    """The completion network's skull on its canonical grid, as the share of passes keeping each voxel."""
+    cropped, box, grid = model_grid_input(defective, networks.info)
+    passes = network_passes(averaged)
+    stage = ProgressEvent("network", 0.2, f"{int(cropped.array.sum())} voxels on a {cropped.shape} grid, "
+                                          f"{len(passes)} pass(es)")
+    progress(stage)
+    fraction, device = with_cpu_fallback(lambda on: predict_fraction(networks.completion, cropped.array, on, passes),
+                                         networks, device, progress, stage)
+    return grid.with_array(paste(fraction, box, grid.shape)), device
+
+
+def refined_skull(coarse: Volume, defective: Volume, networks: Networks, device: torch.device,
+                  progress: ProgressCallback = ignore_progress) -> Tuple[Volume, torch.device]:
+    """The super-resolution network's skull on its finer grid (see ``superres``)."""
+    info = networks.refiner_info
+    stage = ProgressEvent("refine", 0.45, f"super-resolution on a {info.spacing_mm} mm grid ({info.name})")
+    progress(stage)
+    return with_cpu_fallback(lambda on: refine_skull(coarse, defective, networks.refiner, info.spacing_mm, on,
+                                                     OUTPUT_SMOOTHING, info.crop_margin_mm),
+                             networks, device, progress, stage)
