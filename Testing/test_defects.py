@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import oblique_direction, require_skullfix, shell_skull
-from SparseImplantLib.data.defects import DEFECT_KINDS, BoxDefect, SphereDefect, cut_defect
+from SparseImplantLib.data.defects import DEFECT_KINDS, BoxDefect, CraniotomyDefect, SphereDefect, WedgeDefect, cut_defect
 from SparseImplantLib.errors import SparseImplantError
 from SparseImplantLib.io import read_mask
 from SparseImplantLib.volume import Volume
@@ -34,7 +34,7 @@ def test_defect_partitions_the_skull(head, kind):
     assert not np.any(defective.array & implant.array)
     assert np.array_equal(defective.array | implant.array, head.array > 0)
     fraction = np.count_nonzero(implant.array) / np.count_nonzero(head.array)
-    assert 0.02 <= fraction < 0.5
+    assert 0.002 <= fraction < 0.5
 
 
 def test_same_seed_same_defect(head):
@@ -123,3 +123,46 @@ def test_real_skull_frontoorbital_defect():
     centroid = _relative_centroid(complete, implant)
     assert centroid[1] < 0.25  # anterior
     assert np.count_nonzero(implant.array) > 0.02 * np.count_nonzero(complete.array)
+
+
+def _directions(volume: Volume, implant: Volume) -> np.ndarray:
+    """Unit vectors from the skull centre (as the generator defines it) to the implant's voxels."""
+    skull = lps_points(volume, volume.array > 0)
+    low, high = skull.min(axis=0), skull.max(axis=0)
+    relative = lps_points(volume, implant.array > 0) - (low + np.array([0.5, 0.5, 0.4]) * (high - low))
+    return relative / np.linalg.norm(relative, axis=1, keepdims=True)
+
+
+def test_craniotomy_is_a_disc_of_the_requested_diameter_with_radial_walls(head):
+    disc = CraniotomyDefect(diameter_mm=(50.0, 50.0), aspect=(1.0, 1.0), polygon_share=0.0, elevation_deg=(30.0, 30.0))
+    _, implant = cut_defect(head, "craniotomy", seed=2, craniotomy=disc)
+    directions = _directions(head, implant)
+    axis = directions.mean(axis=0) / np.linalg.norm(directions.mean(axis=0))
+    # Radial walls: every voxel lies within the cone the outline spans seen from the centre, inner bone
+    # and outer bone alike; the cone's half angle is atan(25 mm / distance to the outer surface).
+    outer = np.linalg.norm(lps_points(head, implant.array > 0) - lps_points(head, implant.array > 0).mean(axis=0), axis=1).max()
+    half_angles = np.degrees(np.arccos(np.clip(directions @ axis, -1, 1)))
+    assert half_angles.max() < 35.0 and outer < 35.0
+    assert np.ptp(lps_points(head, implant.array > 0), axis=0).max() == pytest.approx(50.0, abs=10.0)
+
+
+def test_craniotomies_reach_every_side_of_the_vault_and_every_size(head):
+    centres = np.array([_directions(head, cut_defect(head, "craniotomy", seed)[1]).mean(axis=0) for seed in range(40)])
+    assert centres[:, 0].min() < -0.5 and centres[:, 0].max() > 0.5  # both sides
+    assert centres[:, 1].min() < -0.5 and centres[:, 1].max() > 0.5  # front and back
+    assert centres[:, 2].min() < 0.2 and centres[:, 2].max() > 0.8  # low on the side to the vertex
+    small = CraniotomyDefect(diameter_mm=(20.0, 20.0), elevation_deg=(60.0, 60.0))
+    large = CraniotomyDefect(diameter_mm=(140.0, 140.0), elevation_deg=(60.0, 60.0))
+    small_share = np.count_nonzero(cut_defect(head, "craniotomy", 3, craniotomy=small)[1].array) / np.count_nonzero(head.array)
+    large_share = np.count_nonzero(cut_defect(head, "craniotomy", 3, craniotomy=large)[1].array) / np.count_nonzero(head.array)
+    assert small_share < 0.01 and large_share > 0.08  # a burr-hole-sized opening and a hemicraniectomy
+
+
+def test_wedge_is_a_sector_of_the_vault(head):
+    wedge = WedgeDefect(azimuth_width_deg=(90.0, 90.0), lowest_elevation_deg=(20.0, 20.0))
+    _, implant = cut_defect(head, "wedge", seed=4, wedge=wedge)
+    directions = _directions(head, implant)
+    azimuths = np.degrees(np.arctan2(directions[:, 1], directions[:, 0]))
+    spread = min(np.ptp(azimuths), np.ptp(azimuths % 360.0))
+    assert 80.0 < spread <= 90.5
+    assert np.degrees(np.arcsin(directions[:, 2])).min() >= 19.5

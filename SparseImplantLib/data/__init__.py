@@ -12,12 +12,14 @@ from .datasets import (
     list_cases,
     parse_case_range,
 )
-from .defects import DEFECT_KINDS, BoxDefect, SphereDefect, cut_defect
+from .defects import DEFECT_KINDS, BoxDefect, CraniotomyDefect, SphereDefect, WedgeDefect, cut_defect
 
 __all__ = [
     "DEFECT_KINDS",
     "BoxDefect",
+    "CraniotomyDefect",
     "SphereDefect",
+    "WedgeDefect",
     "cut_defect",
     "LAYOUTS",
     "SKULLBREAK",

@@ -1,13 +1,17 @@
 """Synthetic cranial defects cut into complete skulls, to multiply training data and to test
 generalisation to unseen defect shapes.
 
-Two families, both sized in millimetres and placed in the skull's own physical (LPS) frame, so oblique
+Three families, all sized in millimetres and placed in the skull's own physical (LPS) frame, so oblique
 scans and any spacing behave alike:
 
 - ``skullfix``: a box through the top of the vault at the back, like the SkullFix defects.
 - SkullBreak-style (``bilateral``, ``frontoorbital``, ``parietotemporal``, ``random``): a large sphere
   with satellite spheres on its surface, morphologically opened and elastically deformed (after Kodym et
   al., SkullBreak/SkullFix, Data in Brief 2021), centred on the vault in the named region.
+- Saw cuts (``craniotomy``, ``wedge``): straight walls running radially through the bone, as a
+  craniotome cuts. A craniotomy is a disc, ellipse or polygon from a 2 cm burr-hole-sized opening to a
+  hemicraniectomy, centred anywhere from low on the side of the head to the vertex (crossing the midline
+  too); a wedge removes a sector of the vault between two radial planes above a given height.
 
 Regions come from the LPS bounding box of the skull's voxels (L = +x, P = +y, S = +z): e.g. the
 frontoorbital defect sits on the bone nearest to the middle of the box's anterior face. The sphere shape
@@ -24,12 +28,13 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import SparseImplantError
-from ..metrics import joint_box
-from ..volume import Volume
+from ..volume import Volume, find_foreground_box
 
 SKULLFIX_BOX = "skullfix"
 BILATERAL, FRONTOORBITAL, PARIETOTEMPORAL, RANDOM = "bilateral", "frontoorbital", "parietotemporal", "random"
-DEFECT_KINDS = (SKULLFIX_BOX, BILATERAL, FRONTOORBITAL, PARIETOTEMPORAL, RANDOM)
+CRANIOTOMY, WEDGE = "craniotomy", "wedge"
+SPHERE_KINDS = (BILATERAL, FRONTOORBITAL, PARIETOTEMPORAL, RANDOM)
+DEFECT_KINDS = (SKULLFIX_BOX, *SPHERE_KINDS, CRANIOTOMY, WEDGE)
 Range = Tuple[float, float]
 
 
@@ -65,6 +70,33 @@ class SphereDefect:
         return self.smoothness_mm / 3.0
 
 
+@dataclass(frozen=True)
+class CraniotomyDefect:
+    """Saw-cut opening: an ellipse (``aspect`` = minor / major axis) or a polygon with ``corners``
+    on that ellipse, ``diameter_mm`` along its major axis, centred where the direction at
+    ``elevation_deg`` above the skull centre's horizontal plane (any azimuth) meets the bone."""
+
+    diameter_mm: Range = (20.0, 140.0)
+    aspect: Range = (0.6, 1.0)
+    polygon_share: float = 0.5  # share of straight-edged (polygonal) outlines
+    corners: Tuple[int, int] = (4, 7)  # inclusive range of the polygon's corner count
+    elevation_deg: Range = (-15.0, 90.0)
+
+
+@dataclass(frozen=True)
+class WedgeDefect:
+    """A sector of the vault: bone above ``lowest_elevation_deg`` (seen from the skull centre) whose
+    azimuth lies within ``azimuth_width_deg`` of a random start."""
+
+    azimuth_width_deg: Range = (60.0, 110.0)
+    lowest_elevation_deg: Range = (0.0, 35.0)
+
+
+# Saw-cut defects spare bone nearer the skull centre than this share of the cut's radius, so a cut
+# through the vault never reaches the skull base or the far side.
+SPARED_INNER_SHARE = 0.55
+
+
 @dataclass
 class _Skull:
     """Skull voxels with their LPS positions and the LPS bounding box."""
@@ -78,10 +110,16 @@ class _Skull:
         """LPS point at ``fractions`` (0..1 per L, P, S) of the bounding box."""
         return self.low + np.asarray(fractions, dtype=np.float64) * (self.high - self.low)
 
+    @property
+    def centre(self) -> np.ndarray:
+        """Roughly the vault's centre of curvature: mid L and P, 40 % of the way up (the box holds
+        the skull base below the vault)."""
+        return self.at([0.5, 0.5, 0.4])
+
 
 def _skull_voxels(complete: Volume) -> _Skull:
     mask = complete.array != 0
-    box = joint_box([mask], (0, 0, 0))  # argwhere over the whole 512x512xZ grid would be the slow part
+    box = find_foreground_box(mask)
     if box is None:
         raise SparseImplantError("the complete skull is empty: a defect needs a skull mask to cut into")
     indices = np.argwhere(mask[box]) + np.array([s.start for s in box])
@@ -186,16 +224,79 @@ def _sphere_cut(skull: _Skull, kind: str, spec: SphereDefect, rng: np.random.Gen
     return cut
 
 
+def _tangent_basis(direction: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """Two unit vectors perpendicular to ``direction`` and to each other, turned by a random angle."""
+    helper = np.array([0.0, 0.0, 1.0]) if abs(direction[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    first = np.cross(direction, helper)
+    first /= np.linalg.norm(first)
+    second = np.cross(direction, first)
+    angle = rng.uniform(0.0, 2 * np.pi)
+    return np.cos(angle) * first + np.sin(angle) * second, -np.sin(angle) * first + np.cos(angle) * second
+
+
+def _inside_outline(u: np.ndarray, v: np.ndarray, spec: CraniotomyDefect, rng: np.random.Generator) -> np.ndarray:
+    """Which points (mm in the cut's tangent plane) lie inside a random ellipse or polygon."""
+    major = _uniform(rng, spec.diameter_mm) / 2
+    minor = major * _uniform(rng, spec.aspect)
+    if rng.random() >= spec.polygon_share:
+        return (u / major) ** 2 + (v / minor) ** 2 <= 1.0
+    count = int(rng.integers(spec.corners[0], spec.corners[1] + 1))
+    # Corners at sorted random angles on the ellipse: a convex polygon, so inside = left of every edge.
+    angles = np.sort(rng.uniform(0.0, 2 * np.pi, size=count))
+    corners = np.stack([major * np.cos(angles), minor * np.sin(angles)], axis=1)
+    inside = np.ones(u.shape, dtype=bool)
+    for start, end in zip(corners, np.roll(corners, -1, axis=0)):
+        inside &= (end[0] - start[0]) * (v - start[1]) - (end[1] - start[1]) * (u - start[0]) >= 0
+    return inside
+
+
+def _craniotomy_cut(skull: _Skull, spec: CraniotomyDefect, rng: np.random.Generator) -> np.ndarray:
+    """Which skull voxels fall inside a random saw-cut opening: the outline is drawn on the plane
+    tangent to the skull at the cut's centre and projected through the bone along rays from the skull
+    centre (a gnomonic projection), so the walls run radially, as a craniotome cuts."""
+    elevation = np.arcsin(rng.uniform(*np.sin(np.deg2rad(spec.elevation_deg))))  # uniform over the sphere's area
+    azimuth = rng.uniform(0.0, 2 * np.pi)
+    direction = np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)])
+    relative = skull.points - skull.centre
+    distance = np.linalg.norm(relative, axis=1)
+    along = relative @ direction
+    aligned = along > np.cos(np.deg2rad(6.0)) * distance
+    if not aligned.any():
+        return np.zeros(len(relative), dtype=bool)
+    radius = float(distance[aligned].max())  # the outer surface where the cut is centred
+    first, second = _tangent_basis(direction, rng)
+    ahead = (along > 0) & (distance >= SPARED_INNER_SHARE * radius)
+    scale = radius / along[ahead]
+    cut = np.zeros(len(relative), dtype=bool)
+    cut[ahead] = _inside_outline(relative[ahead] @ first * scale, relative[ahead] @ second * scale, spec, rng)
+    return cut
+
+
+def _wedge_cut(skull: _Skull, spec: WedgeDefect, rng: np.random.Generator) -> np.ndarray:
+    """Which skull voxels fall inside a random sector of the vault (radial walls, seen from the centre)."""
+    relative = skull.points - skull.centre
+    distance = np.linalg.norm(relative, axis=1)
+    elevation = np.degrees(np.arcsin(np.clip(relative[:, 2] / np.maximum(distance, 1e-9), -1.0, 1.0)))
+    start = rng.uniform(0.0, 360.0)
+    azimuth = (np.degrees(np.arctan2(relative[:, 1], relative[:, 0])) - start) % 360.0
+    outer = np.percentile(distance[elevation > 0], 90) if np.any(elevation > 0) else distance.max()
+    return ((azimuth <= _uniform(rng, spec.azimuth_width_deg)) & (elevation >= _uniform(rng, spec.lowest_elevation_deg))
+            & (distance >= SPARED_INNER_SHARE * outer))
+
+
 def cut_defect(
     complete: Volume,
     kind: str = RANDOM,
     seed: Union[int, np.random.Generator] = 0,
     box: BoxDefect = BoxDefect(),
     spheres: SphereDefect = SphereDefect(),
-    min_implant_fraction: float = 0.02,
+    craniotomy: CraniotomyDefect = CraniotomyDefect(),
+    wedge: WedgeDefect = WedgeDefect(),
+    min_implant_fraction: float = 0.002,
     max_attempts: int = 20,
 ) -> Tuple[Volume, Volume]:
-    """Cut a random defect of ``kind`` (one of ``DEFECT_KINDS``) into a complete skull.
+    """Cut a random defect of ``kind`` (one of ``DEFECT_KINDS``) into a complete skull; the
+    shape of each kind is drawn from its spec (``box``, ``spheres``, ``craniotomy``, ``wedge``).
 
     Returns (defective skull, implant) as uint8 masks on the complete skull's grid: they are disjoint
     and their union is the complete skull. Draws that remove less than ``min_implant_fraction`` of the
@@ -206,7 +307,14 @@ def cut_defect(
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     skull = _skull_voxels(complete)
     for _ in range(max_attempts):
-        cut = _box_cut(skull, box, rng) if kind == SKULLFIX_BOX else _sphere_cut(skull, kind, spheres, rng)
+        if kind == SKULLFIX_BOX:
+            cut = _box_cut(skull, box, rng)
+        elif kind == CRANIOTOMY:
+            cut = _craniotomy_cut(skull, craniotomy, rng)
+        elif kind == WEDGE:
+            cut = _wedge_cut(skull, wedge, rng)
+        else:
+            cut = _sphere_cut(skull, kind, spheres, rng)
         if np.count_nonzero(cut) >= min_implant_fraction * len(cut):
             removed = tuple(skull.indices[cut].T)
             implant = np.zeros(complete.shape, dtype=np.uint8)
