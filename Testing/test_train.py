@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import PROJECT_ROOT, shell_skull
+from SparseImplantLib.volume import Volume
 from SparseImplantLib.cli import main
 from SparseImplantLib.models.registry import ModelInfo, load_network
 
@@ -18,6 +19,7 @@ from SparseImplantLib.models.registry import ModelInfo, load_network
 def train_args(data, output, iterations, *extra):
     return ["train", "--data", str(data), "--train-cases", "000-001", "--val-cases", "002", "-o", str(output),
             "--spacing", "1.5", "--margin-mm", "6", "--iterations", str(iterations), "--log-every", "5",
+            "--augmentation", "none",
             "--val-every", "10", "--checkpoint-every", "5", "--lr", "5e-3", *extra]
 
 
@@ -126,32 +128,29 @@ def test_super_resolution_training_learns_and_is_picked_for_its_grid(tmp_path, t
 
 def test_super_resolution_pairs_each_defect_with_its_own_coarse_skull():
     """The case's own defect comes with the completion model's prediction of it; a generated defect, which
-    no model has seen, with the complete skull through the coarse grid."""
-    from SparseImplantLib.train import TrainingSample, augment
+    no model has seen, with the target through the coarse grid."""
+    from SparseImplantLib.train.augment import OWN_DEFECT, Augmentation, draw
+    from SparseImplantLib.superres import refine_box
+    from SparseImplantLib.train.loop import _through_coarse_grid, make_example
+    from SparseImplantLib.train.samples import make_source
 
-    defective, implant = shell_skull(shape=(84, 84, 64), radius=38.0)  # big enough for a SkullFix box at 2 mm
-    complete = defective | implant
-
-    def as_voxels(mask):
-        return np.argwhere(mask).astype(np.int32)
-
-    through_grid, predicted = as_voxels(complete), as_voxels(np.roll(complete, 2, axis=2))  # two distinct stand-ins
-    sample = TrainingSample("000", as_voxels(defective), as_voxels(complete), complete.shape, np.eye(3),
-                            through_grid, predicted)
-
-    def either_side(voxels):
-        mirrored = voxels.copy()
-        mirrored[:, 0] = complete.shape[0] - 1 - mirrored[:, 0]
-        return {frozenset(map(tuple, v.tolist())) for v in (voxels, mirrored)}
-
-    for generated in (0.0, 1.0):
-        for seed in range(3):
-            pair = augment(sample, np.random.default_rng(seed), [2.0] * 3, generated)
-            own_defect = frozenset(map(tuple, pair.defective.tolist())) in either_side(sample.defective)
-            assert own_defect == (generated == 0.0)
-            expected = predicted if own_defect else through_grid
-            assert frozenset(map(tuple, pair.coarse.tolist())) in either_side(expected)
-            assert pair.predicted is None  # the pair is final: make_example uses its coarse skull as it is
+    defective, implant = shell_skull(shape=(84, 84, 64), radius=38.0, thickness=8.0)  # bone that survives 2 mm
+    geometry = dict(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    source = make_source("000", Volume(defective, **geometry), Volume(defective | implant, **geometry), [1.0] * 3)
+    source.predicted = np.roll(source.complete, 2, axis=0)  # a stand-in unlike the complete skull
+    steady = Augmentation.preset("defects")
+    own = draw(source, 1.0, 6.0, np.random.default_rng(0), steady, OWN_DEFECT, with_predicted=True)
+    assert own.predicted is not None and own.predicted.shape == own.complete.shape
+    assert not np.array_equal(own.predicted, own.complete)
+    generated = draw(source, 1.0, 6.0, np.random.default_rng(0), steady, "craniotomy", with_predicted=True)
+    assert generated.predicted is None
+    through_grid = _through_coarse_grid(generated.complete, 1.0, [2.0] * 3)
+    for pair, expected in ((own, own.predicted), (generated, through_grid)):
+        example = make_example(pair, input_spacing=[2.0] * 3)
+        box = refine_box(expected, pair.defective, [1.0] * 3)
+        assert box is not None
+        coarse_voxels = {tuple(v) for v, f in zip(example.voxels.tolist(), example.features.tolist()) if f[0] > 0}
+        assert coarse_voxels == {tuple(v) for v in np.argwhere(expected[box]).tolist()}
 
 
 @pytest.mark.slow
@@ -169,7 +168,7 @@ def test_super_resolution_learns_from_a_completion_models_predictions(tmp_path, 
     info = ModelInfo(**json.loads((output / "model.json").read_text()), directory=output)
     assert info.training["coarse_model"] == {"name": "tiny", "sha256": completion.sha256}
     predictions = sorted(path.name for path in (output / "cache").glob("*_predicted-*.npy"))
-    assert predictions == [f"{case}_1x1x1_m6_from2x2x2_predicted-{completion.sha256[:12]}_k0.npy" for case in ("000", "001", "002")]
+    assert predictions == [f"{case}_predicted-{completion.sha256[:12]}_k0.npy" for case in ("000", "001", "002")]
 
     for wrong, message in ((["--input-spacing", "4.0"], "completes on a [2.0, 2.0, 2.0] mm grid but --input-spacing is 4.0"),
                            (["--kind", "completion"], "--coarse-model is for --kind super_resolution")):
