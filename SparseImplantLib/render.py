@@ -7,6 +7,7 @@ display; used for the CLI's preview.png and the README screenshot.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -123,8 +124,14 @@ def defect_camera(completed: vtk.vtkPolyData, implant: Optional[vtk.vtkPolyData]
     return camera
 
 
+def headless_linux() -> bool:
+    """Linux with neither an X nor a Wayland display. Windows and macOS never set DISPLAY and have
+    their own native offscreen windows, which EGL would replace with a class their VTK lacks."""
+    return sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def offscreen_window(size: Sequence[int]) -> vtk.vtkRenderWindow:
-    if not os.environ.get("DISPLAY"):
+    if headless_linux():
         # Without a display VTK would first try X; go straight to EGL (OSMesa remains VTK's fallback).
         os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     window = vtk.vtkRenderWindow()
