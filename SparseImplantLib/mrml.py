@@ -305,32 +305,42 @@ def add_results(scene, completed: Volume, implant: Volume, surfaces: Dict[str, v
     return result
 
 
+MESH_SUFFIXES = (".vtk", ".stl", ".ply", ".obj")  # first found wins: VTK keeps the distance array
+
+
+def result_files(output_dir: PathLike) -> Dict[str, Path]:
+    """The files of a ``sparseimplant generate`` folder that ``add_results_from_folder`` reads, by role
+    (a mesh that was not written, such as the implant of an empty implant, is left out)."""
+    from .evaluate import COMPLETED_FILE, IMPLANT_FILE
+
+    folder = Path(output_dir)
+    files = {"report": folder / "report.json", "completed_mask": folder / COMPLETED_FILE,
+             "implant_mask": folder / IMPLANT_FILE, "distance": folder / "distance_map.vtk"}
+    for role, stem in (("completed", "completed_skull"), ("defective", "defective_skull"), ("implant", "implant")):
+        found = [folder / f"{stem}{suffix}" for suffix in MESH_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+        if found:
+            files[role] = found[0]
+    return files
+
+
 def add_results_from_folder(scene, output_dir: PathLike, name: str = "Implant design") -> ResultNodes:
     """Load what ``sparseimplant generate`` wrote (the Slicer module runs it in a subprocess)."""
     import json
 
-    from .evaluate import COMPLETED_FILE, IMPLANT_FILE
     from .geometry import read_mesh
     from .io import read_volume
 
     folder = Path(output_dir)
-    report_path = folder / "report.json"
-    if not report_path.is_file():
+    files = result_files(folder)
+    if not files["report"].is_file():
         raise SparseImplantError(f"'{folder}' holds no report.json: the generate step did not finish")
-    report = json.loads(report_path.read_text())
-
-    def mesh(stem: str) -> Optional[vtk.vtkPolyData]:
-        for suffix in (".vtk", ".stl", ".ply", ".obj"):
-            if (folder / f"{stem}{suffix}").is_file():
-                return read_mesh(folder / f"{stem}{suffix}")
-        return None
-
-    surfaces = {"completed": mesh("completed_skull"), "defective": mesh("defective_skull"),
-                "implant": mesh("implant"), "distance": read_mesh(folder / "distance_map.vtk")}
-    missing = [key for key in ("completed", "defective") if surfaces[key] is None]
+    report = json.loads(files["report"].read_text())
+    missing = [key for key in ("completed", "defective") if key not in files]
     if missing:
         raise SparseImplantError(f"'{folder}' lacks the {missing[0]} skull mesh: run generate again")
-    return add_results(scene, read_volume(folder / COMPLETED_FILE), read_volume(folder / IMPLANT_FILE), surfaces,
+    surfaces = {key: read_mesh(files[key]) if key in files else None
+                for key in ("completed", "defective", "implant", "distance")}
+    return add_results(scene, read_volume(files["completed_mask"]), read_volume(files["implant_mask"]), surfaces,
                        name=name, metrics=report.get("metrics"))
 
 
