@@ -100,9 +100,16 @@ class ImplantDesigner:
             raise SparseImplantError(f"cannot start the worker '{self.python}' ({error.strerror or error}): "
                                      "reinstall 3D Slicer or check that PythonSlicer is beside Slicer") from error
 
-    def load(self, request: GenerateRequest, name: str) -> mrml.ResultNodes:
-        """Add the finished run's results to the scene under a new, unique name."""
-        return mrml.add_results_from_folder(self.scene, request.output_dir, name=name)
+    def load(self, request: GenerateRequest, name: str, inputs: Optional[DesignInputs] = None) -> mrml.ResultNodes:
+        """Add the finished run's results to the scene under a new, unique name; the input and reference
+        segmentations are kept out of the three views, which show the results alone."""
+        result = mrml.add_results_from_folder(self.scene, request.output_dir, name=name)
+        if inputs is not None:
+            views = mrml.three_view_nodes(self.scene)
+            for node in (inputs.segmentation_node, inputs.reference_segmentation_node, inputs.ct_volume_node):
+                if node is not None:
+                    mrml.keep_out_of_views(node, views)
+        return result
 
     @staticmethod
     def discard(request: GenerateRequest) -> None:

@@ -284,12 +284,50 @@ class ResultNodes:
         return [node for node in nodes if node is not None]
 
 
+RESULT_ATTRIBUTE = "SparseImplant.Result"  # set on every node a run adds; saved with the scene
+
+
+def result_nodes_in_scene(scene) -> List[object]:
+    """Every node that any Generate Implant run added, this session or before the scene was saved."""
+    nodes = (scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes()))
+    return [node for node in nodes if node.GetAttribute(RESULT_ATTRIBUTE)]
+
+
+def hide_results(scene) -> None:
+    """Hide every earlier run's segmentation, models and legend; they stay in the scene."""
+    for node in result_nodes_in_scene(scene):
+        for index in range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0):
+            node.GetNthDisplayNode(index).SetVisibility(False)
+
+
+def keep_out_of_views(node, views: Sequence) -> None:
+    """Show ``node`` everywhere but in ``views`` (its data is untouched; only where it is drawn changes).
+
+    A display node with no view list is drawn in every view, so it gets the list of all other views;
+    where there are no other views, it is hidden instead (an empty list would mean every view)."""
+    excluded = {view.GetID() for view in views}
+    collection = node.GetScene().GetNodesByClass("vtkMRMLAbstractViewNode")
+    all_views = [collection.GetItemAsObject(index).GetID() for index in range(collection.GetNumberOfItems())]
+    others = [view for view in all_views if view not in excluded]
+    for index in range(node.GetNumberOfDisplayNodes()):
+        display = node.GetNthDisplayNode(index)
+        shown = [display.GetNthViewNodeID(i) for i in range(display.GetNumberOfViewNodeIDs())]
+        remaining = [view for view in (shown or others) if view not in excluded]
+        if remaining:
+            display.SetViewNodeIDs(remaining)
+        else:
+            display.SetVisibility(False)
+
+
 def add_results(scene, completed: Volume, implant: Volume, surfaces: Dict[str, vtk.vtkPolyData],
                 name: str = "Implant design", metrics: Optional[Dict[str, float]] = None) -> ResultNodes:
     """Put one run's results into the scene: segmentation, models pinned to the three views, colour map.
 
-    ``surfaces`` maps 'completed', 'defective', 'implant' (optional) and 'distance' to LPS polydata."""
+    Only the newest run is shown: earlier runs' nodes are hidden (not removed), so the views never
+    hold two runs at once. ``surfaces`` maps 'completed', 'defective', 'implant' (optional) and
+    'distance' to LPS polydata."""
     views = three_view_nodes(scene)
+    hide_results(scene)
     result = ResultNodes(add_result_segmentation(scene, completed, implant, name))
     result.segmentation.GetDisplayNode().SetVisibility3D(False)  # 3D shows the smoothed models instead
     result.models["completed"] = add_model(scene, surfaces["completed"], f"{name} - completed skull", BONE_COLOR, [views[0]])
@@ -302,6 +340,8 @@ def add_results(scene, completed: Volume, implant: Volume, surfaces: Dict[str, v
     result.legend = show_distance(result.models["distance"], color_limit_mm(largest), [views[2]])
     if metrics:
         result.metrics_table = metrics_table(scene, metrics, f"{name} - metrics")
+    for node in result.all_nodes():
+        node.SetAttribute(RESULT_ATTRIBUTE, result.segmentation.GetName())
     return result
 
 

@@ -12,7 +12,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
 
-from conftest import skull_segmentation  # noqa: E402
+from conftest import shown_in_view, skull_segmentation  # noqa: E402
 from SparseImplantLib import mrml  # noqa: E402
 from SparseImplantLib.designer import LIBRARY_PARENT, DesignInputs, ImplantDesigner  # noqa: E402
 from SparseImplantLib.errors import SparseImplantError  # noqa: E402
@@ -36,8 +36,9 @@ def test_generate_implant_from_a_segment(tmp_path, model_dir, synthetic_skull, m
     segment_id = skull.GetSegmentation().GetNthSegmentID(0)
     before = mrml.segment_to_volume(skull, segment_id)
     designer = ImplantDesigner(scene, work_root=tmp_path / "work", model_dir=model_dir)
-    request = designer.prepare(DesignInputs(skull, segment_id, device="cpu", reference_segmentation_node=reference,
-                                            reference_segment_id=reference.GetSegmentation().GetNthSegmentID(0)))
+    inputs = DesignInputs(skull, segment_id, device="cpu", reference_segmentation_node=reference,
+                          reference_segment_id=reference.GetSegmentation().GetNthSegmentID(0))
+    request = designer.prepare(inputs)
     prepared = read_mask(request.input_path)  # the segment's extent grown by a margin (no reference geometry)
     assert prepared.array.sum() == before.array.sum()
     assert all(grown > original for grown, original in zip(prepared.shape, synthetic_skull[0].shape))
@@ -50,8 +51,11 @@ def test_generate_implant_from_a_segment(tmp_path, model_dir, synthetic_skull, m
     assert report["threads"]["omp_wait_policy"] == "PASSIVE"  # idle OpenMP threads sleep beside Slicer
     # The worker writes only what the module loads: no preview, no second mesh format.
     assert {p.name for p in request.output_dir.iterdir()} == {p.name for p in mrml.result_files(request.output_dir).values()}
-    result = designer.load(request, "Implant design")
+    skull.CreateDefaultDisplayNodes()
+    result = designer.load(request, "Implant design", inputs)
     designer.discard(request)
+    views = mrml.three_view_nodes(scene)
+    assert not any(shown_in_view(skull.GetDisplayNode(), view) for view in views)
     assert not request.input_path.parent.exists()
     segments = result.segmentation.GetSegmentation()
     assert [segments.GetNthSegment(i).GetName() for i in range(2)] == [mrml.COMPLETED_SEGMENT, mrml.IMPLANT_SEGMENT]

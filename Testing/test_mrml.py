@@ -10,6 +10,7 @@ vtk = pytest.importorskip("vtk")
 
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
+from conftest import shown_in_view  # noqa: E402
 from SparseImplantLib import mrml  # noqa: E402
 from SparseImplantLib.errors import SparseImplantError  # noqa: E402
 from SparseImplantLib.geometry import DISTANCE_ARRAY, add_signed_distance, surface_from_mask, transform_polydata  # noqa: E402
@@ -157,3 +158,47 @@ def test_results_from_a_generate_folder(scene, synthetic_skull, tmp_path, model_
     assert completed.same_geometry(synthetic_skull[0])
     with pytest.raises(SparseImplantError, match="no report.json"):
         mrml.add_results_from_folder(scene, tmp_path)
+
+
+def test_a_rerun_shows_only_the_newest_results_in_the_three_views(scene, results):
+    completed, implant, surfaces = results
+    first = mrml.add_results(scene, completed, implant, surfaces)
+    second = mrml.add_results(scene, completed, implant, surfaces)
+    views = mrml.three_view_nodes(scene)
+    models = [scene.GetNthNodeByClass(i, "vtkMRMLModelNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLModelNode"))]
+    shown = [[m.GetName() for m in models if shown_in_view(m.GetDisplayNode(), view)] for view in views]
+    assert shown == [[second.models["completed"].GetName()],
+                     [second.models["defective"].GetName(), second.models["implant"].GetName()],
+                     [second.models["distance"].GetName()]]
+    legends = [scene.GetNthNodeByClass(i, "vtkMRMLColorLegendDisplayNode")
+               for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode"))]
+    assert [legend for legend in legends if legend.GetVisibility()] == [second.legend]
+    # The first run is still there, hidden, and marked as a result (also in a saved scene).
+    assert all(scene.GetNodeByID(node.GetID()) is node for node in first.all_nodes())
+    assert not first.segmentation.GetDisplayNode().GetVisibility() and second.segmentation.GetDisplayNode().GetVisibility()
+    assert {n.GetID() for n in mrml.result_nodes_in_scene(scene)} == {n.GetID() for n in first.all_nodes() + second.all_nodes()}
+
+
+def test_the_input_segmentation_is_kept_out_of_the_three_views(scene, synthetic_skull):
+    from conftest import skull_segmentation
+
+    skull = skull_segmentation(scene, synthetic_skull[0])
+    skull.CreateDefaultDisplayNodes()
+    red = slicer.vtkMRMLSliceNode()
+    red.SetLayoutName("Red")
+    scene.AddNode(red)
+    main_3d = slicer.vtkMRMLViewNode()
+    scene.AddNode(main_3d)
+    views = mrml.three_view_nodes(scene)
+    display = skull.GetDisplayNode()
+    assert all(shown_in_view(display, view) for view in views)  # shown everywhere by default
+    mrml.keep_out_of_views(skull, views)
+    assert not any(shown_in_view(display, view) for view in views)
+    assert shown_in_view(display, red) and shown_in_view(display, main_3d)
+    mrml.keep_out_of_views(skull, views)  # again: nothing changes
+    assert sorted(display.GetViewNodeIDs()) == sorted([red.GetID(), main_3d.GetID()])
+    alone = slicer.vtkMRMLScene()  # no other view to show it in: hidden
+    lonely = skull_segmentation(alone, synthetic_skull[0])
+    lonely.CreateDefaultDisplayNodes()
+    mrml.keep_out_of_views(lonely, mrml.three_view_nodes(alone))
+    assert not lonely.GetDisplayNode().GetVisibility()
