@@ -320,12 +320,14 @@ def keep_out_of_views(node, views: Sequence) -> None:
 
 
 def add_results(scene, completed: Volume, implant: Volume, surfaces: Dict[str, vtk.vtkPolyData],
-                name: str = "Implant design", metrics: Optional[Dict[str, float]] = None) -> ResultNodes:
+                name: str = "Implant design", metrics: Optional[Dict[str, float]] = None,
+                report: Optional[dict] = None) -> ResultNodes:
     """Put one run's results into the scene: segmentation, models pinned to the three views, colour map.
 
     Only the newest run is shown: earlier runs' nodes are hidden (not removed), so the views never
     hold two runs at once. ``surfaces`` maps 'completed', 'defective', 'implant' (optional) and
-    'distance' to LPS polydata."""
+    'distance' to LPS polydata. ``report`` (report.json) adds the implant volume and the timings to
+    the results table."""
     views = three_view_nodes(scene)
     hide_results(scene)
     result = ResultNodes(add_result_segmentation(scene, completed, implant, name))
@@ -338,8 +340,8 @@ def add_results(scene, completed: Volume, implant: Volume, surfaces: Dict[str, v
     values = surfaces["distance"].GetPointData().GetArray(DISTANCE_ARRAY)
     largest = max(abs(v) for v in values.GetRange()) if values is not None and values.GetNumberOfTuples() else 1.0
     result.legend = show_distance(result.models["distance"], color_limit_mm(largest), [views[2]])
-    if metrics:
-        result.metrics_table = metrics_table(scene, metrics, f"{name} - metrics")
+    if metrics or report:
+        result.metrics_table = metrics_table(scene, metrics, f"{name} - results", report)
     for node in result.all_nodes():
         node.SetAttribute(RESULT_ATTRIBUTE, result.segmentation.GetName())
     return result
@@ -381,25 +383,39 @@ def add_results_from_folder(scene, output_dir: PathLike, name: str = "Implant de
     surfaces = {key: read_mesh(files[key]) if key in files else None
                 for key in ("completed", "defective", "implant", "distance")}
     return add_results(scene, read_volume(files["completed_mask"]), read_volume(files["implant_mask"]), surfaces,
-                       name=name, metrics=report.get("metrics"))
+                       name=name, metrics=report.get("metrics"), report=report)
 
 
 METRIC_LABELS = {"dsc": ("Dice (implant)", ""), "bdsc": ("Border Dice (10 mm)", ""), "hd95_mm": ("HD95", "mm"),
                  "skull_dsc": ("Dice (completed skull)", "")}
 
 
-def metrics_table(scene, metrics: Dict[str, float], name: str) -> "slicer.vtkMRMLTableNode":
-    """Metric | value | unit, for the module's results table."""
+def result_rows(metrics: Optional[Dict[str, Optional[float]]] = None,
+                report: Optional[dict] = None) -> List[Tuple[str, str, str]]:
+    """(label, value, unit) rows of the results table: implant volume, metrics, then stage timings."""
+    rows = []
+    if report is not None and report.get("implant_volume_ml") is not None:
+        rows.append(("Implant volume", f"{report['implant_volume_ml']:.1f}", "ml"))
+    for key, value in (metrics or {}).items():
+        label, unit = METRIC_LABELS.get(key, (key, ""))
+        rows.append((label, "n/a" if value is None else f"{value:.4g}", unit))
+    for stage, seconds in (report or {}).get("timings_s", {}).items():
+        rows.append((f"Time: {stage}", f"{seconds:.1f}", "s"))
+    return rows
+
+
+def metrics_table(scene, metrics: Optional[Dict[str, Optional[float]]], name: str,
+                  report: Optional[dict] = None) -> "slicer.vtkMRMLTableNode":
+    """Quantity | value | unit, for the module's results table (``result_rows``)."""
     node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
     table = node.GetTable()
     for title in ("Metric", "Value", "Unit"):
         column = vtk.vtkStringArray()
         column.SetName(title)
         table.AddColumn(column)
-    for key, value in metrics.items():
-        label, unit = METRIC_LABELS.get(key, (key, ""))
+    for texts in result_rows(metrics, report):
         row = table.InsertNextBlankRow()
-        for column, text in enumerate((label, f"{value:.4g}", unit)):
+        for column, text in enumerate(texts):
             table.SetValue(row, column, vtk.vtkVariant(text))
     node.Modified()
     return node

@@ -87,6 +87,8 @@ def test_results_are_pinned_to_three_linked_views_and_rerun_adds_new_nodes(scene
     assert first.legend.GetTitleText() == mrml.DISTANCE_TITLE
     table = first.metrics_table.GetTable()
     assert table.GetNumberOfRows() == 2 and table.GetValue(0, 1).ToString() == "0.91"
+    assert mrml.result_rows({"hd95_mm": None}, {"implant_volume_ml": 47.04, "timings_s": {"network": 6.52}}) == [
+        ("Implant volume", "47.0", "ml"), ("HD95", "n/a", "mm"), ("Time: network", "6.5", "s")]
     layout = mrml.layout_node(scene)
     mrml.show_three_view_layout(scene)
     assert layout.GetViewArrangement() == mrml.LAYOUT_ID
@@ -148,11 +150,14 @@ def test_results_from_a_generate_folder(scene, synthetic_skull, tmp_path, model_
 
     source = write_volume(tmp_path / "defective.nrrd", synthetic_skull[0])
     reference = write_volume(tmp_path / "implant.nrrd", synthetic_skull[1])
-    generate(source, tmp_path / "out", GenerateOptions(device="cpu", model_dir=model_dir, mesh_formats=("vtk",),
-                                                        reference=reference))
+    report = generate(source, tmp_path / "out", GenerateOptions(device="cpu", model_dir=model_dir, mesh_formats=("vtk",),
+                                                                reference=reference, averaged=False, preview=False))
     result = mrml.add_results_from_folder(scene, tmp_path / "out", name="Case")
     assert {"completed", "defective", "distance"} <= set(result.models)
-    assert result.metrics_table.GetTable().GetNumberOfRows() == 4
+    table = result.metrics_table.GetTable()
+    labels = [table.GetValue(row, 0).ToString() for row in range(table.GetNumberOfRows())]
+    assert labels == (["Implant volume", "Dice (implant)", "Border Dice (10 mm)", "HD95", "Dice (completed skull)"]
+                      + [f"Time: {stage}" for stage in report["timings_s"]])
     completed = mrml.segment_to_volume(result.segmentation, result.segmentation.GetSegmentation()
                                        .GetSegmentIdBySegmentName(mrml.COMPLETED_SEGMENT))
     assert completed.same_geometry(synthetic_skull[0])
