@@ -197,9 +197,9 @@ def test_the_module_finds_library_and_resources_in_both_installs(tmp_path):
         assert (installed / "Resources" / resource).is_file()
     with pytest.raises(ImportError, match="reinstall the extension"):
         find_layout(tmp_path / "elsewhere")
-    # The installed library finds its bundled model and checks its checksum, run from another folder.
-    check = ("from SparseImplantLib.models.registry import find_model, load_network\n"
-             "info = find_model(); load_network(info); print(info.path)")
+    # The installed library finds its bundled model, whose checksum holds, run from another folder.
+    check = ("from SparseImplantLib.models.registry import find_model, sha256_of\n"
+             "info = find_model(); assert sha256_of(info.path) == info.sha256; print(info.path)")
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "SPARSEIMPLANT_MODEL_DIR")}
     done = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(installed)!r})\n{check}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
