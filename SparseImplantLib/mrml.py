@@ -20,7 +20,7 @@ from vtk.util import numpy_support
 from .errors import SparseImplantError
 from .geometry import DISTANCE_ARRAY, transform_polydata, vtk_matrix
 from .io import PathLike
-from .render import capture_window, color_limit_mm, diverging_lookup_table, offscreen_window, write_png
+from .render import color_limit_mm, diverging_lookup_table
 from .volume import LPS_TO_RAS, Volume
 
 COMPLETED_SEGMENT = "Completed skull"
@@ -419,53 +419,6 @@ def metrics_table(scene, metrics: Optional[Dict[str, Optional[float]]], name: st
             table.SetValue(row, column, vtk.vtkVariant(text))
     node.Modified()
     return node
-
-
-THREE_D_DISPLAYABLE_MANAGERS = ("vtkMRMLCameraDisplayableManager", "vtkMRMLViewDisplayableManager",
-                                 "vtkMRMLModelDisplayableManager", "vtkMRMLSegmentationsDisplayableManager3D",
-                                 "vtkMRMLColorLegendDisplayableManager")
-
-
-class OffscreenViews:
-    """3D view nodes drawn offscreen by Slicer's own displayable managers, without Qt.
-
-    Attach before adding the nodes to show, as Slicer's views exist before a module adds results
-    (the colour-legend manager only picks up legends added after it)."""
-
-    def __init__(self, views: Sequence, size: Tuple[int, int] = (600, 600)) -> None:
-        self._pipelines = []
-        for view in views:
-            window = offscreen_window(size)
-            renderer = vtk.vtkRenderer()
-            window.AddRenderer(renderer)
-            interactor = vtk.vtkGenericRenderWindowInteractor()  # displayable managers expect one
-            interactor.SetRenderWindow(window)
-            interactor.Initialize()
-            group = slicer.vtkMRMLDisplayableManagerGroup()
-            for name in THREE_D_DISPLAYABLE_MANAGERS:
-                group.AddDisplayableManager(getattr(slicer, name)())
-            group.SetRenderer(renderer)
-            group.SetMRMLDisplayableNode(view)
-            self._pipelines.append((group, renderer, interactor, window))
-
-    def capture(self, path: PathLike, camera: Optional[vtk.vtkCamera] = None) -> Path:
-        """PNG of the views side by side; one shared ``camera`` (RAS) mimics Slicer's linked views."""
-        append = vtk.vtkImageAppend()
-        append.SetAppendAxis(0)
-        for group, renderer, interactor, window in self._pipelines:
-            if camera is not None:
-                renderer.GetActiveCamera().DeepCopy(camera)
-                renderer.ResetCameraClippingRange()
-            window.Render()
-            append.AddInputData(capture_window(window))
-        append.Update()
-        return write_png(append.GetOutput(), path)
-
-    def close(self) -> None:
-        for group, renderer, interactor, window in self._pipelines:
-            group.SetMRMLDisplayableNode(None)
-            window.Finalize()
-        self._pipelines = []
 
 
 EXPORT_FORMATS = ("STL", "OBJ")

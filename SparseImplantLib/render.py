@@ -1,7 +1,7 @@
 """Offscreen three-panel preview: completed skull | implant in the defect | signed-distance colour map.
 
 One render window with three viewports sharing one camera, rendered through EGL (or OSMesa) without a
-display; used for the CLI's preview.png and the README screenshot.
+display; used for the CLI's preview.png (the catalog screenshot shows the module's own MRML views).
 """
 
 from __future__ import annotations

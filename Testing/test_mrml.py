@@ -95,6 +95,18 @@ def test_results_are_pinned_to_three_linked_views_and_rerun_adds_new_nodes(scene
     assert all(tag in layout.GetLayoutDescription(mrml.LAYOUT_ID) for tag in mrml.VIEW_TAGS)
 
 
+def catalog_screenshot():
+    """Utilities/catalog_screenshot.py, which renders the module's three views for the catalog."""
+    import importlib.util
+
+    from conftest import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location("catalog_screenshot", PROJECT_ROOT / "Utilities" / "catalog_screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _panel_fractions(path, panels: int = 3):
     reader = vtk.vtkPNGReader()
     reader.SetFileName(str(path))
@@ -108,7 +120,7 @@ def _panel_fractions(path, panels: int = 3):
 def test_three_mrml_views_render_offscreen(scene, results, tmp_path):
     completed, implant, surfaces = results
     views = mrml.three_view_nodes(scene)
-    offscreen = mrml.OffscreenViews(views, size=(300, 300))
+    offscreen = catalog_screenshot().OffscreenViews(views, size=(300, 300))
     try:
         mrml.add_results(scene, completed, implant, surfaces)
         ras = [transform_polydata(surfaces[key], LPS_TO_RAS) for key in ("completed", "implant")]
@@ -163,6 +175,9 @@ def test_results_from_a_generate_folder(scene, synthetic_skull, tmp_path, model_
     assert completed.same_geometry(synthetic_skull[0])
     with pytest.raises(SparseImplantError, match="no report.json"):
         mrml.add_results_from_folder(scene, tmp_path)
+    # The catalog screenshot is these three views, drawn by Slicer's displayable managers.
+    panels = _panel_fractions(catalog_screenshot().render_results(tmp_path / "out", tmp_path / "views.png", (200, 200)))
+    assert all((~(panel[..., 2] > panel[..., 0] + 40)).mean() > 0.05 for panel in panels)
 
 
 def test_a_rerun_shows_only_the_newest_results_in_the_three_views(scene, results):
