@@ -13,8 +13,9 @@ import json
 import logging
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, List, Optional, Tuple
+from typing import Annotated, Iterator, List, Optional, Tuple
 
 import qt
 import slicer
@@ -257,6 +258,16 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if level != "info":
             getattr(logging, level)(f"SparseImplant: {text}")
 
+    @contextmanager
+    def _showingErrors(self, message: str) -> Iterator[None]:
+        """A message box with the cause (as the module template does), and the same in the status line."""
+        try:
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=True):
+                yield
+        except Exception as error:
+            self._setStatus(f"{message} {error}", "error")
+            raise
+
     def _appendLog(self, job) -> None:
         for line in job.log[self._logShown:]:
             self.ui.logTextEdit.appendPlainText(line)
@@ -314,7 +325,7 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if not self._confirmLicence():
             return
-        with slicer.util.tryWithErrorDisplay(_("Generate Implant could not start."), waitCursor=True):
+        with self._showingErrors(_("Generate Implant could not start.")):
             if not self._ensureDependencies():
                 return
             self._inputs = self.logic.inputs(self._parameterNode)
@@ -340,7 +351,7 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.stop()
         request, inputs, self._job = self._request, self._inputs, None
         try:
-            with slicer.util.tryWithErrorDisplay(_("Loading the results failed."), waitCursor=True):
+            with self._showingErrors(_("Loading the results failed.")):
                 self._finishRun(job, request, inputs)
         finally:
             self.logic.discard(request)
@@ -385,7 +396,7 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons()
 
     def onExportButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+        with self._showingErrors(_("Export failed.")):
             paths = self.logic.export(self._lastResult, Path(self.ui.exportDirectoryButton.directory),
                                       self.ui.exportFormatSelector.currentText)
             slicer.util.infoDisplay(_("Wrote:\n{files}").format(files="\n".join(str(p) for p in paths)))

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from SparseImplantLib import job as job_module
 from SparseImplantLib.job import GenerateJob, GenerateRequest

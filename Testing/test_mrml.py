@@ -15,7 +15,7 @@ from SparseImplantLib import mrml  # noqa: E402
 from SparseImplantLib.errors import SparseImplantError  # noqa: E402
 from SparseImplantLib.geometry import DISTANCE_ARRAY, add_signed_distance, surface_from_mask, transform_polydata  # noqa: E402
 from SparseImplantLib.render import defect_camera  # noqa: E402
-from SparseImplantLib.volume import LPS_TO_RAS, Volume  # noqa: E402
+from SparseImplantLib.volume import LPS_TO_RAS  # noqa: E402
 
 
 @pytest.fixture
