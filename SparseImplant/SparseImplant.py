@@ -1,22 +1,26 @@
 """SparseImplant: patient-specific cranial implants from a defective skull segmentation.
 
-Slicer's scripted-module template (Module / Widget / Logic / Test). The widget only wires the user
-interface to ``SparseImplantLib``: ``designer.ImplantDesigner`` exports the inputs, runs
-``sparseimplant generate`` in a PythonSlicer subprocess and loads the results through ``mrml``.
+Slicer's scripted-module template (Module / Widget / Logic / Test). The widget wires the panel and
+shows every dialog; the logic has none, so scripts and the self-test can run it. The work is in
+``SparseImplantLib`` (imported on first use, not at Slicer's start): ``designer`` exports the inputs,
+runs ``sparseimplant generate`` in a PythonSlicer subprocess and loads the results through ``mrml``;
+``panel`` holds the panel's decisions, tested without Qt.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Iterator, List, Optional, Tuple
 
 import qt
 import slicer
 import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -26,35 +30,32 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.util import VTKObservationMixin
 
-# The library sits next to this file once installed, and one folder up in the source tree.
-_MODULE_DIR = Path(__file__).resolve().parent
-for _candidate in (_MODULE_DIR, _MODULE_DIR.parent):
-    if (_candidate / "SparseImplantLib").is_dir() and str(_candidate) not in sys.path:
-        sys.path.insert(0, str(_candidate))
-        break
 
-from SparseImplantLib import mrml  # noqa: E402
-from SparseImplantLib.designer import DesignInputs, ImplantDesigner  # noqa: E402
-from SparseImplantLib.errors import SparseImplantError  # noqa: E402
-from SparseImplantLib.job import GenerateJob, GenerateRequest  # noqa: E402
+def findLayout(moduleDir: Path) -> Tuple[Path, Path]:
+    """(folder holding SparseImplantLib, the shared Resources folder) for both layouts: an installed
+    extension has everything beside this file; a source tree added under Application settings ->
+    Modules -> Additional module paths as ``SparseImplant/`` has both one folder up."""
+    for candidate in (moduleDir, moduleDir.parent):
+        if (candidate / "SparseImplantLib" / "__init__.py").is_file() and (candidate / "Resources" / "Models").is_dir():
+            return candidate, candidate / "Resources"
+    raise ImportError(f"SparseImplant: no SparseImplantLib and Resources/Models beside {moduleDir} or one folder "
+                      "up: reinstall the extension, or add the SparseImplant folder of a complete source tree")
 
-SAMPLE_NAME = "SkullFix050Defective"
-SAMPLE_FILE = "SkullFix_050_defective.nrrd"
-SAMPLE_SHA256 = "SHA256:1120f6d4d7364f05a501550b368293c747caba823ae22049193c0ed23bb359f3"
+
+MODULE_DIR = Path(__file__).resolve().parent
+LIBRARY_PARENT, SHARED_RESOURCES = findLayout(MODULE_DIR)
+if str(LIBRARY_PARENT) not in sys.path:
+    sys.path.insert(0, str(LIBRARY_PARENT))
+
+SAMPLES = (  # (category, sample name, file, sha256): the defective skull, and its ground truth for metrics
+    ("SparseImplant", "SkullFix050Defective", "SkullFix_050_defective.nrrd",
+     "1120f6d4d7364f05a501550b368293c747caba823ae22049193c0ed23bb359f3"),
+    ("SparseImplant reference", "SkullFix050Implant", "SkullFix_050_implant.nrrd",
+     "02568d29f88730559dcf3cd5708b1f67466cf870726c6784a87c29b97d37615b"),
+)
 DEVICES = {"Auto": "auto", "GPU": "cuda", "CPU": "cpu"}
-PYTORCH_REQUIREMENT = ">=2.1"
-PIP_PACKAGES = {"safetensors": "safetensors", "scipy": "scipy", "tqdm": "tqdm", "SimpleITK": "SimpleITK"}
-
-
-def _resource_dir() -> Path:
-    """Top-level Resources/ (weights, sample data): beside the module once installed, one up in the source tree."""
-    for candidate in (_MODULE_DIR / "Resources", _MODULE_DIR.parent / "Resources"):
-        if (candidate / "SampleData").is_dir():
-            return candidate
-    return _MODULE_DIR / "Resources"
 
 
 #
@@ -70,15 +71,16 @@ class SparseImplant(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SparseImplant developers"]
         self.parent.helpText = _(
-            "Completes a defective skull with a sparse convolutional network at full CT resolution and designs "
-            "the cranial implant: completed skull, implant, and a signed-distance colour map in three linked 3D "
-            "views, with STL/OBJ export for 3D printing. The extension's README has the tutorial and troubleshooting."
+            "Completes a defective skull with a sparse convolutional network (on a 2 mm grid, resampled back "
+            "to the CT grid) and designs the cranial implant: completed skull, implant, and a signed-distance "
+            "colour map in three linked 3D views, with STL/OBJ export for 3D printing. The extension's README "
+            "has the tutorial and troubleshooting."
             "<br><br>Method: J. Li, C. Gsaxner, A. Pepe, D. Schmalstieg, J. Kleesiek, J. Egger. Sparse convolutional "
             "neural network for high-resolution skull shape completion and shape super-resolution. "
             'Scientific Reports 13, 20229 (2023), <a href="https://doi.org/10.1038/s41598-023-47437-6">'
             "doi:10.1038/s41598-023-47437-6</a>."
-            "<br><br>The bundled model was trained on SkullFix (CC BY-NC-SA 4.0): research use only, not for "
-            "commercial or clinical use without your own validation."
+            "<br><br>The bundled model and the sample were made from SkullFix (CC BY-NC-SA 4.0): non-commercial "
+            "research use only, and not a medical device."
         )
         self.parent.acknowledgementText = _(
             "SkullFix data: O. Kodym et al., SkullBreak / SkullFix - Dataset for automatic cranial implant "
@@ -87,23 +89,25 @@ class SparseImplant(ScriptedLoadableModule):
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
-def registerSampleData():
-    """A defective skull (SkullFix case 050) in the Sample Data module, loaded as a segmentation."""
+def registerSampleData() -> None:
+    """SkullFix case 050 in the Sample Data module: the defective skull, and in a category of its own
+    the ground-truth implant (a *Reference implant* for the metrics), both loaded as segmentations."""
     import SampleData
 
-    sample = _resource_dir() / "SampleData" / SAMPLE_FILE
-    if not sample.is_file():
-        return
-    SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="SparseImplant",
-        sampleName=SAMPLE_NAME,
-        thumbnailFileName=str(_MODULE_DIR / "Resources" / "Icons" / "SparseImplant.png"),
-        uris=sample.as_uri(),
-        fileNames=SAMPLE_FILE,
-        nodeNames=SAMPLE_NAME,
-        checksums=SAMPLE_SHA256,
-        loadFileType="SegmentationFile",
-    )
+    for category, name, fileName, sha256 in SAMPLES:
+        path = SHARED_RESOURCES / "SampleData" / fileName
+        if not path.is_file():
+            continue
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category=category,
+            sampleName=name,
+            thumbnailFileName=str(MODULE_DIR / "Resources" / "Icons" / "SparseImplant.png"),
+            uris=path.as_uri(),
+            fileNames=fileName,
+            nodeNames=name,
+            checksums=f"SHA256:{sha256}",
+            loadFileType="SegmentationFile",
+        )
 
 
 #
@@ -140,9 +144,12 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic: Optional[SparseImplantLogic] = None
         self._parameterNode: Optional[SparseImplantParameterNode] = None
         self._parameterNodeGuiTag = None
-        self._job: Optional[GenerateJob] = None
-        self._request: Optional[GenerateRequest] = None
-        self._lastResult: Optional[mrml.ResultNodes] = None
+        self._selection = None  # panel.SelectionSync of the current parameter node
+        self._job = None
+        self._request = None
+        self._inputs = None
+        self._logShown = 0
+        self._lastResult = None
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_INTERVAL_MS)
         self._timer.timeout.connect(self.onPoll)
@@ -156,11 +163,11 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = SparseImplantLogic()
 
         self.ui.modelSelector.addItems(self.logic.availableModels())
-        self.ui.inputSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentSelectionChanged)
-        self.ui.inputSegmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentSelectionChanged)
-        self.ui.referenceSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentSelectionChanged)
-        self.ui.referenceSegmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentSelectionChanged)
-        self.ui.modelSelector.connect("currentTextChanged(QString)", self.onSegmentSelectionChanged)
+        self.ui.inputSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSelectionChanged)
+        self.ui.inputSegmentSelector.connect("currentSegmentChanged(QString)", self.onSelectionChanged)
+        self.ui.referenceSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSelectionChanged)
+        self.ui.referenceSegmentSelector.connect("currentSegmentChanged(QString)", self.onSelectionChanged)
+        self.ui.modelSelector.connect("currentTextChanged(QString)", self.onSelectionChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.exportDirectoryButton.directory = str(Path.home())
@@ -184,6 +191,7 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.cancelJob()
+        self._showResult(None)  # its nodes go with the scene
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -191,39 +199,33 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputSegmentation:
-            self._parameterNode.inputSegmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+        from SparseImplantLib import panel
+
+        parameterNode = self.logic.getParameterNode()
+        panel.default_input(parameterNode, slicer.mrmlScene)
+        self.setParameterNode(parameterNode)
 
     def setParameterNode(self, inputParameterNode: Optional[SparseImplantParameterNode]) -> None:
+        from SparseImplantLib import panel
+
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
         self._parameterNode = inputParameterNode
+        self._selection = None
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-            # Segment selectors are not bound by the wrapper: restore them by hand.
-            self.ui.inputSegmentSelector.setCurrentNode(self._parameterNode.inputSegmentation)
-            if self._parameterNode.inputSegmentId:
-                self.ui.inputSegmentSelector.setCurrentSegmentID(self._parameterNode.inputSegmentId)
-            self.ui.referenceSegmentSelector.setCurrentNode(self._parameterNode.referenceSegmentation)
-            if self._parameterNode.referenceSegmentId:
-                self.ui.referenceSegmentSelector.setCurrentSegmentID(self._parameterNode.referenceSegmentId)
-            if self._parameterNode.model:
-                self.ui.modelSelector.setCurrentText(self._parameterNode.model)
+            # The wrapper does not bind segment selectors: restore them, ignoring their change signals meanwhile.
+            self._selection = panel.SelectionSync(self._parameterNode, self.ui.inputSegmentSelector,
+                                                  self.ui.referenceSegmentSelector, self.ui.modelSelector)
+            self._selection.restore()
             self._updateRefinement()
             self._updateButtons()
 
-    def onSegmentSelectionChanged(self, *unused) -> None:
-        if not self._parameterNode:
-            return
-        self._parameterNode.inputSegmentation = self.ui.inputSegmentSelector.currentNode()
-        self._parameterNode.inputSegmentId = self.ui.inputSegmentSelector.currentSegmentID() or ""
-        self._parameterNode.referenceSegmentation = self.ui.referenceSegmentSelector.currentNode()
-        self._parameterNode.referenceSegmentId = self.ui.referenceSegmentSelector.currentSegmentID() or ""
-        self._parameterNode.model = self.ui.modelSelector.currentText
-        self._updateRefinement()
+    def onSelectionChanged(self, *unused) -> None:
+        if self._selection is not None and self._selection.store():
+            self._updateRefinement()
 
     def _updateRefinement(self) -> None:
         """The super-resolution checkbox only means something when the registry has a model for the chosen one."""
@@ -244,24 +246,96 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = hasInput
         self.ui.applyButton.toolTip = (_("Complete the skull and design the implant (click again to cancel).") if hasInput
                                        else _("Select the defective skull segment or a CT volume first."))
-        self.ui.exportButton.enabled = self._lastResult is not None
+        result = self._lastResult
+        self.ui.exportButton.enabled = bool(result and slicer.mrmlScene.IsNodePresent(result.segmentation))
+
+    def _setStatus(self, text: str, level: str = "info") -> None:
+        """Status line, log pane and, for warnings and errors, Slicer's log."""
+        colors = {"info": "", "warning": "color: #b36b00;", "error": "color: #c00000;"}
+        self.ui.statusLabel.text = text
+        self.ui.statusLabel.setStyleSheet(colors[level])
+        self.ui.logTextEdit.appendPlainText(text)
+        if level != "info":
+            getattr(logging, level)(f"SparseImplant: {text}")
+
+    @contextmanager
+    def _showingErrors(self, message: str) -> Iterator[None]:
+        """A message box with the cause (as the module template does), and the same in the status line."""
+        try:
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=True):
+                yield
+        except Exception as error:
+            self._setStatus(f"{message} {error}", "error")
+            raise
+
+    def _appendLog(self, job) -> None:
+        for line in job.log[self._logShown:]:
+            self.ui.logTextEdit.appendPlainText(line)
+        self._logShown = len(job.log)
+
+    def _confirmLicence(self) -> bool:
+        """Ask once (remembered in the application settings) that the weights and sample are non-commercial."""
+        from SparseImplantLib import panel
+
+        settings = qt.QSettings()
+        if panel.licence_acknowledged(settings):
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                _("The bundled model and the sample data were made from SkullFix, licensed CC BY-NC-SA 4.0: "
+                  "non-commercial research use only, with attribution. SparseImplant is not a medical device; "
+                  "every implant needs review by a qualified person.\n\nClick OK to accept these terms (asked once)."),
+                windowTitle=_("SparseImplant terms of use")):
+            return False
+        panel.acknowledge_licence(settings)
+        return True
+
+    def _ensureDependencies(self) -> bool:
+        """PyTorch through the PyTorch extension (it picks the CUDA build that fits), the rest with pip; asks first."""
+        from SparseImplantLib import panel
+
+        problem = self.logic.torchProblem()
+        if problem is not None:
+            if not slicer.util.confirmOkCancelDisplay(
+                    _("{problem}. SparseImplant needs PyTorch {minimum} or newer; install it now through PyTorch "
+                      "Utils (1-3 GB download)?").format(problem=problem, minimum=panel.TORCH_MINIMUM)):
+                return False
+            with slicer.util.WaitCursor():
+                self.logic.installTorch()
+        missing = self.logic.missingRequirements()
+        if missing:
+            try:
+                import slicer.packaging as packaging  # Slicer versions that have it ask and install themselves
+            except ImportError:
+                packaging = None
+            if packaging is not None and hasattr(packaging, "pip_ensure"):
+                packaging.pip_ensure(missing, requester="SparseImplant")
+            else:
+                if not slicer.util.confirmOkCancelDisplay(
+                        _("SparseImplant needs these Python packages: {packages}. Install them now with pip?")
+                        .format(packages=", ".join(missing))):
+                    return False
+                with slicer.util.WaitCursor():
+                    slicer.util.pip_install(missing)
+        return True
 
     def onApplyButton(self) -> None:
         if self._job is not None:
             self.cancelJob()
-            self.ui.statusLabel.text = _("Cancelled: the scene was not changed.")
+            self._setStatus(_("Cancelled: the scene was not changed."))
             return
-        if not self.logic.ensureDependencies():
+        if not self._confirmLicence():
             return
-        try:
-            self._request, self._job = self.logic.start(self._parameterNode)
-        except SparseImplantError as error:
-            slicer.util.errorDisplay(_("Generate Implant: {message}").format(message=str(error)))
-            return
-        self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = _("Starting...")
-        self._timer.start()
-        self._updateButtons()
+        with self._showingErrors(_("Generate Implant could not start.")):
+            if not self._ensureDependencies():
+                return
+            self._inputs = self.logic.inputs(self._parameterNode)
+            self._request, self._job = self.logic.start(self._inputs)
+            self._logShown = 0
+            self.ui.logTextEdit.clear()
+            self.ui.progressBar.value = 0
+            self._setStatus(_("Starting..."))
+            self._timer.start()
+            self._updateButtons()
 
     def onPoll(self) -> None:
         job = self._job
@@ -271,46 +345,61 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for event in job.poll():
             self.ui.progressBar.value = int(round(100 * event.fraction))
             self.ui.statusLabel.text = event.message or event.stage
+        self._appendLog(job)
         if not job.finished:
             return
         self._timer.stop()
-        request, self._job = self._request, None
+        request, inputs, self._job = self._request, self._inputs, None
         try:
-            if job.succeeded:
-                with slicer.util.WaitCursor():
-                    self._lastResult = self.logic.finish(request)
-                self.ui.metricsTableView.setMRMLTableNode(self._lastResult.metrics_table)
-                self.ui.metricsTableView.visible = self._lastResult.metrics_table is not None
-                self.ui.progressBar.value = 100
-                self.ui.statusLabel.text = _("Done: '{name}'.").format(name=self._lastResult.segmentation.GetName())
-            else:
-                self.ui.statusLabel.text = _("Failed.")
-                slicer.util.errorDisplay(_("Generate Implant failed: {message}").format(message=job.error_message()),
-                                         detailedText="\n".join(job.log))
-        except SparseImplantError as error:
-            slicer.util.errorDisplay(_("Generate Implant: {message}").format(message=str(error)))
+            with self._showingErrors(_("Loading the results failed.")):
+                self._finishRun(job, request, inputs)
         finally:
-            ImplantDesigner.discard(request)
+            self.logic.discard(request)
             self._updateButtons()
+
+    def _finishRun(self, job, request, inputs) -> None:
+        from SparseImplantLib import panel
+
+        outcome = panel.run_outcome(job, self.logic.report(request))
+        for warning in outcome.warnings:
+            logging.warning(f"SparseImplant: {warning}")
+        if not outcome.succeeded:
+            self._setStatus(_("Failed: {message}").format(message=outcome.error), "error")
+            slicer.util.errorDisplay(_("Generate Implant failed: {message}").format(message=outcome.error),
+                                     detailedText="\n".join(job.log))
+            return
+        self._showResult(self.logic.finish(request, inputs))
+        self.ui.progressBar.value = 100
+        name = self._lastResult.segmentation.GetName()
+        if outcome.empty_implant:
+            self._setStatus(_("No implant: the network added no bone (is the skull already complete?). "
+                              "See the log."), "warning")
+        elif outcome.warnings:
+            self._setStatus(_("Done with {count} warning(s): '{name}'. {first}").format(
+                count=len(outcome.warnings), name=name, first=outcome.warnings[0]), "warning")
+        else:
+            self._setStatus(_("Done: '{name}', implant {volume:.1f} ml.").format(name=name, volume=outcome.implant_ml))
+
+    def _showResult(self, result) -> None:
+        self._lastResult = result
+        table = result.metrics_table if result is not None else None
+        self.ui.metricsTableView.setMRMLTableNode(table)
+        self.ui.metricsTableView.visible = table is not None
 
     def cancelJob(self) -> None:
         if self._job is not None:
             self._timer.stop()
             self._job.cancel()
-            ImplantDesigner.discard(self._request)
-            self._job = self._request = None
+            self.logic.discard(self._request)
+            self._job = self._request = self._inputs = None
             self.ui.progressBar.value = 0
             self._updateButtons()
 
     def onExportButton(self) -> None:
-        folder = self.ui.exportDirectoryButton.directory
-        try:
-            paths = mrml.export_segments(self._lastResult.segmentation, Path(folder),
-                                         file_format=self.ui.exportFormatSelector.currentText)
-        except SparseImplantError as error:
-            slicer.util.errorDisplay(_("Export: {message}").format(message=str(error)))
-            return
-        slicer.util.infoDisplay(_("Wrote:\n{files}").format(files="\n".join(str(p) for p in paths)))
+        with self._showingErrors(_("Export failed.")):
+            paths = self.logic.export(self._lastResult, Path(self.ui.exportDirectoryButton.directory),
+                                      self.ui.exportFormatSelector.currentText)
+            slicer.util.infoDisplay(_("Wrote:\n{files}").format(files="\n".join(str(p) for p in paths)))
 
 
 #
@@ -323,23 +412,35 @@ def pythonSlicerExecutable() -> str:
     found = shutil.which("PythonSlicer")
     if found:
         return found
-    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+    name = "PythonSlicer.exe" if sys.platform == "win32" else "PythonSlicer"
     return str(Path(slicer.app.slicerHome) / "bin" / name)
 
 
 class SparseImplantLogic(ScriptedLoadableModuleLogic):
-    """Usable without the GUI: ``process()`` runs the whole job and returns the result nodes."""
+    """No dialogs, so scripts and tests can use it: ``process()`` runs the whole job and returns the
+    result nodes; problems are raised as ``SparseImplantError`` (one line: problem and what to do)."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.designer = ImplantDesigner(slicer.mrmlScene, python=pythonSlicerExecutable(),
-                                        work_root=Path(slicer.app.temporaryPath) / "SparseImplant")
+        self._designer = None
+
+    @property
+    def designer(self):
+        """Made on first use: it needs scipy and SimpleITK, which the dependency check may still install."""
+        if self._designer is None:
+            from SparseImplantLib.designer import ImplantDesigner
+
+            self._designer = ImplantDesigner(slicer.mrmlScene, python=pythonSlicerExecutable(),
+                                             work_root=Path(slicer.app.temporaryPath) / "SparseImplant",
+                                             environment=slicer.util.startupEnvironment())
+        return self._designer
 
     def getParameterNode(self) -> SparseImplantParameterNode:
         return SparseImplantParameterNode(super().getParameterNode())
 
     @staticmethod
     def availableModels() -> List[str]:
+        from SparseImplantLib.errors import SparseImplantError
         from SparseImplantLib.models.registry import load_registry
 
         try:
@@ -351,6 +452,7 @@ class SparseImplantLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def refinementModel(modelName: str) -> Optional[str]:
         """The super-resolution model ``generate`` picks for ``modelName`` (empty: the default), if any."""
+        from SparseImplantLib.errors import SparseImplantError
         from SparseImplantLib.models.registry import find_model, find_refiner
 
         try:
@@ -360,39 +462,44 @@ class SparseImplantLogic(ScriptedLoadableModuleLogic):
         return refiner.name if refiner else None
 
     @staticmethod
-    def ensureDependencies(askConfirmation: bool = True) -> bool:
-        """PyTorch through the PyTorch extension (it picks the CUDA build that fits), the rest with pip."""
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            try:
-                import PyTorchUtils
-            except ImportError:
-                slicer.util.errorDisplay(_("SparseImplant needs the PyTorch extension: install 'PyTorch' from the "
-                                           "Extensions Manager and restart Slicer."))
-                return False
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                        _("SparseImplant needs PyTorch (about 1-3 GB download). Install it now?")):
-                    return False
-                with slicer.util.WaitCursor():
-                    if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=PYTORCH_REQUIREMENT) is None:
-                        slicer.util.errorDisplay(_("PyTorch could not be installed: see the Python console, or install "
-                                                   "it from the PyTorch Utils module."))
-                        return False
-        missing = []
-        for module, package in PIP_PACKAGES.items():
-            try:
-                __import__(module)
-            except ImportError:
-                missing.append(package)
-        if missing:
-            with slicer.util.WaitCursor():
-                slicer.util.pip_install(" ".join(missing))
-        return True
+    def torchProblem() -> Optional[str]:
+        """Why the installed PyTorch will not do, or None; read from its metadata, without importing it."""
+        import importlib.metadata
 
-    def inputs(self, parameters: SparseImplantParameterNode) -> DesignInputs:
+        from SparseImplantLib import panel
+
+        try:
+            installed: Optional[str] = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        return panel.torch_problem(installed)
+
+    def installTorch(self) -> None:
+        """Install PyTorch through PyTorch Utils, then check that what it installed will do."""
+        from SparseImplantLib import panel
+        from SparseImplantLib.errors import SparseImplantError
+
+        try:
+            import PyTorchUtils
+        except ImportError as error:
+            raise SparseImplantError("the PyTorch extension is missing: install 'PyTorch' from the Extensions "
+                                     "Manager and restart Slicer") from error
+        PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                      torchVersionRequirement=f">={panel.TORCH_MINIMUM}")
+        problem = self.torchProblem()
+        if problem is not None:
+            raise SparseImplantError(f"{problem} after installing it through PyTorch Utils: install PyTorch in "
+                                     "the PyTorch Utils module, restart Slicer and try again")
+
+    @staticmethod
+    def missingRequirements() -> List[str]:
+        from SparseImplantLib import panel
+
+        return panel.missing_requirements()
+
+    def inputs(self, parameters: SparseImplantParameterNode):
+        from SparseImplantLib.designer import DesignInputs
+
         return DesignInputs(
             segmentation_node=parameters.inputSegmentation if parameters.inputSegmentId else None,
             segment_id=parameters.inputSegmentId,
@@ -405,41 +512,67 @@ class SparseImplantLogic(ScriptedLoadableModuleLogic):
             refine=parameters.refine,
         )
 
-    def start(self, parameters: SparseImplantParameterNode):
+    def start(self, inputs):
         """Export the inputs and start the subprocess; returns (request, job)."""
-        request = self.designer.prepare(self.inputs(parameters))
+        request = self.designer.prepare(inputs)
         return request, self.designer.start(request)
 
-    def finish(self, request: GenerateRequest) -> mrml.ResultNodes:
-        """Load a finished run into new nodes and switch to the three linked 3D views."""
-        result = self.designer.load(request, name="Implant design")
+    @staticmethod
+    def report(request) -> Optional[dict]:
+        """The run's report.json, or None if the worker did not write one."""
+        path = Path(request.output_dir) / "report.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def finish(self, request, inputs=None):
+        """Load a finished run into new nodes (earlier runs hidden) and switch to the three linked 3D views."""
+        from SparseImplantLib import mrml
+
+        result = self.designer.load(request, name="Implant design", inputs=inputs)
         mrml.show_three_view_layout(slicer.mrmlScene)
+        layoutManager = slicer.app.layoutManager()
         for view in mrml.three_view_nodes(slicer.mrmlScene):
-            widget = slicer.app.layoutManager().viewWidget(view) if slicer.app.layoutManager() else None
+            widget = layoutManager.viewWidget(view) if layoutManager else None
             if widget is not None:
                 widget.threeDView().resetFocalPoint()
         return result
 
-    def process(self, parameters: SparseImplantParameterNode, timeoutSeconds: float = 3600.0) -> mrml.ResultNodes:
+    def discard(self, request) -> None:
+        if request is not None:
+            self.designer.discard(request)
+
+    @staticmethod
+    def export(result, folder: Path, fileFormat: str) -> List[Path]:
+        from SparseImplantLib import mrml
+        from SparseImplantLib.errors import SparseImplantError
+
+        if result is None or not slicer.mrmlScene.IsNodePresent(result.segmentation):
+            raise SparseImplantError("no implant design in the scene: run Generate Implant first")
+        return mrml.export_segments(result.segmentation, folder, file_format=fileFormat)
+
+    def process(self, parameters: SparseImplantParameterNode, timeoutSeconds: float = 3600.0):
         """Blocking run for scripts and tests (keeps the application responsive while waiting)."""
         import time
 
-        request, job = self.start(parameters)
+        from SparseImplantLib.errors import SparseImplantError
+
+        inputs = self.inputs(parameters)
+        request, job = self.start(inputs)
         deadline = time.monotonic() + timeoutSeconds
         try:
             while not job.finished:
                 if time.monotonic() > deadline:
                     job.cancel()
-                    raise SparseImplantError(f"generate did not finish within {timeoutSeconds:.0f} s")
+                    raise SparseImplantError(f"generate did not finish within {timeoutSeconds:.0f} s: "
+                                             "choose the GPU or a smaller input, or allow more time")
                 job.poll()
                 slicer.app.processEvents()
                 time.sleep(0.1)
             job.poll()
             if not job.succeeded:
                 raise SparseImplantError(job.error_message())
-            return self.finish(request)
+            return self.finish(request, inputs)
         finally:
-            ImplantDesigner.discard(request)
+            self.discard(request)
 
 
 #
@@ -448,7 +581,8 @@ class SparseImplantLogic(ScriptedLoadableModuleLogic):
 
 
 class SparseImplantTest(ScriptedLoadableModuleTest):
-    """Inside Slicer: sample skull -> Generate Implant with the bundled model on CPU -> results."""
+    """Inside Slicer: the registered sample skull -> Generate Implant with the bundled model on the CPU,
+    twice, with the registered ground truth as reference -> results, metrics, one run shown."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -458,27 +592,41 @@ class SparseImplantTest(ScriptedLoadableModuleTest):
         self.test_GenerateImplantOnSample()
 
     def test_GenerateImplantOnSample(self) -> None:
-        self.delayDisplay("Loading the sample defective skull")
-        segmentation = slicer.util.loadSegmentation(str(_resource_dir() / "SampleData" / SAMPLE_FILE))
-        segmentId = segmentation.GetSegmentation().GetNthSegmentID(0)
-        self.assertTrue(SparseImplantLogic.ensureDependencies(askConfirmation=False))
+        import SampleData
 
+        from SparseImplantLib import mrml
+
+        self.delayDisplay("Loading the sample defective skull and its ground-truth implant")
+        registerSampleData()
+        segmentation = SampleData.downloadSample("SkullFix050Defective")
+        reference = SampleData.downloadSample("SkullFix050Implant")
+        segmentId = segmentation.GetSegmentation().GetNthSegmentID(0)
         logic = SparseImplantLogic()
+        self.assertIsNone(logic.torchProblem(), "install PyTorch (PyTorch Utils) before running this test")
+        self.assertEqual(logic.missingRequirements(), [])
+
         parameters = logic.getParameterNode()
         parameters.inputSegmentation = segmentation
         parameters.inputSegmentId = segmentId
+        parameters.referenceSegmentation = reference
+        parameters.referenceSegmentId = reference.GetSegmentation().GetNthSegmentID(0)
         parameters.device = "CPU"
-        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
-        self.delayDisplay("Generating the implant on the CPU (a few minutes)")
+        self.delayDisplay("Generating the implant on the CPU, twice (a few minutes)")
+        first = logic.process(parameters)
         result = logic.process(parameters)
 
         segments = result.segmentation.GetSegmentation()
         self.assertEqual(segments.GetNumberOfSegments(), 2)
         implant = mrml.segment_to_volume(result.segmentation, segments.GetSegmentIdBySegmentName(mrml.IMPLANT_SEGMENT))
         defective = mrml.segment_to_volume(segmentation, segmentId, reference=implant)
-        self.assertGreater(int(implant.array.sum()), 10000)  # the sample's defect is about 47 ml
+        self.assertGreater(int(implant.array.sum()), 10000)  # the sample's defect is tens of millilitres
         self.assertEqual(int((implant.array & defective.array).sum()), 0)  # the implant adds bone only
         self.assertIn("implant", result.models)
-        self.assertGreater(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
         self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 1)  # input untouched
+        table = result.metrics_table.GetTable()
+        labels = [table.GetValue(row, 0).ToString() for row in range(table.GetNumberOfRows())]
+        self.assertIn("Dice (implant)", labels)
+        self.assertIn("Implant volume", labels)
+        self.assertFalse(first.models["implant"].GetDisplayNode().GetVisibility())  # only the newest run shows
+        self.assertTrue(result.models["implant"].GetDisplayNode().GetVisibility())
         self.delayDisplay("Test passed")

@@ -38,6 +38,7 @@ def _register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="terminal bar, JSON lines (for Slicer) or nothing")
     parser.add_argument("--overwrite", action="store_true", help="replace results already in OUTDIR")
     parser.add_argument("--model-dir", type=Path, help="folder with registry.json and weights (default: Resources/Models)")
+    parser.add_argument("--no-preview", action="store_true", help="do not render preview.png (the Slicer module draws its own views)")
     _add_network_choices(parser)
     parser.set_defaults(func=_run_generate)
 
@@ -68,6 +69,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         model_dir=args.model_dir,
         averaged=not args.single_pass,
         refine_model=args.refine_model,
+        preview=not args.no_preview,
     )
     if args.progress == "bar":
         with TerminalProgress() as bar:

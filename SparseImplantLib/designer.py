@@ -11,9 +11,10 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Mapping, Optional
 
 from . import mrml
 from .errors import SparseImplantError
@@ -39,19 +40,25 @@ class DesignInputs:
 
 
 class ImplantDesigner:
-    """Prepares inputs from the scene, starts the subprocess and loads its results back."""
+    """Prepares inputs from the scene, starts the subprocess and loads its results back.
+
+    ``environment`` is what the worker starts from: inside Slicer, the environment Slicer itself was
+    started with (``slicer.util.startupEnvironment()``), since PythonSlicer's launcher adds Slicer's
+    own paths again and would otherwise find them twice."""
 
     def __init__(self, scene, python: str = sys.executable, work_root: Optional[Path] = None,
-                 model_dir: Optional[Path] = None) -> None:
+                 model_dir: Optional[Path] = None, environment: Optional[Mapping[str, str]] = None) -> None:
         self.scene = scene
         self.python = python
         self.work_root = Path(work_root) if work_root else Path(tempfile.gettempdir()) / "SparseImplant"
         self.model_dir = model_dir
+        self.environment = environment
 
     def prepare(self, inputs: DesignInputs) -> GenerateRequest:
         """Write the input (and reference) masks into a fresh work folder; nothing in the scene changes."""
         self.work_root.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="run-", dir=self.work_root))
+        # Dated like slicer.util.tempDirectory's folders, so a folder left by a crash tells when it was made.
+        work = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=self.work_root))
         try:
             threshold = None
             if inputs.segmentation_node is not None and inputs.segment_id:
@@ -75,18 +82,34 @@ class ImplantDesigner:
                                threshold_hu=threshold, reference=reference_path, model_dir=self.model_dir,
                                refine=inputs.refine)
 
-    def start(self, request: GenerateRequest) -> GenerateJob:
-        env = dict(os.environ)
+    def worker_environment(self) -> Dict[str, str]:
+        env = dict(os.environ if self.environment is None else self.environment)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(LIBRARY_PARENT), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"  # progress lines must arrive while the job runs
         # Slicer itself and other programs share the cores: spinning OpenMP threads then starve each
-        # other (network 55 s instead of 11 s beside two busy processes; about 1 s dearer when alone).
+        # other while they wait for a busy core (README, Troubleshooting).
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        return GenerateJob(request.command(self.python), env=env)
+        return env
 
-    def load(self, request: GenerateRequest, name: str) -> mrml.ResultNodes:
-        """Add the finished run's results to the scene under a new, unique name."""
-        return mrml.add_results_from_folder(self.scene, request.output_dir, name=name)
+    def start(self, request: GenerateRequest) -> GenerateJob:
+        """Start the worker; if it cannot start, the run's work folder is removed and the cause raised."""
+        try:
+            return GenerateJob(request.command(self.python), env=self.worker_environment())
+        except OSError as error:
+            self.discard(request)
+            raise SparseImplantError(f"cannot start the worker '{self.python}' ({error.strerror or error}): "
+                                     "reinstall 3D Slicer or check that PythonSlicer is beside Slicer") from error
+
+    def load(self, request: GenerateRequest, name: str, inputs: Optional[DesignInputs] = None) -> mrml.ResultNodes:
+        """Add the finished run's results to the scene under a new, unique name; the input and reference
+        segmentations are kept out of the three views, which show the results alone."""
+        result = mrml.add_results_from_folder(self.scene, request.output_dir, name=name)
+        if inputs is not None:
+            views = mrml.three_view_nodes(self.scene)
+            for node in (inputs.segmentation_node, inputs.reference_segmentation_node, inputs.ct_volume_node):
+                if node is not None:
+                    mrml.keep_out_of_views(node, views)
+        return result
 
     @staticmethod
     def discard(request: GenerateRequest) -> None:

@@ -20,7 +20,7 @@ from vtk.util import numpy_support
 from .errors import SparseImplantError
 from .geometry import DISTANCE_ARRAY, transform_polydata, vtk_matrix
 from .io import PathLike
-from .render import capture_window, color_limit_mm, diverging_lookup_table, offscreen_window, write_png
+from .render import color_limit_mm, diverging_lookup_table
 from .volume import LPS_TO_RAS, Volume
 
 COMPLETED_SEGMENT = "Completed skull"
@@ -284,12 +284,52 @@ class ResultNodes:
         return [node for node in nodes if node is not None]
 
 
+RESULT_ATTRIBUTE = "SparseImplant.Result"  # set on every node a run adds; saved with the scene
+
+
+def result_nodes_in_scene(scene) -> List[object]:
+    """Every node that any Generate Implant run added, this session or before the scene was saved."""
+    nodes = (scene.GetNthNode(index) for index in range(scene.GetNumberOfNodes()))
+    return [node for node in nodes if node.GetAttribute(RESULT_ATTRIBUTE)]
+
+
+def hide_results(scene) -> None:
+    """Hide every earlier run's segmentation, models and legend; they stay in the scene."""
+    for node in result_nodes_in_scene(scene):
+        for index in range(node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0):
+            node.GetNthDisplayNode(index).SetVisibility(False)
+
+
+def keep_out_of_views(node, views: Sequence) -> None:
+    """Show ``node`` everywhere but in ``views`` (its data is untouched; only where it is drawn changes).
+
+    A display node with no view list is drawn in every view, so it gets the list of all other views;
+    where there are no other views, it is hidden instead (an empty list would mean every view)."""
+    excluded = {view.GetID() for view in views}
+    collection = node.GetScene().GetNodesByClass("vtkMRMLAbstractViewNode")
+    all_views = [collection.GetItemAsObject(index).GetID() for index in range(collection.GetNumberOfItems())]
+    others = [view for view in all_views if view not in excluded]
+    for index in range(node.GetNumberOfDisplayNodes()):
+        display = node.GetNthDisplayNode(index)
+        shown = [display.GetNthViewNodeID(i) for i in range(display.GetNumberOfViewNodeIDs())]
+        remaining = [view for view in (shown or others) if view not in excluded]
+        if remaining:
+            display.SetViewNodeIDs(remaining)
+        else:
+            display.SetVisibility(False)
+
+
 def add_results(scene, completed: Volume, implant: Volume, surfaces: Dict[str, vtk.vtkPolyData],
-                name: str = "Implant design", metrics: Optional[Dict[str, float]] = None) -> ResultNodes:
+                name: str = "Implant design", metrics: Optional[Dict[str, float]] = None,
+                report: Optional[dict] = None) -> ResultNodes:
     """Put one run's results into the scene: segmentation, models pinned to the three views, colour map.
 
-    ``surfaces`` maps 'completed', 'defective', 'implant' (optional) and 'distance' to LPS polydata."""
+    Only the newest run is shown: earlier runs' nodes are hidden (not removed), so the views never
+    hold two runs at once. ``surfaces`` maps 'completed', 'defective', 'implant' (optional) and
+    'distance' to LPS polydata. ``report`` (report.json) adds the implant volume and the timings to
+    the results table."""
     views = three_view_nodes(scene)
+    hide_results(scene)
     result = ResultNodes(add_result_segmentation(scene, completed, implant, name))
     result.segmentation.GetDisplayNode().SetVisibility3D(False)  # 3D shows the smoothed models instead
     result.models["completed"] = add_model(scene, surfaces["completed"], f"{name} - completed skull", BONE_COLOR, [views[0]])
@@ -300,106 +340,85 @@ def add_results(scene, completed: Volume, implant: Volume, surfaces: Dict[str, v
     values = surfaces["distance"].GetPointData().GetArray(DISTANCE_ARRAY)
     largest = max(abs(v) for v in values.GetRange()) if values is not None and values.GetNumberOfTuples() else 1.0
     result.legend = show_distance(result.models["distance"], color_limit_mm(largest), [views[2]])
-    if metrics:
-        result.metrics_table = metrics_table(scene, metrics, f"{name} - metrics")
+    if metrics or report:
+        result.metrics_table = metrics_table(scene, metrics, f"{name} - results", report)
+    for node in result.all_nodes():
+        node.SetAttribute(RESULT_ATTRIBUTE, result.segmentation.GetName())
     return result
+
+
+MESH_SUFFIXES = (".vtk", ".stl", ".ply", ".obj")  # first found wins: VTK keeps the distance array
+
+
+def result_files(output_dir: PathLike) -> Dict[str, Path]:
+    """The files of a ``sparseimplant generate`` folder that ``add_results_from_folder`` reads, by role
+    (a mesh that was not written, such as the implant of an empty implant, is left out)."""
+    from .evaluate import COMPLETED_FILE, IMPLANT_FILE
+
+    folder = Path(output_dir)
+    files = {"report": folder / "report.json", "completed_mask": folder / COMPLETED_FILE,
+             "implant_mask": folder / IMPLANT_FILE, "distance": folder / "distance_map.vtk"}
+    for role, stem in (("completed", "completed_skull"), ("defective", "defective_skull"), ("implant", "implant")):
+        found = [folder / f"{stem}{suffix}" for suffix in MESH_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+        if found:
+            files[role] = found[0]
+    return files
 
 
 def add_results_from_folder(scene, output_dir: PathLike, name: str = "Implant design") -> ResultNodes:
     """Load what ``sparseimplant generate`` wrote (the Slicer module runs it in a subprocess)."""
     import json
 
-    from .evaluate import COMPLETED_FILE, IMPLANT_FILE
     from .geometry import read_mesh
     from .io import read_volume
 
     folder = Path(output_dir)
-    report_path = folder / "report.json"
-    if not report_path.is_file():
+    files = result_files(folder)
+    if not files["report"].is_file():
         raise SparseImplantError(f"'{folder}' holds no report.json: the generate step did not finish")
-    report = json.loads(report_path.read_text())
-
-    def mesh(stem: str) -> Optional[vtk.vtkPolyData]:
-        for suffix in (".vtk", ".stl", ".ply", ".obj"):
-            if (folder / f"{stem}{suffix}").is_file():
-                return read_mesh(folder / f"{stem}{suffix}")
-        return None
-
-    surfaces = {"completed": mesh("completed_skull"), "defective": mesh("defective_skull"),
-                "implant": mesh("implant"), "distance": read_mesh(folder / "distance_map.vtk")}
-    missing = [key for key in ("completed", "defective") if surfaces[key] is None]
+    report = json.loads(files["report"].read_text())
+    missing = [key for key in ("completed", "defective") if key not in files]
     if missing:
         raise SparseImplantError(f"'{folder}' lacks the {missing[0]} skull mesh: run generate again")
-    return add_results(scene, read_volume(folder / COMPLETED_FILE), read_volume(folder / IMPLANT_FILE), surfaces,
-                       name=name, metrics=report.get("metrics"))
+    surfaces = {key: read_mesh(files[key]) if key in files else None
+                for key in ("completed", "defective", "implant", "distance")}
+    return add_results(scene, read_volume(files["completed_mask"]), read_volume(files["implant_mask"]), surfaces,
+                       name=name, metrics=report.get("metrics"), report=report)
 
 
 METRIC_LABELS = {"dsc": ("Dice (implant)", ""), "bdsc": ("Border Dice (10 mm)", ""), "hd95_mm": ("HD95", "mm"),
                  "skull_dsc": ("Dice (completed skull)", "")}
 
 
-def metrics_table(scene, metrics: Dict[str, float], name: str) -> "slicer.vtkMRMLTableNode":
-    """Metric | value | unit, for the module's results table."""
+def result_rows(metrics: Optional[Dict[str, Optional[float]]] = None,
+                report: Optional[dict] = None) -> List[Tuple[str, str, str]]:
+    """(label, value, unit) rows of the results table: implant volume, metrics, then stage timings."""
+    rows = []
+    if report is not None and report.get("implant_volume_ml") is not None:
+        rows.append(("Implant volume", f"{report['implant_volume_ml']:.1f}", "ml"))
+    for key, value in (metrics or {}).items():
+        label, unit = METRIC_LABELS.get(key, (key, ""))
+        rows.append((label, "n/a" if value is None else f"{value:.4g}", unit))
+    for stage, seconds in (report or {}).get("timings_s", {}).items():
+        rows.append((f"Time: {stage}", f"{seconds:.1f}", "s"))
+    return rows
+
+
+def metrics_table(scene, metrics: Optional[Dict[str, Optional[float]]], name: str,
+                  report: Optional[dict] = None) -> "slicer.vtkMRMLTableNode":
+    """Quantity | value | unit, for the module's results table (``result_rows``)."""
     node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
     table = node.GetTable()
     for title in ("Metric", "Value", "Unit"):
         column = vtk.vtkStringArray()
         column.SetName(title)
         table.AddColumn(column)
-    for key, value in metrics.items():
-        label, unit = METRIC_LABELS.get(key, (key, ""))
+    for texts in result_rows(metrics, report):
         row = table.InsertNextBlankRow()
-        for column, text in enumerate((label, f"{value:.4g}", unit)):
+        for column, text in enumerate(texts):
             table.SetValue(row, column, vtk.vtkVariant(text))
     node.Modified()
     return node
-
-
-THREE_D_DISPLAYABLE_MANAGERS = ("vtkMRMLCameraDisplayableManager", "vtkMRMLViewDisplayableManager",
-                                 "vtkMRMLModelDisplayableManager", "vtkMRMLSegmentationsDisplayableManager3D",
-                                 "vtkMRMLColorLegendDisplayableManager")
-
-
-class OffscreenViews:
-    """3D view nodes drawn offscreen by Slicer's own displayable managers, without Qt.
-
-    Attach before adding the nodes to show, as Slicer's views exist before a module adds results
-    (the colour-legend manager only picks up legends added after it)."""
-
-    def __init__(self, views: Sequence, size: Tuple[int, int] = (600, 600)) -> None:
-        self._pipelines = []
-        for view in views:
-            window = offscreen_window(size)
-            renderer = vtk.vtkRenderer()
-            window.AddRenderer(renderer)
-            interactor = vtk.vtkGenericRenderWindowInteractor()  # displayable managers expect one
-            interactor.SetRenderWindow(window)
-            interactor.Initialize()
-            group = slicer.vtkMRMLDisplayableManagerGroup()
-            for name in THREE_D_DISPLAYABLE_MANAGERS:
-                group.AddDisplayableManager(getattr(slicer, name)())
-            group.SetRenderer(renderer)
-            group.SetMRMLDisplayableNode(view)
-            self._pipelines.append((group, renderer, interactor, window))
-
-    def capture(self, path: PathLike, camera: Optional[vtk.vtkCamera] = None) -> Path:
-        """PNG of the views side by side; one shared ``camera`` (RAS) mimics Slicer's linked views."""
-        append = vtk.vtkImageAppend()
-        append.SetAppendAxis(0)
-        for group, renderer, interactor, window in self._pipelines:
-            if camera is not None:
-                renderer.GetActiveCamera().DeepCopy(camera)
-                renderer.ResetCameraClippingRange()
-            window.Render()
-            append.AddInputData(capture_window(window))
-        append.Update()
-        return write_png(append.GetOutput(), path)
-
-    def close(self) -> None:
-        for group, renderer, interactor, window in self._pipelines:
-            group.SetMRMLDisplayableNode(None)
-            window.Finalize()
-        self._pipelines = []
 
 
 EXPORT_FORMATS = ("STL", "OBJ")

@@ -54,6 +54,7 @@ class GenerateOptions:
     model_dir: Optional[Path] = None
     averaged: bool = True  # average the network over AVERAGED_PASSES (False: one pass, a quarter of the compute)
     refine_model: Optional[str] = "auto"  # super-resolution model: a name, "auto" (the registry's, if any) or "none"
+    preview: bool = True  # preview.png; the Slicer module draws its own views and skips it
 
 
 @dataclass
@@ -126,9 +127,9 @@ def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[st
     return records
 
 
-def output_names(mesh_formats: Sequence[str]) -> list[str]:
+def output_names(mesh_formats: Sequence[str], preview: bool = True) -> list[str]:
     meshes = [f"{stem}.{fmt}" for stem in MESH_STEMS for fmt in mesh_formats]
-    return [COMPLETED_FILE, IMPLANT_FILE, *meshes, "distance_map.vtk", "preview.png", "report.json"]
+    return [COMPLETED_FILE, IMPLANT_FILE, *meshes, "distance_map.vtk", *(["preview.png"] if preview else []), "report.json"]
 
 
 def _check_options(input_path: Path, output_dir: Path, options: GenerateOptions) -> None:
@@ -136,7 +137,7 @@ def _check_options(input_path: Path, output_dir: Path, options: GenerateOptions)
     if unknown or not options.mesh_formats:
         raise SparseImplantError(f"unknown mesh format(s) {unknown or '(none)'}: choose from {', '.join(MESH_FORMATS)}")
     resolved_input = input_path.resolve()
-    if any((output_dir / name).resolve() == resolved_input for name in output_names(options.mesh_formats)):
+    if any((output_dir / name).resolve() == resolved_input for name in output_names(options.mesh_formats, options.preview)):
         raise SparseImplantError(f"the output folder would overwrite the input '{input_path}': choose another folder")
 
 
@@ -149,7 +150,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
     input_path, output_dir = Path(input_path), Path(output_dir)
     _check_options(input_path, output_dir, options)
     clock = StageClock()
-    with staged_output(output_dir, output_names(options.mesh_formats), options.overwrite) as staging:
+    with staged_output(output_dir, output_names(options.mesh_formats, options.preview), options.overwrite) as staging:
         progress(ProgressEvent("read", 0.0, f"reading {input_path.name}"))
         with clock.stage("read"):
             defective = read_mask(input_path, options.label, options.threshold_hu)
@@ -184,8 +185,9 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
                 if implant_surface is not None:
                     export_mesh(implant_surface, staging / f"implant.{fmt}")
             export_mesh(distance_surface, staging / "distance_map.vtk")
-            render_three_panel(completed_surface, defective_surface, implant_surface, distance_surface,
-                               staging / "preview.png", size=options.preview_size)
+            if options.preview:
+                render_three_panel(completed_surface, defective_surface, implant_surface, distance_surface,
+                                   staging / "preview.png", size=options.preview_size)
         report = {
             "input": str(input_path),
             "model": networks.describe(),

@@ -1,12 +1,13 @@
 """Offscreen three-panel preview: completed skull | implant in the defect | signed-distance colour map.
 
 One render window with three viewports sharing one camera, rendered through EGL (or OSMesa) without a
-display; used for the CLI's preview.png and the README screenshot.
+display; used for the CLI's preview.png (the catalog screenshot shows the module's own MRML views).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -123,8 +124,14 @@ def defect_camera(completed: vtk.vtkPolyData, implant: Optional[vtk.vtkPolyData]
     return camera
 
 
+def headless_linux() -> bool:
+    """Linux with neither an X nor a Wayland display. Windows and macOS never set DISPLAY and have
+    their own native offscreen windows, which EGL would replace with a class their VTK lacks."""
+    return sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def offscreen_window(size: Sequence[int]) -> vtk.vtkRenderWindow:
-    if not os.environ.get("DISPLAY"):
+    if headless_linux():
         # Without a display VTK would first try X; go straight to EGL (OSMesa remains VTK's fallback).
         os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     window = vtk.vtkRenderWindow()

@@ -88,3 +88,9 @@ def skull_segmentation(scene, volume: Volume, name: str = "Defective skull"):
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
     scene.RemoveNode(labelmap)
     return segmentation
+
+
+def shown_in_view(display, view) -> bool:
+    """Whether a display node draws in ``view`` (visible, and the view is in its list or the list is empty)."""
+    return bool(display.GetVisibility()) and (display.GetNumberOfViewNodeIDs() == 0
+                                              or display.IsDisplayableInView(view.GetID()))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 import numpy as np
@@ -10,9 +12,9 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
 
-from conftest import skull_segmentation  # noqa: E402
+from conftest import shown_in_view, skull_segmentation  # noqa: E402
 from SparseImplantLib import mrml  # noqa: E402
-from SparseImplantLib.designer import DesignInputs, ImplantDesigner  # noqa: E402
+from SparseImplantLib.designer import LIBRARY_PARENT, DesignInputs, ImplantDesigner  # noqa: E402
 from SparseImplantLib.errors import SparseImplantError  # noqa: E402
 from SparseImplantLib.io import read_mask  # noqa: E402
 
@@ -34,10 +36,12 @@ def test_generate_implant_from_a_segment(tmp_path, model_dir, synthetic_skull, m
     segment_id = skull.GetSegmentation().GetNthSegmentID(0)
     before = mrml.segment_to_volume(skull, segment_id)
     designer = ImplantDesigner(scene, work_root=tmp_path / "work", model_dir=model_dir)
-    request = designer.prepare(DesignInputs(skull, segment_id, device="cpu", reference_segmentation_node=reference,
-                                            reference_segment_id=reference.GetSegmentation().GetNthSegmentID(0)))
+    inputs = DesignInputs(skull, segment_id, device="cpu", reference_segmentation_node=reference,
+                          reference_segment_id=reference.GetSegmentation().GetNthSegmentID(0))
+    request = designer.prepare(inputs)
     prepared = read_mask(request.input_path)  # the segment's extent grown by a margin (no reference geometry)
-    assert prepared.array.sum() == before.array.sum() and prepared.shape > synthetic_skull[0].shape
+    assert prepared.array.sum() == before.array.sum()
+    assert all(grown > original for grown, original in zip(prepared.shape, synthetic_skull[0].shape))
     job = designer.start(request)
     events = run_to_end(job)
     assert job.succeeded, job.log
@@ -45,8 +49,13 @@ def test_generate_implant_from_a_segment(tmp_path, model_dir, synthetic_skull, m
     assert fractions == sorted(fractions) and events[-1].stage == "done" and len(events) >= 4
     report = json.loads((request.output_dir / "report.json").read_text())
     assert report["threads"]["omp_wait_policy"] == "PASSIVE"  # idle OpenMP threads sleep beside Slicer
-    result = designer.load(request, "Implant design")
+    # The worker writes only what the module loads: no preview, no second mesh format.
+    assert {p.name for p in request.output_dir.iterdir()} == {p.name for p in mrml.result_files(request.output_dir).values()}
+    skull.CreateDefaultDisplayNodes()
+    result = designer.load(request, "Implant design", inputs)
     designer.discard(request)
+    views = mrml.three_view_nodes(scene)
+    assert not any(shown_in_view(skull.GetDisplayNode(), view) for view in views)
     assert not request.input_path.parent.exists()
     segments = result.segmentation.GetSegmentation()
     assert [segments.GetNthSegment(i).GetName() for i in range(2)] == [mrml.COMPLETED_SEGMENT, mrml.IMPLANT_SEGMENT]
@@ -84,15 +93,44 @@ def test_bad_inputs_are_refused_before_any_subprocess(tmp_path, synthetic_skull)
     assert list((tmp_path / "work").iterdir()) == []  # failed preparations leave nothing behind
 
 
-def test_cancel_kills_the_process_and_leaves_the_scene_alone(tmp_path, model_dir, synthetic_skull):
+def test_cancel_mid_run_kills_the_process_tree_and_leaves_the_scene_alone(tmp_path, model_dir, synthetic_skull):
     scene = slicer.vtkMRMLScene()
     skull = skull_segmentation(scene, synthetic_skull[0])
     designer = ImplantDesigner(scene, work_root=tmp_path / "work", model_dir=model_dir)
     request = designer.prepare(DesignInputs(skull, skull.GetSegmentation().GetNthSegmentID(0), device="cpu"))
     nodes_before = scene.GetNumberOfNodes()
     job = designer.start(request)
+    deadline = time.monotonic() + 60
+    while not job.poll():  # the worker has started working: cancel now means something
+        assert time.monotonic() < deadline and not job.finished, job.log
+        time.sleep(0.01)
     job.cancel()
-    assert job.cancelled and job.returncode is not None and not job.succeeded
+    assert job.cancelled and not job.succeeded
+    if os.name == "posix":
+        assert job.returncode == -signal.SIGKILL
+        with pytest.raises(ProcessLookupError):  # nothing of its process group is left
+            os.killpg(job._process.pid, 0)
+    time.sleep(1.0)  # a worker that had survived would keep writing
     assert not (request.output_dir / "report.json").exists()
     designer.discard(request)
+    assert not request.input_path.parent.exists()
     assert scene.GetNumberOfNodes() == nodes_before
+
+
+def test_a_missing_worker_is_one_user_error_and_leaves_no_work_folder(tmp_path, synthetic_skull):
+    scene = slicer.vtkMRMLScene()
+    skull = skull_segmentation(scene, synthetic_skull[0])
+    designer = ImplantDesigner(scene, python=str(tmp_path / "bin" / "PythonSlicer"), work_root=tmp_path / "work")
+    request = designer.prepare(DesignInputs(skull, skull.GetSegmentation().GetNthSegmentID(0)))
+    with pytest.raises(SparseImplantError, match="cannot start the worker .*PythonSlicer"):
+        designer.start(request)
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_the_worker_starts_from_the_given_environment(tmp_path):
+    designer = ImplantDesigner(slicer.vtkMRMLScene(), work_root=tmp_path,
+                               environment={"PATH": "/usr/bin", "PYTHONPATH": "/user/site", "OMP_WAIT_POLICY": "ACTIVE"})
+    env = designer.worker_environment()
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(LIBRARY_PARENT), "/user/site"]
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE" and env["PYTHONUNBUFFERED"] == "1"
+    assert set(env) == {"PATH", "PYTHONPATH", "OMP_WAIT_POLICY", "PYTHONUNBUFFERED"}  # nothing of this process's

@@ -10,11 +10,12 @@ vtk = pytest.importorskip("vtk")
 
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
+from conftest import shown_in_view  # noqa: E402
 from SparseImplantLib import mrml  # noqa: E402
 from SparseImplantLib.errors import SparseImplantError  # noqa: E402
 from SparseImplantLib.geometry import DISTANCE_ARRAY, add_signed_distance, surface_from_mask, transform_polydata  # noqa: E402
 from SparseImplantLib.render import defect_camera  # noqa: E402
-from SparseImplantLib.volume import LPS_TO_RAS, Volume  # noqa: E402
+from SparseImplantLib.volume import LPS_TO_RAS  # noqa: E402
 
 
 @pytest.fixture
@@ -86,10 +87,24 @@ def test_results_are_pinned_to_three_linked_views_and_rerun_adds_new_nodes(scene
     assert first.legend.GetTitleText() == mrml.DISTANCE_TITLE
     table = first.metrics_table.GetTable()
     assert table.GetNumberOfRows() == 2 and table.GetValue(0, 1).ToString() == "0.91"
+    assert mrml.result_rows({"hd95_mm": None}, {"implant_volume_ml": 47.04, "timings_s": {"network": 6.52}}) == [
+        ("Implant volume", "47.0", "ml"), ("HD95", "n/a", "mm"), ("Time: network", "6.5", "s")]
     layout = mrml.layout_node(scene)
     mrml.show_three_view_layout(scene)
     assert layout.GetViewArrangement() == mrml.LAYOUT_ID
     assert all(tag in layout.GetLayoutDescription(mrml.LAYOUT_ID) for tag in mrml.VIEW_TAGS)
+
+
+def catalog_screenshot():
+    """Utilities/catalog_screenshot.py, which renders the module's three views for the catalog."""
+    import importlib.util
+
+    from conftest import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location("catalog_screenshot", PROJECT_ROOT / "Utilities" / "catalog_screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _panel_fractions(path, panels: int = 3):
@@ -105,7 +120,7 @@ def _panel_fractions(path, panels: int = 3):
 def test_three_mrml_views_render_offscreen(scene, results, tmp_path):
     completed, implant, surfaces = results
     views = mrml.three_view_nodes(scene)
-    offscreen = mrml.OffscreenViews(views, size=(300, 300))
+    offscreen = catalog_screenshot().OffscreenViews(views, size=(300, 300))
     try:
         mrml.add_results(scene, completed, implant, surfaces)
         ras = [transform_polydata(surfaces[key], LPS_TO_RAS) for key in ("completed", "implant")]
@@ -147,13 +162,63 @@ def test_results_from_a_generate_folder(scene, synthetic_skull, tmp_path, model_
 
     source = write_volume(tmp_path / "defective.nrrd", synthetic_skull[0])
     reference = write_volume(tmp_path / "implant.nrrd", synthetic_skull[1])
-    generate(source, tmp_path / "out", GenerateOptions(device="cpu", model_dir=model_dir, mesh_formats=("vtk",),
-                                                        reference=reference))
+    report = generate(source, tmp_path / "out", GenerateOptions(device="cpu", model_dir=model_dir, mesh_formats=("vtk",),
+                                                                reference=reference, averaged=False, preview=False))
     result = mrml.add_results_from_folder(scene, tmp_path / "out", name="Case")
     assert {"completed", "defective", "distance"} <= set(result.models)
-    assert result.metrics_table.GetTable().GetNumberOfRows() == 4
+    table = result.metrics_table.GetTable()
+    labels = [table.GetValue(row, 0).ToString() for row in range(table.GetNumberOfRows())]
+    assert labels == (["Implant volume", "Dice (implant)", "Border Dice (10 mm)", "HD95", "Dice (completed skull)"]
+                      + [f"Time: {stage}" for stage in report["timings_s"]])
     completed = mrml.segment_to_volume(result.segmentation, result.segmentation.GetSegmentation()
                                        .GetSegmentIdBySegmentName(mrml.COMPLETED_SEGMENT))
     assert completed.same_geometry(synthetic_skull[0])
     with pytest.raises(SparseImplantError, match="no report.json"):
         mrml.add_results_from_folder(scene, tmp_path)
+    # The catalog screenshot is these three views, drawn by Slicer's displayable managers.
+    panels = _panel_fractions(catalog_screenshot().render_results(tmp_path / "out", tmp_path / "views.png", (200, 200)))
+    assert all((~(panel[..., 2] > panel[..., 0] + 40)).mean() > 0.05 for panel in panels)
+
+
+def test_a_rerun_shows_only_the_newest_results_in_the_three_views(scene, results):
+    completed, implant, surfaces = results
+    first = mrml.add_results(scene, completed, implant, surfaces)
+    second = mrml.add_results(scene, completed, implant, surfaces)
+    views = mrml.three_view_nodes(scene)
+    models = [scene.GetNthNodeByClass(i, "vtkMRMLModelNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLModelNode"))]
+    shown = [[m.GetName() for m in models if shown_in_view(m.GetDisplayNode(), view)] for view in views]
+    assert shown == [[second.models["completed"].GetName()],
+                     [second.models["defective"].GetName(), second.models["implant"].GetName()],
+                     [second.models["distance"].GetName()]]
+    legends = [scene.GetNthNodeByClass(i, "vtkMRMLColorLegendDisplayNode")
+               for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode"))]
+    assert [legend for legend in legends if legend.GetVisibility()] == [second.legend]
+    # The first run is still there, hidden, and marked as a result (also in a saved scene).
+    assert all(scene.GetNodeByID(node.GetID()) is node for node in first.all_nodes())
+    assert not first.segmentation.GetDisplayNode().GetVisibility() and second.segmentation.GetDisplayNode().GetVisibility()
+    assert {n.GetID() for n in mrml.result_nodes_in_scene(scene)} == {n.GetID() for n in first.all_nodes() + second.all_nodes()}
+
+
+def test_the_input_segmentation_is_kept_out_of_the_three_views(scene, synthetic_skull):
+    from conftest import skull_segmentation
+
+    skull = skull_segmentation(scene, synthetic_skull[0])
+    skull.CreateDefaultDisplayNodes()
+    red = slicer.vtkMRMLSliceNode()
+    red.SetLayoutName("Red")
+    scene.AddNode(red)
+    main_3d = slicer.vtkMRMLViewNode()
+    scene.AddNode(main_3d)
+    views = mrml.three_view_nodes(scene)
+    display = skull.GetDisplayNode()
+    assert all(shown_in_view(display, view) for view in views)  # shown everywhere by default
+    mrml.keep_out_of_views(skull, views)
+    assert not any(shown_in_view(display, view) for view in views)
+    assert shown_in_view(display, red) and shown_in_view(display, main_3d)
+    mrml.keep_out_of_views(skull, views)  # again: nothing changes
+    assert sorted(display.GetViewNodeIDs()) == sorted([red.GetID(), main_3d.GetID()])
+    alone = slicer.vtkMRMLScene()  # no other view to show it in: hidden
+    lonely = skull_segmentation(alone, synthetic_skull[0])
+    lonely.CreateDefaultDisplayNodes()
+    mrml.keep_out_of_views(lonely, mrml.three_view_nodes(alone))
+    assert not lonely.GetDisplayNode().GetVisibility()

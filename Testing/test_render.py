@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
+import pytest
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
 from conftest import shell_skull
 from SparseImplantLib import geometry
-from SparseImplantLib.render import BACKGROUND, diverging_lookup_table, render_three_panel
+from SparseImplantLib.render import BACKGROUND, diverging_lookup_table, headless_linux, offscreen_window, render_three_panel
 from SparseImplantLib.volume import Volume
 
 
@@ -57,3 +61,23 @@ def test_three_panel_render(tmp_path):
     reddish = (panel[:, :, 0] > panel[:, :, 2] + 60).sum()
     bluish = (panel[:, :, 2] > panel[:, :, 0] + 60).sum()
     assert reddish > 20 and bluish > 20
+
+
+@pytest.mark.parametrize("platform, display, wayland, egl", [
+    ("linux", None, None, True),
+    ("linux", ":0", None, False),
+    ("linux", None, "wayland-0", False),
+    ("win32", None, None, False),
+    ("darwin", None, None, False),
+])
+def test_egl_is_chosen_only_on_linux_without_a_display(monkeypatch, platform, display, wayland, egl):
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.delenv("VTK_DEFAULT_OPENGL_WINDOW", raising=False)
+    for name, value in (("DISPLAY", display), ("WAYLAND_DISPLAY", wayland)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert headless_linux() is egl
+    offscreen_window((8, 8))
+    assert (os.environ.get("VTK_DEFAULT_OPENGL_WINDOW") == "vtkEGLRenderWindow") is egl

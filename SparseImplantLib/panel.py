@@ -1,0 +1,146 @@
+"""What the Slicer module's panel decides, without Qt: selections, outcome of a run, dependencies, licence.
+
+``SparseImplant.py`` only wires widgets and dialogs to these; they are tested in CI with plain
+objects standing in for the parameter node and the selectors (same attribute and method names).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from .job import GenerateJob
+
+TORCH_MINIMUM = "2.1"  # the oldest PyTorch the library supports (pyproject.toml: torch>=2.1)
+# import name -> pip requirement, for what PythonSlicer may lack besides torch
+PIP_REQUIREMENTS = {"safetensors": "safetensors>=0.4", "scipy": "scipy>=1.10", "tqdm": "tqdm>=4.60",
+                    "SimpleITK": "SimpleITK>=2.3"}
+# Acknowledged terms are remembered under this key with this value; a change of terms changes the value.
+LICENCE_SETTINGS_KEY = "SparseImplant/AcknowledgedTerms"
+LICENCE_TERMS = "skullfix-cc-by-nc-sa-4.0"
+
+
+class SelectionSync:
+    """Keeps the segment selectors and the model box in step with the parameter node.
+
+    The parameter node wrapper does not bind segment selectors, so they are restored by hand. Setting
+    one fires its change signal, whose handler (``store``) writes every selector back to the parameter
+    node; during ``restore`` those writes are ignored, so a loaded scene keeps its reference
+    segmentation, its segment and its model instead of the still-empty selectors' values."""
+
+    def __init__(self, parameters, input_selector, reference_selector, model_box) -> None:
+        self.parameters = parameters
+        self.input_selector = input_selector
+        self.reference_selector = reference_selector
+        self.model_box = model_box
+        self._restoring = False
+
+    @contextmanager
+    def _restore_guard(self) -> Iterator[None]:
+        self._restoring = True
+        try:
+            yield
+        finally:
+            self._restoring = False
+
+    def restore(self) -> None:
+        """Parameter node -> widgets."""
+        p = self.parameters
+        with self._restore_guard():
+            self.input_selector.setCurrentNode(p.inputSegmentation)
+            if p.inputSegmentId:
+                self.input_selector.setCurrentSegmentID(p.inputSegmentId)
+            self.reference_selector.setCurrentNode(p.referenceSegmentation)
+            if p.referenceSegmentId:
+                self.reference_selector.setCurrentSegmentID(p.referenceSegmentId)
+            if p.model:
+                self.model_box.setCurrentText(p.model)
+
+    def store(self) -> bool:
+        """Widgets -> parameter node (the selectors' change signals); False while restoring."""
+        if self._restoring:
+            return False
+        p = self.parameters
+        p.inputSegmentation = self.input_selector.currentNode()
+        p.inputSegmentId = self.input_selector.currentSegmentID() or ""
+        p.referenceSegmentation = self.reference_selector.currentNode()
+        p.referenceSegmentId = self.reference_selector.currentSegmentID() or ""
+        p.model = self.model_box.currentText
+        return True
+
+
+def default_input(parameters, scene) -> bool:
+    """Pick the scene's first segmentation and its first segment when nothing is chosen yet.
+
+    Returns whether anything was picked (the selectors must then be restored to show it)."""
+    if parameters.inputSegmentation is not None:
+        return False
+    node = scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    if node is None:
+        return False
+    parameters.inputSegmentation = node
+    segmentation = node.GetSegmentation()
+    parameters.inputSegmentId = segmentation.GetNthSegmentID(0) if segmentation.GetNumberOfSegments() else ""
+    return True
+
+
+@dataclass
+class RunOutcome:
+    """How a finished run ends for the user: its status line, its warnings and the result figures."""
+
+    succeeded: bool
+    empty_implant: bool = False
+    warnings: List[str] = field(default_factory=list)
+    implant_ml: Optional[float] = None
+    timings_s: Dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def level(self) -> str:
+        """'error', 'warning' or 'info', for the status line and Slicer's log."""
+        if not self.succeeded:
+            return "error"
+        return "warning" if self.empty_implant or self.warnings else "info"
+
+
+def run_outcome(job: GenerateJob, report: Optional[dict]) -> RunOutcome:
+    """Classify a finished job; ``report`` is its report.json (None when it did not get that far)."""
+    warnings = job.warnings()
+    if not job.succeeded or report is None:
+        return RunOutcome(False, warnings=warnings, error=job.error_message())
+    return RunOutcome(True, empty_implant=report["voxels"]["implant"] == 0, warnings=warnings,
+                      implant_ml=report.get("implant_volume_ml"), timings_s=dict(report.get("timings_s", {})))
+
+
+def release(version: str) -> Tuple[int, ...]:
+    """The numeric release of a version string: '2.8.0+cu121' -> (2, 8, 0)."""
+    match = re.match(r"\d+(\.\d+)*", version.strip())
+    if match is None:
+        raise ValueError(f"not a version: '{version}'")
+    return tuple(int(part) for part in match.group(0).split("."))
+
+
+def torch_problem(installed: Optional[str], minimum: str = TORCH_MINIMUM) -> Optional[str]:
+    """Why the installed PyTorch will not do (None: it will). ``installed`` is its version or None."""
+    if installed is None:
+        return "PyTorch is not installed"
+    if release(installed) < release(minimum):
+        return f"PyTorch {installed} is older than {minimum}, the oldest this extension supports"
+    return None
+
+
+def missing_requirements(requirements: Dict[str, str] = PIP_REQUIREMENTS) -> List[str]:
+    """The pip requirements whose module cannot be found (found without importing it)."""
+    return [requirement for module, requirement in requirements.items() if importlib.util.find_spec(module) is None]
+
+
+def licence_acknowledged(settings) -> bool:
+    """Whether the user has acknowledged the current terms (``settings``: QSettings or the like)."""
+    return settings.value(LICENCE_SETTINGS_KEY) == LICENCE_TERMS
+
+
+def acknowledge_licence(settings) -> None:
+    settings.setValue(LICENCE_SETTINGS_KEY, LICENCE_TERMS)
