@@ -85,9 +85,17 @@ def network_passes(averaged: bool) -> Tuple[Tuple[bool, int], ...]:
     return AVERAGED_PASSES if averaged else SINGLE_PASS
 
 
-def model_grid_input(defective: Volume, info: ModelInfo) -> Tuple[Volume, Box, Volume]:
-    """The defective skull on the model's canonical grid, cropped to the skull plus the model's margin
-    for missing bone. Returns (cropped mask, crop box, the uncropped grid)."""
+@dataclass
+class ModelInput:
+    """The defective skull on the model's canonical grid (``grid``), and cropped to the skull plus the
+    model's margin for missing bone (``cropped``, at ``box`` of the grid): what the network sees."""
+
+    cropped: Volume
+    box: Box
+    grid: Volume
+
+
+def model_grid_input(defective: Volume, info: ModelInfo) -> ModelInput:
     grid = canonical_grid(defective, info.spacing_mm, info.crop_margin_mm)
     on_grid = resample_mask(defective, grid)
     if not on_grid.array.any():
@@ -96,7 +104,7 @@ def model_grid_input(defective: Volume, info: ModelInfo) -> Tuple[Volume, Box, V
         )
     margin = int(np.ceil(info.crop_margin_mm / min(info.spacing_mm)))
     box = foreground_box(on_grid.array, margin)
-    return crop(on_grid, box), box, on_grid
+    return ModelInput(crop(on_grid, box), box, on_grid)
 
 
 @torch.no_grad()
@@ -141,17 +149,17 @@ def with_cpu_fallback(run: Callable[[torch.device], Result], networks: Networks,
         return run(cpu), cpu
 
 
-def coarse_skull(defective: Volume, networks: Networks, device: torch.device,
+def coarse_skull(model_input: ModelInput, networks: Networks, device: torch.device,
                  progress: ProgressCallback = ignore_progress, averaged: bool = True) -> Tuple[Volume, torch.device]:
     """The completion network's skull on its canonical grid, as the share of passes keeping each voxel."""
-    cropped, box, grid = model_grid_input(defective, networks.info)
+    cropped, grid = model_input.cropped, model_input.grid
     passes = network_passes(averaged)
     stage = ProgressEvent("network", 0.2, f"{int(cropped.array.sum())} voxels on a {cropped.shape} grid, "
                                           f"{len(passes)} pass(es)")
     progress(stage)
     fraction, device = with_cpu_fallback(lambda on: predict_fraction(networks.completion, cropped.array, on, passes),
                                          networks, device, progress, stage)
-    return grid.with_array(paste(fraction, box, grid.shape)), device
+    return grid.with_array(paste(fraction, model_input.box, grid.shape)), device
 
 
 def refined_skull(coarse: Volume, defective: Volume, networks: Networks, device: torch.device,

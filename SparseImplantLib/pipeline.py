@@ -15,7 +15,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,10 +29,12 @@ from .inference import (
     Networks,
     coarse_skull,
     load_networks,
+    model_grid_input,
     network_passes,
     refined_skull,
     select_device,
 )
+from .checks import doubts
 from .postprocess import extract_implant
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 from .volume import Volume, resample_mask, resample_soft_mask
@@ -70,13 +72,29 @@ class StageClock:
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
+@dataclass
+class Design:
+    """What ``design_implant`` gives: the completed skull and the implant on the input's geometry
+    (completed = defective | implant), the device used, and plain-language doubts about the result."""
+
+    completed: Volume
+    implant: Volume
+    device: torch.device
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def implant_ml(self) -> float:
+        return float(np.count_nonzero(self.implant.array)) * self.implant.voxel_volume_mm3 / 1000.0
+
+
 def design_implant(defective: Volume, networks: Networks, device: torch.device,
                    progress: ProgressCallback = ignore_progress, clock: Optional[StageClock] = None,
-                   averaged: bool = True) -> Tuple[Volume, Volume, torch.device]:
-    """(completed skull, implant, device used) on the input's geometry; completed = defective | implant."""
+                   averaged: bool = True) -> Design:
+    """Complete the skull and cut the implant; every doubt is also issued as a warning."""
     clock = clock or StageClock()
     with clock.stage("network"):
-        coarse, device = coarse_skull(defective, networks, device, progress, averaged)
+        model_input = model_grid_input(defective, networks.info)
+        coarse, device = coarse_skull(model_input, networks, device, progress, averaged)
         if networks.refiner is None:
             progress(ProgressEvent("restore", 0.6, "resampling to the input grid"))
             completed_raw = resample_soft_mask(coarse, defective, smoothing=OUTPUT_SMOOTHING)
@@ -88,11 +106,15 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
     progress(ProgressEvent("implant", 0.7, "extracting the implant"))
     with clock.stage("implant"):
         implant_array = extract_implant(completed_raw.array, defective.array, defective.spacing)
-        if not implant_array.any():
-            warnings.warn("the network added no bone: the implant is empty (is the skull already complete?)")
     implant = defective.with_array(implant_array.astype(np.uint8))
     completed = defective.with_array(((defective.array > 0) | implant_array).astype(np.uint8))
-    return completed, implant, device
+    design = Design(completed, implant, device)
+    design.warnings = doubts(model_input.cropped, design.implant_ml)
+    if not implant_array.any() and not design.warnings:
+        design.warnings.append("the network added no bone: the implant is empty (is the skull already complete?)")
+    for message in design.warnings:
+        warnings.warn(message)
+    return design
 
 
 def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[str]] = None, model: Optional[str] = None,
@@ -117,11 +139,12 @@ def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[st
         with staged_output(Path(output_dir) / files.key, [COMPLETED_FILE, IMPLANT_FILE], overwrite) as staging:
             with clock.stage("read"):
                 defective = read_mask(files.defective_path)
-            completed, implant, used = design_implant(defective, networks, chosen, clock=clock, averaged=averaged)
+            design = design_implant(defective, networks, chosen, clock=clock, averaged=averaged)
             with clock.stage("write"):
-                write_volume(staging / COMPLETED_FILE, completed)
-                write_volume(staging / IMPLANT_FILE, implant)
-        records.append({"case": files.key, "device": used.type, "timings_s": clock.timings,
+                write_volume(staging / COMPLETED_FILE, design.completed)
+                write_volume(staging / IMPLANT_FILE, design.implant)
+        records.append({"case": files.key, "device": design.device.type, "timings_s": clock.timings,
+                        "warnings": design.warnings,
                         "refinement": networks.refiner_info.name if networks.refiner_info else None})
     progress(ProgressEvent("done", 1.0, f"{len(selected)} case(s) in {output_dir}"))
     return records
@@ -160,7 +183,8 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             device = select_device(options.device)
             networks = load_networks(options.model, options.refine_model, device, options.model_dir)
         progress(ProgressEvent("network", 0.1, f"model {networks.info.name} on {device.type}"))
-        completed, implant, device = design_implant(defective, networks, device, progress, clock, options.averaged)
+        design = design_implant(defective, networks, device, progress, clock, options.averaged)
+        completed, implant, device = design.completed, design.implant, design.device
         implant_array = implant.array > 0
         progress(ProgressEvent("meshes", 0.8, "surfaces and distances"))
         with clock.stage("meshes"):
@@ -200,7 +224,8 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
                 "completed": int(np.count_nonzero(completed.array)),
                 "implant": int(implant_array.sum()),
             },
-            "implant_volume_ml": round(float(implant_array.sum()) * defective.voxel_volume_mm3 / 1000.0, 3),
+            "implant_volume_ml": round(design.implant_ml, 3),
+            "warnings": design.warnings,
             "distance": distances,
             "versions": _versions(),
         }

@@ -59,8 +59,8 @@ STORED_OTHERWISE = [((2, 0, 1), (False, False, False)), ((0, 1, 2), (False, True
 def test_the_model_grid_does_not_depend_on_how_the_file_stores_the_skull(synthetic_skull, order, flips):
     defective, _ = synthetic_skull
     info = ModelInfo("m", "completion", [8] * 7, [2.0] * 3, "m.safetensors", crop_margin_mm=6.0)
-    original, _, _ = inference.model_grid_input(defective, info)
-    copy, _, _ = inference.model_grid_input(reorient(defective, order, flips), info)
+    original = inference.model_grid_input(defective, info).cropped
+    copy = inference.model_grid_input(reorient(defective, order, flips), info).cropped
     assert np.allclose(copy.direction, np.eye(3)) and np.allclose(copy.origin, original.origin)
     np.testing.assert_array_equal(copy.array, original.array)
 
@@ -84,13 +84,13 @@ def test_implants_agree_however_the_sample_is_stored():
     cpu = torch.device("cpu")
     defective = read_mask(SAMPLE_DEFECTIVE)
     networks = inference.load_networks(None, "none", cpu)
-    _, implant, _ = design_implant(defective, networks, cpu)
+    implant = design_implant(defective, networks, cpu).implant
     for order, flips in STORED_OTHERWISE:
-        _, copy, _ = design_implant(reorient(defective, order, flips), networks, cpu)
+        copy = design_implant(reorient(defective, order, flips), networks, cpu).implant
         assert dice(_undo(copy.array, order, flips), implant.array) >= 0.98
     corners = corners_lps(defective, find_foreground_box(defective.array))
     shape, spacing, direction = np.array([300, 320, 300]), 0.7, oblique_direction(20.0)
     origin = (corners.min(axis=0) + corners.max(axis=0)) / 2 - direction @ ((shape - 1) / 2 * spacing)
     oblique = Volume(np.zeros(tuple(shape), np.uint8), [spacing] * 3, origin, direction)
-    _, tilted, _ = design_implant(resample_mask(defective, oblique), networks, cpu)
+    tilted = design_implant(resample_mask(defective, oblique), networks, cpu).implant
     assert dice(tilted.array, resample_mask(implant, oblique).array) >= 0.93

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import SparseImplantError
-from ..inference import OUTPUT_SMOOTHING, Networks, coarse_skull, load_networks
+from ..inference import OUTPUT_SMOOTHING, Networks, coarse_skull, load_networks, model_grid_input
 from ..io import atomic_write
 from ..metrics import dice
 from ..models.completion import CHANNEL_PRESETS, CompletionNet, completion_loss
@@ -214,7 +214,8 @@ def add_predictions(sources: Sequence[CaseSource], data_root: Path, networks: Ne
     for source in sources:
         cached = cache_dir / f"{source.case.replace('/', '_')}_predicted-{model.sha256[:12]}_k{model.keep_logit:g}.npy"
         if not cached.is_file():
-            coarse, _ = coarse_skull(files[source.case].load(with_complete=False).defective, networks, device)
+            defective = files[source.case].load(with_complete=False).defective
+            coarse, _ = coarse_skull(model_grid_input(defective, networks.info), networks, device)
             soft = soft_on_grid(coarse, source, spacing)
             atomic_write(cached, lambda tmp: np.save(tmp, soft))
         source.predicted = np.load(cached)

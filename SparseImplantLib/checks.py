@@ -1,0 +1,97 @@
+"""Saying when a result is doubtful, so that a wrong implant never passes silently.
+
+The network can fail quietly: on a skull far from the training skulls it may add little or no bone to a
+large opening. These checks look at the input on the model's canonical grid (axes L, P, S), independently
+of the network, and compare with what the network added:
+
+- the opening: rays from the vault's centre through the upper skull that meet no bone mark the missing
+  vault; their solid angle times the skull's radius squared and its bone thickness gives a rough volume;
+- the skull's size and proportions against the range of adult skulls the model was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import numpy as np
+from scipy import ndimage
+
+from .volume import Volume, find_foreground_box
+
+RAY_COUNT = 3000
+LOWEST_ELEVATION_DEG = 15.0  # below this, natural openings (orbits, ears, foramen magnum) begin
+INNER_SHARE = 0.35  # bone nearer the centre than this share of the skull's half-size is not vault
+# Canonical extents (mm) of the adult skulls SkullFix holds, with room on either side.
+EXTENT_RANGE_MM = {"left-right": (100.0, 185.0), "anterior-posterior": (140.0, 250.0), "superior-inferior": (90.0, 260.0)}
+LITTLE_BONE_ML = 5.0
+LARGE_OPENING_ML = 10.0
+
+
+@dataclass(frozen=True)
+class Opening:
+    """Rough size of the bone missing from the vault: solid angle (sr), area (cm²) and volume (ml)."""
+
+    solid_angle_sr: float
+    area_cm2: float
+    volume_ml: float
+
+
+def _fibonacci_directions(count: int) -> np.ndarray:
+    index = np.arange(count) + 0.5
+    z = 1 - 2 * index / count
+    angle = np.pi * (1 + 5**0.5) * index
+    radius = np.sqrt(1 - z**2)
+    return np.stack([radius * np.cos(angle), radius * np.sin(angle), z], axis=1)
+
+
+def vault_opening(skull: Volume) -> Opening:
+    """The opening of a skull mask on a canonical grid (identity direction, isotropic spacing)."""
+    bone = ndimage.binary_dilation(skull.array > 0, iterations=1)  # close pinholes a ray could slip through
+    box = find_foreground_box(bone)
+    if box is None:
+        return Opening(0.0, 0.0, 0.0)
+    low = np.array([s.start for s in box], float)
+    high = np.array([s.stop - 1 for s in box], float)
+    centre = low + np.array([0.5, 0.5, 0.4]) * (high - low)
+    half_size = float(np.max(high - low)) / 2
+    directions = _fibonacci_directions(RAY_COUNT)
+    directions = directions[directions[:, 2] >= np.sin(np.deg2rad(LOWEST_ELEVATION_DEG))]
+    steps = np.arange(INNER_SHARE * half_size, 1.6 * half_size, 0.5)
+    points = np.rint(centre + directions[:, None, :] * steps[None, :, None]).astype(int)
+    inside = np.all((points >= 0) & (points < np.array(bone.shape)), axis=2)
+    hits = np.zeros(points.shape[:2], dtype=bool)
+    hits[inside] = bone[tuple(points[inside].T)]
+    met = hits.any(axis=1)
+    if not met.any():
+        return Opening(0.0, 0.0, 0.0)
+    spacing = float(skull.spacing[0])
+    first = np.argmax(hits, axis=1)
+    radius_mm = float(np.median(steps[first[met]])) * spacing
+    thickness_mm = float(np.median(hits[met].sum(axis=1))) * 0.5 * spacing - spacing  # the dilation added a voxel
+    solid_angle = float((~met).sum()) * 4 * np.pi / RAY_COUNT
+    area = solid_angle * radius_mm**2
+    return Opening(solid_angle, area / 100.0, area * max(thickness_mm, spacing) / 1000.0)
+
+
+def doubts(skull_on_grid: Volume, implant_ml: float) -> List[str]:
+    """Plain-language warnings about a design: ``skull_on_grid`` is the input on the model's canonical
+    grid, ``implant_ml`` the volume of the implant that came out."""
+    messages = []
+    points = np.argwhere(skull_on_grid.array > 0)
+    extents = (np.ptp(points, axis=0) + 1) * skull_on_grid.spacing if len(points) else np.zeros(3)
+    for (axis, (low, high)), extent in zip(EXTENT_RANGE_MM.items(), extents):
+        if not low <= extent <= high:
+            messages.append(f"the skull measures {extent:.0f} mm {axis}, outside the {low:.0f}-{high:.0f} mm of the "
+                            "adult skulls the model was trained on: check the spacing and orientation in the file "
+                            "header, and review the implant before use")
+    if extents[0] > 1.15 * extents[1]:
+        messages.append(f"the skull is wider left-right ({extents[0]:.0f} mm) than it is long front-back "
+                        f"({extents[1]:.0f} mm): the file's orientation is probably wrong (axes swapped or the head "
+                        "turned sideways); fix the header, and review the implant before use")
+    opening = vault_opening(skull_on_grid)
+    if opening.volume_ml >= LARGE_OPENING_ML and implant_ml < max(LITTLE_BONE_ML, 0.25 * opening.volume_ml):
+        messages.append(f"the network added only {implant_ml:.1f} ml of bone although about {opening.volume_ml:.0f} ml "
+                        f"({opening.area_cm2:.0f} cm²) seem to be missing from the vault: the implant is likely "
+                        "incomplete; check the segmentation and the file's orientation, and do not use it unreviewed")
+    return messages

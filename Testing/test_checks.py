@@ -1,0 +1,47 @@
+"""Doubts about a design are said in plain words: a large opening left almost empty, a skull whose size
+or proportions are far from the training skulls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import shell_skull
+from SparseImplantLib.checks import doubts, vault_opening
+from SparseImplantLib.volume import Volume
+
+
+def on_grid(mask: np.ndarray, spacing: float = 2.0) -> Volume:
+    return Volume(mask.astype(np.uint8), [spacing] * 3, (0.0, 0.0, 0.0), np.eye(3))
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A shell 176 mm across at 2 mm, 6 mm bone, open at the bottom, with a cap missing from the top."""
+    defective, implant = shell_skull(shape=(94, 94, 84), radius=44.0, thickness=3.0)
+    return defective, implant
+
+
+def test_the_opening_of_a_vault_is_measured(head):
+    defective, implant = head
+    assert vault_opening(on_grid(defective | implant)).volume_ml < 1.0
+    opening = vault_opening(on_grid(defective))
+    cap_ml = implant.sum() * 8.0 / 1000
+    assert 0.4 * cap_ml < opening.volume_ml < 1.2 * cap_ml
+
+
+def test_a_large_opening_left_almost_empty_is_doubted(head):
+    defective, implant = head
+    cap_ml = implant.sum() * 8.0 / 1000
+    assert doubts(on_grid(defective), implant_ml=cap_ml) == []
+    (message,) = doubts(on_grid(defective), implant_ml=1.0)
+    assert message.startswith("the network added only 1.0 ml of bone") and "do not use it unreviewed" in message
+
+
+def test_a_skull_of_the_wrong_size_or_sideways_is_doubted(head):
+    defective, implant = head
+    complete = defective | implant
+    tiny = doubts(on_grid(complete, spacing=0.5), implant_ml=0.0)  # a header that says 0.5 mm for 2 mm voxels
+    assert any("outside the" in message and "check the spacing" in message for message in tiny)
+    sideways = complete[:, :70, :]  # 176 mm wide, 140 mm long
+    assert any("wider left-right" in message for message in doubts(on_grid(sideways), implant_ml=0.0))
