@@ -13,6 +13,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / 
 
 MODES = ("inference", "train")
 GRID_SIZES = ("64", "128", "256", "512")  # the keys of network.GRIDS, here so that parsing needs no torch
+GENERALIZATION_GROUPS = ("skullfix", "defect", "orientation", "rotation", "source")  # generalization.GROUPS
 
 
 def _comma_list(allowed: Sequence[str], what: str) -> Callable[[str], List[str]]:
@@ -42,6 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     network.add_argument("--channels", default="ch1", choices=("ch1", "ch2"))
     generate = commands.add_parser("generate", help="sparseimplant generate end to end on a full-resolution case")
     generate.add_argument("--model", help="registry model name (default: the bundled model)")
+    general = commands.add_parser("generalization",
+                                  help="implants for skulls, defects and files unlike SkullFix's: every defect kind, "
+                                       "reoriented, rotated and other-source copies of validation skulls")
+    general.add_argument("--data", type=Path, default=DEFAULT_DATA, help="SkullFix folder (default: ../shared/data/skullfix)")
+    general.add_argument("--cases", default="050-059", help="validation cases, never trained or tuned on (default 050-059)")
+    general.add_argument("--groups", default=",".join(GENERALIZATION_GROUPS),
+                         type=_comma_list(GENERALIZATION_GROUPS, "group"),
+                         help=f"comma-separated, from {','.join(GENERALIZATION_GROUPS)}")
+    general.add_argument("--model", help="registry model name (default: the bundled model)")
+    general.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     for sub in (network, generate):
         sub.add_argument("--data", type=Path, default=DEFAULT_DATA, help="SkullFix folder (default: ../shared/data/skullfix)")
         sub.add_argument("--case", default="050")
@@ -53,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     worker.add_argument("--data", type=Path, required=True)
     worker.add_argument("--case", required=True)
     worker.add_argument("--channels", default="ch1")
-    for sub in (engine, network, generate):
+    for sub in (engine, network, generate, general):
         sub.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT, help=f"results folder (default: {DEFAULT_OUTPUT})")
 
 
@@ -70,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
         from . import generate
 
         generate.run(args.data, args.case, args.output, args.model, args.timeout)
+    elif args.benchmark == "generalization":
+        from ..data.datasets import parse_case_range
+        from . import generalization
+
+        generalization.run(args.data, parse_case_range(args.cases), args.output, args.model, args.groups, args.device)
     else:
         from .network import worker
 
@@ -78,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks: engine, network (sparse vs dense), generate",
+    parser = subparsers.add_parser("bench", help="benchmarks: engine, network (sparse vs dense), generate, generalization",
                                    description="Benchmarks that print a table and write JSON/Markdown under results/bench/.")
     add_arguments(parser)
     parser.set_defaults(func=run)

@@ -1,0 +1,259 @@
+"""Generalisation benchmark: is the implant right for skulls, defects and files unlike SkullFix's?
+
+A deterministic suite built from validation skulls (050-059 by default, never trained or tuned on). Each
+case is run through the pipeline (``design_implant``, as ``generate`` runs it) and scored with the
+challenge metrics at full resolution against its own ground truth:
+
+- ``skullfix``: the case's own SkullFix defect, as stored;
+- ``defect:<kind>``: every kind the defect generator knows, cut into the complete skull at full
+  resolution at a seeded random place and size (saw-cut craniotomies in three size classes);
+- ``orientation:<name>``: the same file stored with permuted or flipped axes (a RAS-stored NIfTI flips
+  two); scored against the truth and for agreement with the file as stored;
+- ``rotation:<axes>``: the head turned by 25 degrees (pitch, roll or yaw, either way), resampled;
+- ``source:<name>``: another skull source: 1 mm voxels, 3 mm slices, bone one voxel thinner or thicker.
+
+Failures are cases with implant DSC below 0.6. Results: a per-group table, JSON with every case.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..data.defects import (
+    BILATERAL,
+    CRANIOTOMY,
+    FRONTOORBITAL,
+    PARIETOTEMPORAL,
+    RANDOM,
+    SKULLFIX_BOX,
+    WEDGE,
+    CraniotomyDefect,
+    cut_defect,
+)
+from ..volume import Volume, corners_lps, find_foreground_box, reorient, resample_mask
+from .commands import GENERALIZATION_GROUPS as GROUPS
+from .report import markdown_table, write_results
+
+FAILURE_DSC = 0.6
+ROTATION_DEG = 25.0
+CRANIOTOMY_SIZES = {"small": (20.0, 40.0), "medium": (50.0, 90.0), "large": (100.0, 140.0)}
+ORIENTATIONS = {  # name: (axis order, flips)
+    "permuted": ((2, 0, 1), (False, False, False)),
+    "flipped-LR-AP (RAS)": ((0, 1, 2), (True, True, False)),
+    "flipped-SI": ((0, 1, 2), (False, False, True)),
+}
+# Each case gets two of these (pitch about L, roll about P, yaw about S), so ten cases cover all.
+ROTATIONS = [(ROTATION_DEG, 0.0, 0.0), (-ROTATION_DEG, 0.0, 0.0), (0.0, ROTATION_DEG, 0.0), (0.0, -ROTATION_DEG, 0.0),
+             (0.0, 0.0, ROTATION_DEG), (0.0, 0.0, -ROTATION_DEG)]
+SOURCES = ("1 mm voxels", "3 mm slices", "bone thinner", "bone thicker")
+
+Pair = Tuple[Volume, Volume]  # (defective skull, true implant)
+
+
+@dataclass
+class Variant:
+    """One benchmark case: how to make its (defective, implant) pair and, for stored-otherwise copies,
+    how to bring its arrays back to the stored file's index order."""
+
+    case: str
+    group: str
+    name: str
+    make: Callable[[], Pair]
+    undo: Optional[Callable[[np.ndarray], np.ndarray]] = None
+
+
+def _seed(case: str, name: str) -> List[int]:
+    return [int(case), sum(map(ord, name))]
+
+
+def _defect_variant(case: str, complete: Callable[[], Volume], kind: str, size: Optional[str] = None) -> Variant:
+    name = kind if size is None else f"{kind}-{size}"
+
+    def make() -> Pair:
+        spec = CraniotomyDefect(diameter_mm=CRANIOTOMY_SIZES[size]) if size else CraniotomyDefect()
+        return cut_defect(complete(), kind, np.random.default_rng(_seed(case, name)), craniotomy=spec)
+
+    return Variant(case, "defect", name, make)
+
+
+def _undo_orientation(order: Sequence[int], flips: Sequence[bool]) -> Callable[[np.ndarray], np.ndarray]:
+    def undo(array: np.ndarray) -> np.ndarray:
+        for axis, flip in enumerate(flips):
+            if flip:
+                array = np.flip(array, axis)
+        return np.transpose(array, np.argsort(order))
+
+    return undo
+
+
+def rotated(pair: Pair, angles_deg: Sequence[float]) -> Pair:
+    """The head turned about its centre (pitch about L, roll about P, yaw about S), on the same grid
+    geometry, grown to hold it: the masks are resampled (as a tilted head would be scanned)."""
+    from ..train.augment import rotation_matrix
+
+    defective, implant = pair
+    complete = defective.with_array((defective.array | implant.array).astype(np.uint8))
+    corners = corners_lps(complete, find_foreground_box(complete.array))
+    centre = (corners.min(axis=0) + corners.max(axis=0)) / 2
+    rotation = rotation_matrix(*angles_deg)
+    reach = np.abs((corners - centre) @ rotation.T).max(axis=0) + 10.0  # mm each side, in LPS
+    to_index = np.linalg.inv(complete.direction * complete.spacing)
+    half = np.abs(to_index) @ reach  # index half-extent holding the turned skull
+    shape = np.ceil(2 * half).astype(int) + 1
+    grid_origin = centre - (complete.direction * complete.spacing) @ ((shape - 1) / 2)
+    # Sampling the original at centre + R^T (y - centre) for every grid point y turns the head by R.
+    source_grid = Volume(np.zeros(tuple(shape), np.uint8), complete.spacing, centre + rotation.T @ (grid_origin - centre),
+                         rotation.T @ complete.direction)
+    turned_complete = resample_mask(complete, source_grid).array
+    turned_defective = resample_mask(defective, source_grid).array & turned_complete
+    target = Volume(turned_defective, complete.spacing, grid_origin, complete.direction)
+    return target, target.with_array((turned_complete & ~turned_defective).astype(np.uint8))
+
+
+def another_source(pair: Pair, name: str) -> Pair:
+    """The same skull and defect as another scanner or segmentation would give it (see ``SOURCES``)."""
+    from scipy import ndimage
+
+    from ..volume import grid_with_spacing
+
+    defective, implant = pair
+    complete = (defective.array | implant.array) > 0
+    if name in ("bone thinner", "bone thicker"):
+        grow = name == "bone thicker"
+        cross = ndimage.generate_binary_structure(3, 1)
+        changed = (ndimage.binary_dilation if grow else ndimage.binary_erosion)(complete, structure=cross)
+        holder = ndimage.binary_dilation(defective.array > 0, structure=cross) if grow else defective.array > 0
+        new_defective = changed & holder
+        return (defective.with_array(new_defective.astype(np.uint8)),
+                defective.with_array((changed & ~new_defective).astype(np.uint8)))
+    spacing = [1.0, 1.0, 1.0] if name == "1 mm voxels" else [defective.spacing[0], defective.spacing[1], 3.0]
+    grid = grid_with_spacing(defective, spacing)
+    new_complete = resample_mask(defective.with_array(complete.astype(np.uint8)), grid).array
+    new_defective = resample_mask(defective, grid).array & new_complete
+    return grid.with_array(new_defective), grid.with_array((new_complete & ~new_defective).astype(np.uint8))
+
+
+def build_suite(data_root: Path, cases: Sequence[str], groups: Sequence[str] = GROUPS) -> List[Variant]:
+    """The deterministic suite for ``cases`` (ids of a SkullFix folder), limited to ``groups``."""
+    from ..data.datasets import list_cases
+
+    variants: List[Variant] = []
+    for index, files in enumerate(list_cases(data_root, cases=cases)):
+        case = files.key
+        cache: Dict[str, object] = {}
+
+        def own(files=files, cache=cache) -> Pair:
+            if "own" not in cache:
+                loaded = files.load()
+                cache["own"] = (loaded.defective, loaded.implant)
+            return cache["own"]  # type: ignore[return-value]
+
+        def complete(own=own) -> Volume:
+            defective, implant = own()
+            return defective.with_array((defective.array | implant.array).astype(np.uint8))
+
+        if "skullfix" in groups:
+            variants.append(Variant(case, "skullfix", "own defect", own))
+        if "defect" in groups:
+            for kind in (SKULLFIX_BOX, BILATERAL, FRONTOORBITAL, PARIETOTEMPORAL, RANDOM, WEDGE):
+                variants.append(_defect_variant(case, complete, kind))
+            for size in CRANIOTOMY_SIZES:
+                variants.append(_defect_variant(case, complete, CRANIOTOMY, size))
+        if "orientation" in groups:
+            for name, (order, flips) in ORIENTATIONS.items():
+                make = (lambda own=own, order=order, flips=flips:
+                        tuple(reorient(volume, order, flips) for volume in own()))
+                variants.append(Variant(case, "orientation", name, make, _undo_orientation(order, flips)))
+        if "rotation" in groups:
+            for angles in (ROTATIONS[(2 * index) % len(ROTATIONS)], ROTATIONS[(2 * index + 1) % len(ROTATIONS)]):
+                name = "/".join(f"{axis}{value:+.0f}" for axis, value in zip(("pitch", "roll", "yaw"), angles) if value)
+                variants.append(Variant(case, "rotation", name, lambda own=own, angles=angles: rotated(own(), angles)))
+        if "source" in groups:
+            for name in SOURCES:
+                variants.append(Variant(case, "source", name, lambda own=own, name=name: another_source(own(), name)))
+    return variants
+
+
+def run_variant(variant: Variant, networks, device, baseline: Optional[np.ndarray] = None) -> Tuple[dict, np.ndarray]:
+    """Design the implant for one variant and score it; ``baseline`` (the stored file's implant) adds
+    the agreement of a stored-otherwise copy with it. Returns the row and the implant array."""
+    from ..evaluate import evaluate_case
+    from ..metrics import dice
+    from ..pipeline import design_implant
+
+    defective, truth = variant.make()
+    started = time.perf_counter()
+    design = design_implant(defective, networks, device)
+    seconds = time.perf_counter() - started
+    completed, implant = design.completed, design.implant
+    row = {"case": variant.case, "group": variant.group, "name": variant.name, "seconds": round(seconds, 1),
+           "true_ml": round(float(truth.array.sum()) * truth.voxel_volume_mm3 / 1000, 2),
+           "implant_ml": round(design.implant_ml, 2), "warnings": design.warnings,
+           **evaluate_case(implant, truth, defective, completed, case=variant.case)}
+    if variant.undo is not None and baseline is not None:
+        row["agreement_dsc"] = dice(variant.undo(implant.array), baseline)
+    return row, implant.array
+
+
+def summarise(rows: Sequence[dict]) -> List[dict]:
+    """One line per (group, name) and per group: n, mean DSC, bDSC, HD95, failures."""
+    lines = []
+    keys = sorted({(row["group"], row["name"]) for row in rows}, key=lambda k: (GROUPS.index(k[0]), k[1]))
+    for group in GROUPS:
+        members = [k for k in keys if k[0] == group]
+        for key in members + ([(group, "all")] if len(members) > 1 else []):
+            chosen = [r for r in rows if r["group"] == group and (key[1] == "all" or r["name"] == key[1])]
+            if not chosen:
+                continue
+            line = {"group": group, "name": key[1], "n": len(chosen),
+                    "failures": sum(1 for r in chosen if r["dsc"] < FAILURE_DSC)}
+            for metric in ("dsc", "bdsc", "hd95_mm", "agreement_dsc"):
+                values = [r[metric] for r in chosen if r.get(metric) is not None]
+                line[metric] = float(np.mean(values)) if values and all(map(math.isfinite, values)) else (
+                    math.inf if values else None)
+            lines.append(line)
+    return lines
+
+
+def _cell(value: Optional[float], digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    return "inf" if not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def run(data_root: Path, cases: Sequence[str], output_dir: Path, model: Optional[str], groups: Sequence[str],
+        device_name: str = "cpu") -> dict:
+    from ..inference import load_networks, select_device
+
+    device = select_device(device_name)
+    networks = load_networks(model, "none", device)
+    rows: List[dict] = []
+    baseline: Tuple[str, Optional[np.ndarray]] = ("", None)  # the stored file's implant of the current case
+    for variant in build_suite(data_root, cases, groups):
+        if variant.undo is not None and baseline[0] != variant.case:
+            stored = next(v for v in build_suite(data_root, [variant.case], ["skullfix"]))
+            baseline = (variant.case, run_variant(stored, networks, device)[1])
+        row, implant = run_variant(variant, networks, device, baseline[1] if baseline[0] == variant.case else None)
+        if variant.group == "skullfix":
+            baseline = (variant.case, implant)
+        rows.append(row)
+        print(f"{row['case']} {row['group']:<12} {row['name']:<22} DSC {row['dsc']:.3f}  bDSC {row['bdsc']:.3f}  "
+              f"HD95 {_cell(row['hd95_mm'], 2)} mm  implant {row['implant_ml']:.1f} / {row['true_ml']:.1f} ml"
+              + (f"  agreement {row['agreement_dsc']:.3f}" if "agreement_dsc" in row else ""), flush=True)
+    summary = summarise(rows)
+    table = markdown_table(
+        ["group", "variant", "n", "implant DSC", "border DSC", "HD95 (mm)", "failures (DSC < 0.6)", "agreement DSC"],
+        [[s["group"], s["name"], s["n"], _cell(s["dsc"]), _cell(s["bdsc"]), _cell(s["hd95_mm"], 2), s["failures"],
+          _cell(s["agreement_dsc"])] for s in summary])
+    notes = (f"Model {networks.info.name}, cases {','.join(cases)}, device {device.type}. Defects cut at full "
+             f"resolution with seeded random position and size; rotations of {ROTATION_DEG:g} degrees; agreement: "
+             "the implant of a stored-otherwise copy against the stored file's, in the file's index order.")
+    data = {"model": networks.info.name, "cases": list(cases), "groups": list(groups), "summary": summary, "rows": rows}
+    write_results(output_dir, "generalization", data, table, notes)
+    return data

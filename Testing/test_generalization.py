@@ -1,0 +1,75 @@
+"""The generalisation benchmark's suite: what each variant does to a case, and how results are summed up."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import shell_skull
+from SparseImplantLib.bench import generalization
+from SparseImplantLib.volume import Volume, reorient
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A 1 mm shell skull with a cap defect, its bone thicker at the back (+P) so that turns show."""
+    defective, implant = shell_skull(shape=(72, 72, 64), radius=30.0, thickness=4.0)
+    defective[:, 50:, :] |= (np.roll(defective, 2, axis=1) & (implant == 0))[:, 50:, :]
+    geometry = dict(spacing=(1.0, 1.0, 1.0), origin=(-36.0, -36.0, 0.0), direction=np.eye(3))
+    return Volume(defective, **geometry), Volume(implant, **geometry)
+
+
+def test_a_turned_head_keeps_its_bone_and_moves_as_asked(pair):
+    defective, implant = pair
+    turned_defective, turned_implant = generalization.rotated(pair, (0.0, 0.0, 90.0))  # yaw: posterior -> right
+    assert not np.any(turned_defective.array & turned_implant.array)
+    assert int(turned_implant.array.sum()) == pytest.approx(int(implant.array.sum()), rel=0.1)
+    assert int(turned_defective.array.sum()) == pytest.approx(int(defective.array.sum()), rel=0.1)
+
+    def centroid(volume):
+        matrix = volume.index_to_lps()
+        return (np.argwhere(volume.array) @ matrix[:3, :3].T + matrix[:3, 3]).mean(axis=0)
+
+    before, after = centroid(defective), centroid(turned_defective)
+    assert before[1] > 0.5 and after[0] < -0.5 * before[1]  # the thick back is now on the right (-L)
+
+
+@pytest.mark.parametrize("name", generalization.SOURCES)
+def test_another_source_keeps_defect_and_implant_apart(pair, name):
+    defective, implant = pair
+    new_defective, new_implant = generalization.another_source(pair, name)
+    assert not np.any(new_defective.array & new_implant.array) and new_implant.array.any()
+    complete = lambda d, i: np.count_nonzero(d.array | i.array) * d.voxel_volume_mm3  # noqa: E731
+    ratio = complete(new_defective, new_implant) / complete(defective, implant)
+    expected = {"bone thinner": (0.4, 0.8), "bone thicker": (1.2, 1.7)}.get(name, (0.85, 1.15))
+    assert expected[0] < ratio < expected[1]
+    if name == "3 mm slices":
+        assert new_defective.spacing[2] == 3.0
+
+
+def test_the_suite_covers_every_group(tiny_skullfix):
+    suite = generalization.build_suite(tiny_skullfix, ["000", "001"])
+    counts = {group: sum(1 for v in suite if v.group == group) for group in generalization.GROUPS}
+    per_case = {"skullfix": 1, "defect": 9, "orientation": 3, "rotation": 2, "source": 4}
+    assert counts == {group: 2 * n for group, n in per_case.items()}
+    assert len({(v.case, v.name) for v in suite if v.group == "rotation"}) == 4  # each case turned two other ways
+    only = generalization.build_suite(tiny_skullfix, ["001"], ["orientation"])
+    defective, _ = only[0].make()
+    stored, _ = generalization.build_suite(tiny_skullfix, ["001"], ["skullfix"])[0].make()
+    np.testing.assert_array_equal(only[0].undo(defective.array), stored.array)
+
+
+def test_orientations_are_undone(pair):
+    defective, _ = pair
+    for order, flips in generalization.ORIENTATIONS.values():
+        copy = reorient(defective, order, flips)
+        np.testing.assert_array_equal(generalization._undo_orientation(order, flips)(copy.array), defective.array)
+
+
+def test_summary_counts_failures_per_variant_and_group():
+    rows = [{"group": "defect", "name": "wedge", "dsc": 0.9, "bdsc": 0.9, "hd95_mm": 1.0},
+            {"group": "defect", "name": "wedge", "dsc": 0.5, "bdsc": 0.6, "hd95_mm": 5.0},
+            {"group": "defect", "name": "random", "dsc": 0.8, "bdsc": 0.8, "hd95_mm": 2.0}]
+    summary = {(s["group"], s["name"]): s for s in generalization.summarise(rows)}
+    assert summary[("defect", "wedge")]["failures"] == 1 and summary[("defect", "wedge")]["dsc"] == pytest.approx(0.7)
+    assert summary[("defect", "all")]["n"] == 3 and summary[("defect", "all")]["failures"] == 1
