@@ -35,7 +35,8 @@ def _register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reference", type=Path, help="ground-truth implant mask: adds DSC/border DSC/HD95 and distances against it")
     parser.add_argument("--mesh-formats", default="stl", help=f"comma-separated, from {','.join(MESH_FORMATS)} (default: stl)")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="terminal bar, JSON lines (for Slicer) or nothing")
-    parser.add_argument("--overwrite", action="store_true", help="replace results already in OUTDIR")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results already in OUTDIR (an earlier run's files this run does not write go too)")
     parser.add_argument("--model-dir", type=Path, help="folder with registry.json and weights (default: Resources/Models)")
     _add_network_choices(parser)
     parser.set_defaults(func=_run_generate)
@@ -96,7 +97,7 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="model name from the registry (default: the bundled completion model)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--model-dir", type=Path, help="folder with registry.json and weights")
-    parser.add_argument("--overwrite", action="store_true", help="replace predictions already in OUTDIR")
+    parser.add_argument("--overwrite", action="store_true", help="replace the predictions already in OUTDIR's case folders")
     parser.add_argument("--keep-logit", type=float, help="override the model's pruning threshold (for tuning on training cases)")
     _add_network_choices(parser)
     parser.set_defaults(func=_run_predict)

@@ -2,17 +2,15 @@
 
 Every reading problem becomes a ``SparseImplantError`` whose one line names the file, the problem and
 the fix. Writers never leave a half-written file behind: they write to a temporary name in the
-target folder and rename it into place.
+target folder and rename it into place (``outputs`` moves whole result sets the same way).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -145,28 +143,3 @@ def write_volume(path: PathLike, volume: Volume) -> Path:
 
     image = to_sitk(volume)
     return atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), True))
-
-
-@contextlib.contextmanager
-def staged_output(output_dir: PathLike, names: Sequence[str], overwrite: bool = False) -> Iterator[Path]:
-    """Collect outputs in a hidden staging folder and move them into ``output_dir`` only on success.
-
-    Refuses up front to replace existing files unless ``overwrite`` is set, so nothing the user had is
-    lost; on any error the staging folder is removed and ``output_dir`` is left as it was.
-    """
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise SparseImplantError(f"output path '{output_dir}' is a file: give a folder")
-    clashes = [name for name in names if (output_dir / name).exists()]
-    if clashes and not overwrite:
-        raise SparseImplantError(
-            f"output folder '{output_dir}' already holds {', '.join(clashes)}: choose another folder or pass --overwrite"
-        )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
-    try:
-        yield staging
-        for item in sorted(staging.iterdir()):
-            os.replace(item, output_dir / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

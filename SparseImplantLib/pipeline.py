@@ -22,9 +22,10 @@ import torch
 from . import __version__
 from .errors import SparseImplantError
 from .evaluate import COMPLETED_FILE, IMPLANT_FILE, evaluate_case
-from .io import read_mask, staged_output, write_volume
+from .io import read_mask, write_volume
 from .models.completion import CompletionNet
 from .models.registry import ModelInfo, find_model, find_refiner, load_network
+from .outputs import check_output, staged_output
 from .postprocess import extract_implant
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 from .sparse import from_mask
@@ -249,6 +250,8 @@ def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[st
     from .data.datasets import list_cases
 
     selected = list_cases(data_root, cases=cases)
+    for files in selected:
+        check_output(Path(output_dir) / files.key, [COMPLETED_FILE, IMPLANT_FILE], overwrite)
     chosen = select_device(device)
     networks = load_networks(model, refine_model, chosen, model_dir)
     if keep_logit is not None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,8 @@ import SimpleITK as sitk
 
 from conftest import PROJECT_ROOT
 from SparseImplantLib.cli import main
-from SparseImplantLib.io import write_volume
+from SparseImplantLib.io import read_mask, write_volume
+from SparseImplantLib.outputs import MANIFEST
 from SparseImplantLib.progress import ProgressEvent
 from test_models import make_registry
 
@@ -38,7 +42,8 @@ def test_generate_writes_every_output(tmp_path, capsys, skull_file, model_dir, s
     names = {p.name for p in out.iterdir()}
     assert {"completed_skull.nrrd", "implant.nrrd", "completed_skull.stl", "completed_skull.obj",
             "defective_skull.stl", "defective_skull.obj", "distance_map.vtk", "preview.png", "report.json"} <= names
-    assert not any(name.startswith(".") for name in names)
+    assert {name for name in names if name.startswith(".")} == {MANIFEST}  # no staging folder left
+    assert json.loads((out / MANIFEST).read_text())["files"] == sorted(names - {MANIFEST})
     report = json.loads((out / "report.json").read_text())
     assert report["device"] == "cpu" and report["model"]["name"] == "tiny"
     assert set(report["metrics"]) == {"dsc", "bdsc", "hd95_mm", "skull_dsc"}
@@ -96,7 +101,7 @@ def test_bad_masks_fail_cleanly(tmp_path, capsys, synthetic_skull, model_dir, ki
     code, _, stderr = run_cli(capsys, "generate", path, "-o", out, "--model-dir", model_dir, "--progress", "none")
     assert code == 1
     assert message in stderr and stderr.count("\n") == 1 and stderr.startswith("sparseimplant: error: ")
-    assert not out.exists() or list(out.iterdir()) == []
+    assert not out.exists()  # a failed run leaves no new, empty output folder (issue 22, item 9)
 
 
 def test_bad_files_fail_cleanly(tmp_path, capsys, model_dir, skull_file):
@@ -111,7 +116,7 @@ def test_bad_files_fail_cleanly(tmp_path, capsys, model_dir, skull_file):
         out = tmp_path / f"out_{path.stem}"
         code, _, stderr = run_cli(capsys, "generate", path, "-o", out, "--model-dir", model_dir, "--progress", "none")
         assert code == 1 and message in stderr and stderr.count("\n") == 1
-        assert not out.exists() or list(out.iterdir()) == []
+        assert not out.exists()
 
 
 def test_missing_and_wrong_weights(tmp_path, capsys, skull_file):
@@ -151,9 +156,87 @@ def test_predict_then_evaluate(tmp_path, capsys, tiny_skullfix, model_dir):
                                    "--model-dir", model_dir, "--device", "cpu", "--single-pass")
     assert code == 0, stderr
     assert sorted(p.name for p in predictions.iterdir()) == ["001", "002"]
-    assert {p.name for p in (predictions / "001").iterdir()} == {"completed_skull.nrrd", "implant.nrrd"}
+    assert {p.name for p in (predictions / "001").iterdir()} == {"completed_skull.nrrd", "implant.nrrd", MANIFEST}
     code, stdout, stderr = run_cli(capsys, "evaluate", "--predictions", predictions, "--data", tiny_skullfix,
                                    "--cases", "001-002", "-o", tmp_path / "evaluation")
     assert code == 0, stderr
     report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     assert len(report["cases"]) == 2
+
+
+def eager_model_dir(tmp_path, model_dir):
+    """The tiny model keeping every voxel it generates: an implant however untrained it is."""
+    registry = json.loads((model_dir / "registry.json").read_text())
+    registry["models"][0]["keep_logit"] = -1e6
+    eager = tmp_path / "eager"
+    eager.mkdir()
+    (eager / "registry.json").write_text(json.dumps(registry))
+    (eager / "tiny.safetensors").write_bytes((model_dir / "tiny.safetensors").read_bytes())
+    return eager
+
+
+def test_overwrite_removes_the_earlier_runs_stale_files(tmp_path, capsys, skull_file, model_dir):
+    """Issue 22, item 1: an input with no implant, rerun over a run that had one."""
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", out, "--model-dir", eager_model_dir(tmp_path, model_dir),
+                              "--progress", "none", "--single-pass")
+    assert code == 0, stderr
+    assert (out / "implant.stl").is_file()
+    (out / "notes.txt").write_text("the user's own file")
+    with pytest.warns(UserWarning, match="the implant is empty"):
+        code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", out, "--model-dir", model_dir, "--progress", "none",
+                                  "--single-pass", "--overwrite")
+    assert code == 0, stderr
+    assert json.loads((out / "report.json").read_text())["voxels"]["implant"] == 0
+    assert not (out / "implant.stl").exists()  # the earlier run's implant would contradict the report
+    assert (out / "notes.txt").read_text() == "the user's own file"
+
+
+def output_path(tmp_path, kind: str):
+    """An output folder that cannot be written, of each kind a user runs into."""
+    if kind == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder / "out"
+    if kind == "unwritable":  # sysfs: no one may create files there, root included
+        if not Path("/sys/kernel").is_dir():
+            pytest.skip("needs Linux's /sys")
+        return Path("/sys/kernel/sparseimplant-out")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    return blocker if kind == "file" else blocker / "out"
+
+
+@pytest.mark.parametrize("command", ["generate", "predict", "evaluate"])
+@pytest.mark.parametrize("kind", ["file", "under-a-file", "unwritable", "read-only"])
+def test_output_folders_that_cannot_be_written(tmp_path, capsys, skull_file, model_dir, tiny_skullfix, command, kind):
+    out = output_path(tmp_path, kind)
+    arguments = {
+        "generate": ["generate", skull_file, "--model-dir", model_dir, "--progress", "none"],
+        "predict": ["predict", "--data", tiny_skullfix, "--cases", "001", "--model-dir", model_dir],
+        "evaluate": ["evaluate", "--predictions", tiny_skullfix, "--data", tiny_skullfix, "--cases", "001"],
+    }[command]
+    if command == "evaluate":  # the ground truth as the prediction: only the output folder can fail
+        (tiny_skullfix / "001").mkdir()
+        (tiny_skullfix / "001" / "implant.nrrd").write_bytes((tiny_skullfix / "implant" / "001.nrrd").read_bytes())
+    code, _, stderr = run_cli(capsys, *arguments, "-o", out)
+    last = stderr.splitlines()[-1]  # after the progress bar of predict and evaluate
+    assert code == 1 and last.startswith("sparseimplant: error: ") and "Traceback" not in stderr
+    if "file" in kind:  # predict names its case folder, which lies under the file
+        assert re.search(r"output path '.*' (is a file|lies under the file '.*'): give a folder$", last)
+    else:
+        assert "cannot write into output folder" in last and "choose a folder you can write to" in last
+
+
+def test_a_failed_predict_leaves_no_case_folder(tmp_path, capsys, tiny_skullfix, model_dir):
+    """Issue 22, item 9: the first case fails, so nothing of the run may remain."""
+    write_volume(tiny_skullfix / "defective_skull" / "001.nrrd",
+                 read_mask(tiny_skullfix / "defective_skull" / "000.nrrd").with_array(np.zeros((36, 36, 32), np.uint8)))
+    predictions = tmp_path / "predictions"
+    code, _, stderr = run_cli(capsys, "predict", "--data", tiny_skullfix, "--cases", "001-002", "-o", predictions,
+                              "--model-dir", model_dir, "--single-pass")
+    assert code == 1 and "empty mask" in stderr
+    assert not predictions.exists()
