@@ -240,3 +240,13 @@ def test_a_failed_predict_leaves_no_case_folder(tmp_path, capsys, tiny_skullfix,
                               "--model-dir", model_dir, "--single-pass")
     assert code == 1 and "empty mask" in stderr
     assert not predictions.exists()
+
+
+@pytest.mark.parametrize("option, value", [("--keep-logit", "nan"), ("--keep-logit", "-inf"), ("--threshold", "inf")])
+def test_numeric_options_must_be_finite(tmp_path, capsys, skull_file, tiny_skullfix, model_dir, option, value):
+    """Issue 22, item 8: predict --keep-logit nan gave empty implants and exit code 0."""
+    command = (["predict", "--data", tiny_skullfix, "--cases", "001"] if option == "--keep-logit"
+               else ["generate", skull_file, "--progress", "none"])
+    code, _, stderr = run_cli(capsys, *command, "-o", tmp_path / "out", "--model-dir", model_dir, f"{option}={value}")
+    assert code == 1 and stderr == f"sparseimplant: error: {option} is {float(value)}: give a finite number\n"
+    assert not (tmp_path / "out").exists()

@@ -14,7 +14,13 @@ import pytest
 
 from conftest import PROJECT_ROOT
 from SparseImplantLib.errors import SparseImplantError
+from SparseImplantLib.io import write_volume
 from SparseImplantLib.outputs import HOST, LOCK, MANIFEST, UNMOVED_PREFIX, staged_output
+
+
+@pytest.fixture
+def skull_file(tmp_path, synthetic_skull):
+    return write_volume(tmp_path / "defective.nrrd", synthetic_skull[0])
 
 
 def write_set(folder, files: dict, overwrite: bool = False) -> None:
@@ -155,3 +161,20 @@ def test_a_failed_run_removes_the_folders_it_created(tmp_path):
         with staged_output(kept, ["a.nrrd"]):
             raise RuntimeError("boom")
     assert kept.is_dir() and list(kept.iterdir()) == []  # a folder the user had stays
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(tmp_path, skull_file, model_dir):
+    """The Slicer module and job schedulers stop runs with SIGTERM: the staging folder must go too."""
+    out = tmp_path / "out"
+    script = ("import sys\nfrom SparseImplantLib import cli, pipeline\n"
+              "def stall(*args, **kwargs):\n    print('network', flush=True)\n    sys.stdin.read()\n"
+              "pipeline.design_implant = stall\nsys.exit(cli.main(sys.argv[1:]))\n")
+    child = subprocess.Popen([sys.executable, "-c", script, "generate", str(skull_file), "-o", str(out), "--model-dir",
+                              str(model_dir), "--progress", "none"], cwd=PROJECT_ROOT, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout.readline() == "network\n"
+    assert any(p.name.startswith(".staging-") for p in out.iterdir())
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=600)
+    assert child.returncode == 143 and stderr == "sparseimplant: error: terminated\n"
+    assert not out.exists()
