@@ -15,6 +15,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from .errors import SparseImplantError
+from .limits import check_header, check_skull_shape
 from .volume import Volume, from_sitk, to_sitk
 
 PathLike = Union[str, os.PathLike]
@@ -31,38 +32,57 @@ def _suffix(path: Path) -> str:
 
 
 def read_volume(path: PathLike) -> Volume:
-    """Read any 3D scalar image with its geometry; the values are returned unchanged."""
+    """Read any 3D scalar image with its geometry; the values are returned unchanged.
+
+    The header is checked first (``limits.check_header``), so a file claiming billions of voxels or
+    metres of extent is refused before its pixels are allocated."""
     import SimpleITK as sitk
 
     path = Path(path)
-    if not path.is_file():
-        raise SparseImplantError(f"input file '{path}' does not exist: check the path")
+    _check_readable(path)
     if _suffix(path) not in MASK_SUFFIXES:
         raise SparseImplantError(
             f"'{path.name}' has an unsupported file type: use NRRD (.nrrd, .seg.nrrd) or NIfTI (.nii, .nii.gz)"
         )
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        if reader.GetDimension() != 3:
+            raise SparseImplantError(f"'{path.name}' is a {reader.GetDimension()}D image: a 3D skull volume is needed")
+        if reader.GetNumberOfComponents() != 1:
+            raise SparseImplantError(
+                f"'{path.name}' has {reader.GetNumberOfComponents()} values per voxel (4D or multi-layer):"
+                " export a single 3D labelmap"
+            )
+        check_header(path.name, reader.GetSize(), reader.GetSpacing(), reader.GetOrigin())
+        image = reader.Execute()
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
         raise SparseImplantError(
             f"cannot read '{path.name}': the file is unreadable or truncated ({reason}); re-export it"
         ) from None
-    if image.GetDimension() != 3:
-        raise SparseImplantError(
-            f"'{path.name}' is a {image.GetDimension()}D image: a 3D skull volume is needed"
-        )
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise SparseImplantError(
-            f"'{path.name}' has {image.GetNumberOfComponentsPerPixel()} values per voxel (4D or multi-layer):"
-            " export a single 3D labelmap"
-        )
     volume = from_sitk(image)
     if min(volume.shape) < 2:
         raise SparseImplantError(f"'{path.name}' has shape {volume.shape}: a 3D skull volume is needed")
     if np.issubdtype(volume.array.dtype, np.floating) and not np.isfinite(volume.array).all():
         raise SparseImplantError(f"'{path.name}' contains NaN or infinite values: fix or re-export the file")
     return volume
+
+
+def _check_readable(path: Path) -> None:
+    """A missing file, a folder and a file one may not read are three problems with three fixes."""
+    try:
+        if path.is_dir():
+            raise SparseImplantError(f"input '{path}' is a folder, not a file: give the mask or CT file inside it")
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise SparseImplantError(f"input file '{path}' does not exist: check the path") from None
+    except PermissionError:
+        raise SparseImplantError(f"input file '{path}' may not be read (permission denied): check its permissions") from None
+    except OSError as error:
+        raise SparseImplantError(f"cannot open input file '{path}' ({error.strerror or error}): check the path") from None
 
 
 def mask_from_labels(volume: Volume, name: str, label: Optional[int] = None) -> Volume:
@@ -90,7 +110,7 @@ def mask_from_ct(volume: Volume, threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU
 
 
 def check_skull_mask(mask: Volume, name: str) -> None:
-    """Reject masks no skull can come from (empty or all foreground)."""
+    """Reject masks no skull can come from: empty, all foreground, solid or speckle (``limits``)."""
     count = int(np.count_nonzero(mask.array))
     if count == 0:
         raise SparseImplantError(f"'{name}' has no skull voxels (empty mask): select the skull segment or lower the threshold")
@@ -98,6 +118,7 @@ def check_skull_mask(mask: Volume, name: str) -> None:
         raise SparseImplantError(
             f"'{name}' is foreground everywhere: it is not a skull mask (a CT volume needs --threshold)"
         )
+    check_skull_shape(mask.array, name)
 
 
 def read_mask(path: PathLike, label: Optional[int] = None, threshold_hu: Optional[float] = None) -> Volume:

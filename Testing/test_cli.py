@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,9 +16,11 @@ import SimpleITK as sitk
 
 from conftest import PROJECT_ROOT
 from SparseImplantLib.cli import main
+from SparseImplantLib.errors import SparseImplantError
 from SparseImplantLib.io import read_mask, write_volume
 from SparseImplantLib.outputs import MANIFEST
 from SparseImplantLib.progress import ProgressEvent
+from SparseImplantLib.volume import Volume
 from test_models import make_registry
 
 
@@ -250,3 +253,40 @@ def test_numeric_options_must_be_finite(tmp_path, capsys, skull_file, tiny_skull
     code, _, stderr = run_cli(capsys, *command, "-o", tmp_path / "out", "--model-dir", model_dir, f"{option}={value}")
     assert code == 1 and stderr == f"sparseimplant: error: {option} is {float(value)}: give a finite number\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_or_an_unreadable_file_is_not_reported_missing(tmp_path, capsys, skull_file, model_dir):
+    """Issue 22, item 9."""
+    code, _, stderr = run_cli(capsys, "generate", tmp_path, "-o", tmp_path / "out", "--model-dir", model_dir)
+    assert code == 1 and "is a folder, not a file" in stderr and "does not exist" not in stderr
+    skull_file.chmod(0)
+    try:
+        with as_unprivileged_user(), pytest.raises(SparseImplantError, match="may not be read") as error:
+            read_mask(skull_file)  # what generate reads its input with
+    finally:
+        skull_file.chmod(0o644)
+    assert "does not exist" not in str(error.value)
+
+
+@contextlib.contextmanager
+def as_unprivileged_user():
+    """Root reads every file: act as 'nobody' (effective ids only, restored after) so permissions apply."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def test_a_far_origin_is_not_reported_as_a_vanishing_skull(tmp_path, capsys, synthetic_skull, model_dir):
+    """Issue 22, item 9: origin 1e300."""
+    defective = synthetic_skull[0]
+    far = Volume(defective.array, defective.spacing, (1e300, 0.0, 0.0), defective.direction)
+    path = write_volume(tmp_path / "far.nrrd", far)
+    code, _, stderr = run_cli(capsys, "generate", path, "-o", tmp_path / "out", "--model-dir", model_dir, "--progress", "none")
+    assert code == 1 and "fix the origin in the file's header" in stderr and "vanishes" not in stderr

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import SparseImplantError
 from ..io import PathLike, mask_from_labels, read_volume
+from ..limits import check_case_count
 from ..volume import Volume
 
 SKULLFIX = "skullfix"
@@ -100,7 +101,7 @@ def _read_mask(path: Path) -> Volume:
 def parse_case_range(text: str) -> List[str]:
     """``"000-049,055"`` -> ["000", ..., "049", "055"]; ids keep the zero-padding of the text (at least 3
     digits, as the data sets name their files)."""
-    ids: List[str] = []
+    ranges = []
     for part in (piece.strip() for piece in str(text).split(",")):
         match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
         if not match:
@@ -110,6 +111,10 @@ def parse_case_range(text: str) -> List[str]:
         first, last = match.group(1), match.group(2) or match.group(1)
         if int(last) < int(first):
             raise SparseImplantError(f"case range '{part}' runs backwards: write it as {last}-{first}")
+        ranges.append((first, last))
+    check_case_count(text, sum(int(last) - int(first) + 1 for first, last in ranges))
+    ids: List[str] = []
+    for first, last in ranges:
         width = max(3, len(first), len(last))
         ids.extend(str(number).zfill(width) for number in range(int(first), int(last) + 1))
     return list(dict.fromkeys(ids))
