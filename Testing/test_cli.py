@@ -290,3 +290,33 @@ def test_a_far_origin_is_not_reported_as_a_vanishing_skull(tmp_path, capsys, syn
     path = write_volume(tmp_path / "far.nrrd", far)
     code, _, stderr = run_cli(capsys, "generate", path, "-o", tmp_path / "out", "--model-dir", model_dir, "--progress", "none")
     assert code == 1 and "fix the origin in the file's header" in stderr and "vanishes" not in stderr
+
+
+def test_a_bad_refine_model_names_its_own_option(tmp_path, capsys, skull_file, model_dir):
+    """Issue 22, item 9: not "check --model"."""
+    code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", tmp_path / "out", "--model-dir", model_dir,
+                              "--progress", "none", "--refine-model", "nosuch")
+    assert code == 1 and "unknown model 'nosuch' (available: tiny): check --refine-model" in stderr
+    code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", tmp_path / "out", "--model-dir", model_dir,
+                              "--progress", "none", "--refine-model", "tiny")
+    assert code == 1 and "completion model but a super_resolution model is needed: choose another --refine-model" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_weights_are_refused(tmp_path, capsys, skull_file):
+    """Issue 22, item 9: not "is the skull already complete?" after a network that returns nothing."""
+    import torch
+
+    from SparseImplantLib.models.completion import CompletionNet
+    from SparseImplantLib.models.registry import ModelInfo, save_network, write_registry
+
+    network = CompletionNet((2,) * 7)
+    with torch.no_grad():
+        network.dec_s1_cls.bias.fill_(float("nan"))  # what a diverged training run saves
+    info = save_network(network, ModelInfo(name="diverged", kind="completion", channels=[2] * 7, spacing_mm=[2.0] * 3,
+                                           file="diverged.safetensors", directory=tmp_path))
+    write_registry([info], tmp_path)
+    code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", tmp_path / "out", "--model-dir", tmp_path,
+                              "--progress", "none")
+    assert code == 1 and "weights of model 'diverged' contain NaN or infinite values" in stderr
+    assert "already complete" not in stderr
