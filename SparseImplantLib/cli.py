@@ -109,8 +109,9 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="batch prediction over a SkullFix/SkullBreak folder (masks only, for evaluate)",
-        description="Predict completed skulls and implants for every selected case of a data folder; writes "
-        "OUTDIR/<case>/completed_skull.nrrd and implant.nrrd, the layout 'sparseimplant evaluate' reads.",
+        description="Predict completed skulls and implants for every selected case of a data folder (ground-truth "
+        "implants are not needed); writes OUTDIR/<case>/completed_skull.nrrd and implant.nrrd, the layout "
+        "'sparseimplant evaluate' reads.",
     )
     parser.add_argument("--data", type=Path, required=True, help="data root (SkullFix or SkullBreak layout)")
     parser.add_argument("--cases", help="case ids, e.g. 050-059 (default: all)")

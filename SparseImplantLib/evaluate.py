@@ -78,7 +78,8 @@ def evaluate_case(
 
 
 def _read_prediction(path: Path, case: str) -> Volume:
-    return mask_from_labels(read_volume(path), f"{case}/{path.name}")
+    return mask_from_labels(read_volume(path), f"{case}/{path.name}",
+                            remedy="predictions must be binary masks (0 and 1), as 'sparseimplant predict' writes them")
 
 
 def evaluate_folders(
@@ -96,7 +97,8 @@ def evaluate_folders(
     (per-case rows, per-metric mean/std/n)."""
     predictions_dir = Path(predictions_dir)
     if not predictions_dir.is_dir():
-        raise SparseImplantError(f"predictions folder '{predictions_dir}' does not exist: check --predictions")
+        problem = "is not a folder" if predictions_dir.exists() else "does not exist"
+        raise SparseImplantError(f"predictions folder '{predictions_dir}' {problem}: check --predictions")
     selected = list_cases(data_root, layout=layout, cases=cases, defect_types=defect_types)
     missing = [f.key for f in selected if not (predictions_dir / f.key / IMPLANT_FILE).is_file()]
     if missing:

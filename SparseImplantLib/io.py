@@ -85,10 +85,17 @@ def _check_readable(path: Path) -> None:
         raise SparseImplantError(f"cannot open input file '{path}' ({error.strerror or error}): check the path") from None
 
 
-def mask_from_labels(volume: Volume, name: str, label: Optional[int] = None) -> Volume:
-    """Binary mask from a labelmap: the one foreground value, or ``label`` for multi-label maps."""
+def mask_from_labels(volume: Volume, name: str, label: Optional[int] = None, remedy: Optional[str] = None) -> Volume:
+    """Binary mask from a labelmap: the one foreground value, or ``label`` for multi-label maps.
+
+    ``remedy`` is what the user should do with a file that is not binary; by default the options of
+    ``generate`` (--label, --threshold), which other commands lack, so they pass their own."""
     values = np.unique(volume.array)
     if label is not None:
+        if label == 0:
+            raise SparseImplantError(
+                f"label 0 is the background of '{name}', not a skull: choose the skull's label (values present: {_list(values)})"
+            )
         if label not in values:
             raise SparseImplantError(
                 f"label {label} does not occur in '{name}' (values present: {_list(values)}): choose one of them"
@@ -97,11 +104,17 @@ def mask_from_labels(volume: Volume, name: str, label: Optional[int] = None) -> 
     else:
         foreground = values[values != 0]
         if foreground.size > 1:
-            raise SparseImplantError(
-                f"'{name}' is not binary (values {_list(values)}): choose the skull label with --label N"
-            )
+            intensities = _looks_like_intensities(values)
+            found = f"values from {values[0]:g} to {values[-1]:g}, like a CT" if intensities else f"values {_list(values)}"
+            default = "a CT volume needs --threshold HU (bone: e.g. 300)" if intensities else "choose the skull label with --label N"
+            raise SparseImplantError(f"'{name}' is not binary ({found}): {remedy or default}")
         mask = volume.array != 0
     return volume.with_array(mask.astype(np.uint8))
+
+
+def _looks_like_intensities(values: np.ndarray) -> bool:
+    """Negative, fractional or hundreds of distinct values: an image of intensities, not of labels."""
+    return bool(values[0] < 0 or values.size > 255 or not np.array_equal(values, np.round(values)))
 
 
 def mask_from_ct(volume: Volume, threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU) -> Volume:
@@ -121,11 +134,13 @@ def check_skull_mask(mask: Volume, name: str) -> None:
     check_skull_shape(mask.array, name)
 
 
-def read_mask(path: PathLike, label: Optional[int] = None, threshold_hu: Optional[float] = None) -> Volume:
-    """Read a skull mask: a binary/label file, or a CT volume thresholded at ``threshold_hu``."""
+def read_mask(path: PathLike, label: Optional[int] = None, threshold_hu: Optional[float] = None,
+              remedy: Optional[str] = None) -> Volume:
+    """Read a skull mask: a binary/label file, or a CT volume thresholded at ``threshold_hu``
+    (``remedy``: as in ``mask_from_labels``)."""
     volume = read_volume(path)
     name = Path(path).name
-    mask = mask_from_ct(volume, threshold_hu) if threshold_hu is not None else mask_from_labels(volume, name, label)
+    mask = mask_from_ct(volume, threshold_hu) if threshold_hu is not None else mask_from_labels(volume, name, label, remedy)
     check_skull_mask(mask, name)
     return mask
 

@@ -247,9 +247,9 @@ def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[st
     the layout ``evaluate`` reads. ``keep_logit`` overrides the completion model's pruning threshold
     (tuning); ``averaged`` and ``refine_model`` as in ``GenerateOptions``.
     Returns one timing record per case."""
-    from .data.datasets import list_cases
+    from .data.datasets import NOT_BINARY_REMEDY, list_cases
 
-    selected = list_cases(data_root, cases=cases)
+    selected = list_cases(data_root, cases=cases, with_implants=False)
     for files in selected:
         check_output(Path(output_dir) / files.key, [COMPLETED_FILE, IMPLANT_FILE], overwrite)
     chosen = select_device(device)
@@ -262,7 +262,7 @@ def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[st
         clock = StageClock()
         with staged_output(Path(output_dir) / files.key, [COMPLETED_FILE, IMPLANT_FILE], overwrite) as staging:
             with clock.stage("read"):
-                defective = read_mask(files.defective_path)
+                defective = read_mask(files.defective_path, remedy=NOT_BINARY_REMEDY)
             completed, implant, used = design_implant(defective, networks, chosen, clock=clock, averaged=averaged)
             with clock.stage("write"):
                 write_volume(staging / COMPLETED_FILE, completed)
@@ -300,7 +300,8 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
         progress(ProgressEvent("read", 0.0, f"reading {input_path.name}"))
         with clock.stage("read"):
             defective = read_mask(input_path, options.label, options.threshold_hu)
-            reference = read_mask(options.reference) if options.reference else None
+            reference = (read_mask(options.reference, remedy="the reference must be a binary implant mask (0 and 1)")
+                         if options.reference else None)
             if reference is not None and not reference.same_geometry(defective):
                 raise SparseImplantError("the reference implant's geometry differs from the input's: resample it onto the input")
             device = select_device(options.device)

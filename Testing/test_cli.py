@@ -320,3 +320,43 @@ def test_nan_weights_are_refused(tmp_path, capsys, skull_file):
                               "--progress", "none")
     assert code == 1 and "weights of model 'diverged' contain NaN or infinite values" in stderr
     assert "already complete" not in stderr
+
+
+def test_predict_runs_on_unlabelled_cases(tmp_path, capsys, tiny_skullfix, model_dir):
+    """Issue 22, item 6: a test set without implants is what users predict on; evaluate still needs them."""
+    import shutil
+
+    shutil.rmtree(tiny_skullfix / "implant")
+    predictions = tmp_path / "predictions"
+    code, _, stderr = run_cli(capsys, "predict", "--data", tiny_skullfix, "--cases", "001", "-o", predictions,
+                              "--model-dir", model_dir, "--single-pass")
+    assert code == 0, stderr
+    assert (predictions / "001" / "implant.nrrd").is_file()
+    code, _, stderr = run_cli(capsys, "evaluate", "--predictions", predictions, "--data", tiny_skullfix)
+    assert code == 1 and "has no 'implant' folder" in stderr
+
+
+def test_label_zero_is_refused(tmp_path, capsys, synthetic_skull, model_dir):
+    """Issue 22, item 7: the background is not a skull."""
+    path = write_volume(tmp_path / "labels.nrrd", bad_volume("labels", synthetic_skull))
+    code, _, stderr = run_cli(capsys, "generate", path, "-o", tmp_path / "out", "--model-dir", model_dir,
+                              "--progress", "none", "--label", "0")
+    assert code == 1 and "label 0 is the background of 'labels.nrrd'" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_ct_without_threshold_is_told_about_threshold(tmp_path, capsys, synthetic_skull, model_dir):
+    """Issue 22, item 9: --label would not help a CT."""
+    defective = synthetic_skull[0]
+    ct = write_volume(tmp_path / "ct.nii.gz", defective.with_array(np.where(defective.array > 0, 1200, -1000).astype(np.int16)))
+    code, _, stderr = run_cli(capsys, "generate", ct, "-o", tmp_path / "out", "--model-dir", model_dir, "--progress", "none")
+    assert code == 1 and "values from -1000 to 1200, like a CT" in stderr and "--threshold" in stderr
+    assert "--label" not in stderr
+
+
+def test_evaluate_does_not_point_to_options_it_lacks(tmp_path, capsys, tiny_skullfix):
+    """Issue 22, item 9: a non-binary prediction in evaluate."""
+    labels = read_mask(tiny_skullfix / "implant" / "001.nrrd")
+    write_volume(tmp_path / "pred" / "001" / "implant.nrrd", labels.with_array(labels.array * 2 + (labels.array == 0)))
+    code, _, stderr = run_cli(capsys, "evaluate", "--predictions", tmp_path / "pred", "--data", tiny_skullfix, "--cases", "001")
+    assert code == 1 and "predictions must be binary masks" in stderr and "--label" not in stderr
