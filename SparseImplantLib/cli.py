@@ -1,13 +1,17 @@
 """``sparseimplant``: the command line of SparseImplantLib (generate, evaluate, train, bench).
 
 User errors (``SparseImplantError``) end as one line ``sparseimplant: error: ...`` on stderr and exit
-code 1; the Slicer module shows that line in a message box.
+code 1; the Slicer module shows that line in a message box. SIGTERM stops a run like Ctrl-C does, so
+its staging folder is removed on the way out.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -15,6 +19,23 @@ from typing import List, Optional
 from .errors import SparseImplantError
 
 EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt so the same clean-up runs."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """NaN or infinity in a numeric option silently yields nonsense (e.g. empty implants): refuse it."""
+    for key, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SparseImplantError(f"--{key.replace('_', '-')} is {value}: give a finite number")
 
 
 def _register_generate(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +57,8 @@ def _register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reference", type=Path, help="ground-truth implant mask: adds DSC/border DSC/HD95 and distances against it")
     parser.add_argument("--mesh-formats", default="stl", help=f"comma-separated, from {','.join(MESH_FORMATS)} (default: stl)")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="terminal bar, JSON lines (for Slicer) or nothing")
-    parser.add_argument("--overwrite", action="store_true", help="replace results already in OUTDIR")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results already in OUTDIR (an earlier run's files this run does not write go too)")
     parser.add_argument("--model-dir", type=Path, help="folder with registry.json and weights (default: Resources/Models)")
     parser.add_argument("--no-preview", action="store_true", help="do not render preview.png (the Slicer module draws its own views)")
     _add_network_choices(parser)
@@ -90,8 +112,9 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="batch prediction over a SkullFix/SkullBreak folder (masks only, for evaluate)",
-        description="Predict completed skulls and implants for every selected case of a data folder; writes "
-        "OUTDIR/<case>/completed_skull.nrrd and implant.nrrd, the layout 'sparseimplant evaluate' reads.",
+        description="Predict completed skulls and implants for every selected case of a data folder (ground-truth "
+        "implants are not needed); writes OUTDIR/<case>/completed_skull.nrrd and implant.nrrd, the layout "
+        "'sparseimplant evaluate' reads.",
     )
     parser.add_argument("--data", type=Path, required=True, help="data root (SkullFix or SkullBreak layout)")
     parser.add_argument("--cases", help="case ids, e.g. 050-059 (default: all)")
@@ -99,7 +122,7 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="model name from the registry (default: the bundled completion model)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--model-dir", type=Path, help="folder with registry.json and weights")
-    parser.add_argument("--overwrite", action="store_true", help="replace predictions already in OUTDIR")
+    parser.add_argument("--overwrite", action="store_true", help="replace the predictions already in OUTDIR's case folders")
     parser.add_argument("--keep-logit", type=float, help="override the model's pruning threshold (for tuning on training cases)")
     _add_network_choices(parser)
     parser.set_defaults(func=_run_predict)
@@ -159,14 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = lambda message, category, *rest: f"sparseimplant: warning: {message}\n"
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
+        _check_numbers(args)
         return int(args.func(args) or 0)
     except SparseImplantError as error:
         print(f"sparseimplant: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("sparseimplant: error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        print(f"sparseimplant: error: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from .data.datasets import (
 )
 from .errors import SparseImplantError
 from .io import PathLike, atomic_write, mask_from_labels, read_volume
+from .outputs import staged_output
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 from .volume import Volume
 
@@ -77,7 +78,8 @@ def evaluate_case(
 
 
 def _read_prediction(path: Path, case: str) -> Volume:
-    return mask_from_labels(read_volume(path), f"{case}/{path.name}")
+    return mask_from_labels(read_volume(path), f"{case}/{path.name}",
+                            remedy="predictions must be binary masks (0 and 1), as 'sparseimplant predict' writes them")
 
 
 def evaluate_folders(
@@ -88,12 +90,15 @@ def evaluate_folders(
     defect_types: Optional[Sequence[str]] = None,
     output_dir: Optional[PathLike] = None,
     progress: ProgressCallback = ignore_progress,
+    overwrite: bool = False,
 ) -> Tuple[List[Row], Summary]:
     """Score every selected case, write ``evaluation.md`` and ``evaluation.json`` into ``output_dir``
-    (default: ``predictions_dir``) and return (per-case rows, per-metric mean/std/n)."""
+    (default: ``predictions_dir``; replacing earlier reports only with ``overwrite``) and return
+    (per-case rows, per-metric mean/std/n)."""
     predictions_dir = Path(predictions_dir)
     if not predictions_dir.is_dir():
-        raise SparseImplantError(f"predictions folder '{predictions_dir}' does not exist: check --predictions")
+        problem = "is not a folder" if predictions_dir.exists() else "does not exist"
+        raise SparseImplantError(f"predictions folder '{predictions_dir}' {problem}: check --predictions")
     selected = list_cases(data_root, layout=layout, cases=cases, defect_types=defect_types)
     missing = [f.key for f in selected if not (predictions_dir / f.key / IMPLANT_FILE).is_file()]
     if missing:
@@ -103,22 +108,24 @@ def evaluate_folders(
             " as written by `sparseimplant generate -o DIR/<case>`"
         )
     rows: List[Row] = []
-    for number, files in enumerate(selected):
-        progress(ProgressEvent("evaluate", number / len(selected), files.key))
-        truth = files.load(with_complete=False)
-        folder = predictions_dir / files.key
-        completed_path = folder / COMPLETED_FILE
-        scores = evaluate_case(
-            _read_prediction(folder / IMPLANT_FILE, files.key),
-            truth.implant,
-            truth.defective,
-            _read_prediction(completed_path, files.key) if completed_path.is_file() else None,
-            case=files.key,
-        )
-        rows.append({"case": files.key, "defect_type": files.defect_type, **scores})
-    progress(ProgressEvent("evaluate", 1.0, f"{len(rows)} cases"))
-    summary = summarise(rows)
-    write_reports(rows, summary, Path(output_dir) if output_dir is not None else predictions_dir)
+    target = Path(output_dir) if output_dir is not None else predictions_dir
+    with staged_output(target, [REPORT_MARKDOWN, REPORT_JSON], overwrite) as staging:
+        for number, files in enumerate(selected):
+            progress(ProgressEvent("evaluate", number / len(selected), files.key))
+            truth = files.load(with_complete=False)
+            folder = predictions_dir / files.key
+            completed_path = folder / COMPLETED_FILE
+            scores = evaluate_case(
+                _read_prediction(folder / IMPLANT_FILE, files.key),
+                truth.implant,
+                truth.defective,
+                _read_prediction(completed_path, files.key) if completed_path.is_file() else None,
+                case=files.key,
+            )
+            rows.append({"case": files.key, "defect_type": files.defect_type, **scores})
+        progress(ProgressEvent("evaluate", 1.0, f"{len(rows)} cases"))
+        summary = summarise(rows)
+        write_reports(rows, summary, staging)
     return rows, summary
 
 
@@ -201,6 +208,7 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
         help=f"SkullBreak defect types, comma-separated (default: all of {','.join(SKULLBREAK_DEFECT_TYPES)})",
     )
     parser.add_argument("-o", "--output", metavar="OUTDIR", help=f"where {REPORT_MARKDOWN} and {REPORT_JSON} go (default: DIR)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation's reports in OUTDIR")
     parser.set_defaults(func=run)
     return parser
 
@@ -218,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
 
     with TerminalProgress() as bar:
         rows, summary = evaluate_folders(
-            args.predictions, args.data, args.cases, args.layout, args.defect_types, args.output, progress=bar
+            args.predictions, args.data, args.cases, args.layout, args.defect_types, args.output, progress=bar,
+            overwrite=args.overwrite,
         )
     print(markdown_table(rows, summary), end="")
     output = Path(args.output) if args.output else Path(args.predictions)

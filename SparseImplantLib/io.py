@@ -2,21 +2,20 @@
 
 Every reading problem becomes a ``SparseImplantError`` whose one line names the file, the problem and
 the fix. Writers never leave a half-written file behind: they write to a temporary name in the
-target folder and rename it into place.
+target folder and rename it into place (``outputs`` moves whole result sets the same way).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 
 from .errors import SparseImplantError
+from .limits import check_header, check_skull_shape
 from .volume import Volume, from_sitk, to_sitk
 
 PathLike = Union[str, os.PathLike]
@@ -33,32 +32,36 @@ def _suffix(path: Path) -> str:
 
 
 def read_volume(path: PathLike) -> Volume:
-    """Read any 3D scalar image with its geometry; the values are returned unchanged."""
+    """Read any 3D scalar image with its geometry; the values are returned unchanged.
+
+    The header is checked first (``limits.check_header``), so a file claiming billions of voxels or
+    metres of extent is refused before its pixels are allocated."""
     import SimpleITK as sitk
 
     path = Path(path)
-    if not path.is_file():
-        raise SparseImplantError(f"input file '{path}' does not exist: check the path")
+    _check_readable(path)
     if _suffix(path) not in MASK_SUFFIXES:
         raise SparseImplantError(
             f"'{path.name}' has an unsupported file type: use NRRD (.nrrd, .seg.nrrd) or NIfTI (.nii, .nii.gz)"
         )
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        if reader.GetDimension() != 3:
+            raise SparseImplantError(f"'{path.name}' is a {reader.GetDimension()}D image: a 3D skull volume is needed")
+        if reader.GetNumberOfComponents() != 1:
+            raise SparseImplantError(
+                f"'{path.name}' has {reader.GetNumberOfComponents()} values per voxel (4D or multi-layer):"
+                " export a single 3D labelmap"
+            )
+        check_header(path.name, reader.GetSize(), reader.GetSpacing(), reader.GetOrigin())
+        image = reader.Execute()
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
         raise SparseImplantError(
             f"cannot read '{path.name}': the file is unreadable or truncated ({reason}); re-export it"
         ) from None
-    if image.GetDimension() != 3:
-        raise SparseImplantError(
-            f"'{path.name}' is a {image.GetDimension()}D image: a 3D skull volume is needed"
-        )
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise SparseImplantError(
-            f"'{path.name}' has {image.GetNumberOfComponentsPerPixel()} values per voxel (4D or multi-layer):"
-            " export a single 3D labelmap"
-        )
     volume = from_sitk(image)
     if min(volume.shape) < 2:
         raise SparseImplantError(f"'{path.name}' has shape {volume.shape}: a 3D skull volume is needed")
@@ -67,10 +70,32 @@ def read_volume(path: PathLike) -> Volume:
     return volume
 
 
-def mask_from_labels(volume: Volume, name: str, label: Optional[int] = None) -> Volume:
-    """Binary mask from a labelmap: the one foreground value, or ``label`` for multi-label maps."""
+def _check_readable(path: Path) -> None:
+    """A missing file, a folder and a file one may not read are three problems with three fixes."""
+    try:
+        if path.is_dir():
+            raise SparseImplantError(f"input '{path}' is a folder, not a file: give the mask or CT file inside it")
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise SparseImplantError(f"input file '{path}' does not exist: check the path") from None
+    except PermissionError:
+        raise SparseImplantError(f"input file '{path}' may not be read (permission denied): check its permissions") from None
+    except OSError as error:
+        raise SparseImplantError(f"cannot open input file '{path}' ({error.strerror or error}): check the path") from None
+
+
+def mask_from_labels(volume: Volume, name: str, label: Optional[int] = None, remedy: Optional[str] = None) -> Volume:
+    """Binary mask from a labelmap: the one foreground value, or ``label`` for multi-label maps.
+
+    ``remedy`` is what the user should do with a file that is not binary; by default the options of
+    ``generate`` (--label, --threshold), which other commands lack, so they pass their own."""
     values = np.unique(volume.array)
     if label is not None:
+        if label == 0:
+            raise SparseImplantError(
+                f"label 0 is the background of '{name}', not a skull: choose the skull's label (values present: {_list(values)})"
+            )
         if label not in values:
             raise SparseImplantError(
                 f"label {label} does not occur in '{name}' (values present: {_list(values)}): choose one of them"
@@ -79,11 +104,17 @@ def mask_from_labels(volume: Volume, name: str, label: Optional[int] = None) -> 
     else:
         foreground = values[values != 0]
         if foreground.size > 1:
-            raise SparseImplantError(
-                f"'{name}' is not binary (values {_list(values)}): choose the skull label with --label N"
-            )
+            intensities = _looks_like_intensities(values)
+            found = f"values from {values[0]:g} to {values[-1]:g}, like a CT" if intensities else f"values {_list(values)}"
+            default = "a CT volume needs --threshold HU (bone: e.g. 300)" if intensities else "choose the skull label with --label N"
+            raise SparseImplantError(f"'{name}' is not binary ({found}): {remedy or default}")
         mask = volume.array != 0
     return volume.with_array(mask.astype(np.uint8))
+
+
+def _looks_like_intensities(values: np.ndarray) -> bool:
+    """Negative, fractional or hundreds of distinct values: an image of intensities, not of labels."""
+    return bool(values[0] < 0 or values.size > 255 or not np.array_equal(values, np.round(values)))
 
 
 def mask_from_ct(volume: Volume, threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU) -> Volume:
@@ -92,7 +123,7 @@ def mask_from_ct(volume: Volume, threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU
 
 
 def check_skull_mask(mask: Volume, name: str) -> None:
-    """Reject masks no skull can come from (empty or all foreground)."""
+    """Reject masks no skull can come from: empty, all foreground, solid or speckle (``limits``)."""
     count = int(np.count_nonzero(mask.array))
     if count == 0:
         raise SparseImplantError(f"'{name}' has no skull voxels (empty mask): select the skull segment or lower the threshold")
@@ -100,13 +131,16 @@ def check_skull_mask(mask: Volume, name: str) -> None:
         raise SparseImplantError(
             f"'{name}' is foreground everywhere: it is not a skull mask (a CT volume needs --threshold)"
         )
+    check_skull_shape(mask.array, name)
 
 
-def read_mask(path: PathLike, label: Optional[int] = None, threshold_hu: Optional[float] = None) -> Volume:
-    """Read a skull mask: a binary/label file, or a CT volume thresholded at ``threshold_hu``."""
+def read_mask(path: PathLike, label: Optional[int] = None, threshold_hu: Optional[float] = None,
+              remedy: Optional[str] = None) -> Volume:
+    """Read a skull mask: a binary/label file, or a CT volume thresholded at ``threshold_hu``
+    (``remedy``: as in ``mask_from_labels``)."""
     volume = read_volume(path)
     name = Path(path).name
-    mask = mask_from_ct(volume, threshold_hu) if threshold_hu is not None else mask_from_labels(volume, name, label)
+    mask = mask_from_ct(volume, threshold_hu) if threshold_hu is not None else mask_from_labels(volume, name, label, remedy)
     check_skull_mask(mask, name)
     return mask
 
@@ -145,28 +179,3 @@ def write_volume(path: PathLike, volume: Volume) -> Path:
 
     image = to_sitk(volume)
     return atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), True))
-
-
-@contextlib.contextmanager
-def staged_output(output_dir: PathLike, names: Sequence[str], overwrite: bool = False) -> Iterator[Path]:
-    """Collect outputs in a hidden staging folder and move them into ``output_dir`` only on success.
-
-    Refuses up front to replace existing files unless ``overwrite`` is set, so nothing the user had is
-    lost; on any error the staging folder is removed and ``output_dir`` is left as it was.
-    """
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise SparseImplantError(f"output path '{output_dir}' is a file: give a folder")
-    clashes = [name for name in names if (output_dir / name).exists()]
-    if clashes and not overwrite:
-        raise SparseImplantError(
-            f"output folder '{output_dir}' already holds {', '.join(clashes)}: choose another folder or pass --overwrite"
-        )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
-    try:
-        yield staging
-        for item in sorted(staging.iterdir()):
-            os.replace(item, output_dir / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -23,7 +23,7 @@ import torch
 from . import __version__
 from .errors import SparseImplantError
 from .evaluate import COMPLETED_FILE, IMPLANT_FILE, evaluate_case
-from .io import read_mask, staged_output, write_volume
+from .checks import doubts
 from .inference import (
     OUTPUT_SMOOTHING,
     Networks,
@@ -34,7 +34,8 @@ from .inference import (
     refined_skull,
     select_device,
 )
-from .checks import doubts
+from .io import read_mask, write_volume
+from .outputs import check_output, staged_output
 from .postprocess import extract_implant
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 from .volume import Volume, resample_mask, resample_soft_mask
@@ -110,7 +111,7 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
     completed = defective.with_array(((defective.array > 0) | implant_array).astype(np.uint8))
     design = Design(completed, implant, device)
     design.warnings = doubts(model_input.cropped, design.implant_ml)
-    if not implant_array.any() and not design.warnings:
+    if not implant_array.any():
         design.warnings.append("the network added no bone: the implant is empty (is the skull already complete?)")
     for message in design.warnings:
         warnings.warn(message)
@@ -125,9 +126,11 @@ def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[st
     the layout ``evaluate`` reads. ``keep_logit`` overrides the completion model's pruning threshold
     (tuning); ``averaged`` and ``refine_model`` as in ``GenerateOptions``.
     Returns one timing record per case."""
-    from .data.datasets import list_cases
+    from .data.datasets import NOT_BINARY_REMEDY, list_cases
 
-    selected = list_cases(data_root, cases=cases)
+    selected = list_cases(data_root, cases=cases, with_implants=False)
+    for files in selected:
+        check_output(Path(output_dir) / files.key, [COMPLETED_FILE, IMPLANT_FILE], overwrite)
     chosen = select_device(device)
     networks = load_networks(model, refine_model, chosen, model_dir)
     if keep_logit is not None:
@@ -138,7 +141,7 @@ def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[st
         clock = StageClock()
         with staged_output(Path(output_dir) / files.key, [COMPLETED_FILE, IMPLANT_FILE], overwrite) as staging:
             with clock.stage("read"):
-                defective = read_mask(files.defective_path)
+                defective = read_mask(files.defective_path, remedy=NOT_BINARY_REMEDY)
             design = design_implant(defective, networks, chosen, clock=clock, averaged=averaged)
             with clock.stage("write"):
                 write_volume(staging / COMPLETED_FILE, design.completed)
@@ -177,7 +180,8 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
         progress(ProgressEvent("read", 0.0, f"reading {input_path.name}"))
         with clock.stage("read"):
             defective = read_mask(input_path, options.label, options.threshold_hu)
-            reference = read_mask(options.reference) if options.reference else None
+            reference = (read_mask(options.reference, remedy="the reference must be a binary implant mask (0 and 1)")
+                         if options.reference else None)
             if reference is not None and not reference.same_geometry(defective):
                 raise SparseImplantError("the reference implant's geometry differs from the input's: resample it onto the input")
             device = select_device(options.device)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -13,6 +17,21 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SKULLFIX = PROJECT_ROOT.parent / "shared" / "data" / "skullfix"
 SAMPLE_DEFECTIVE = PROJECT_ROOT / "Resources" / "SampleData" / "SkullFix_050_defective.nrrd"
 SAMPLE_IMPLANT = PROJECT_ROOT / "Resources" / "SampleData" / "SkullFix_050_implant.nrrd"
+
+
+def run_capped(arguments: Sequence[str], memory_bytes: int, **options) -> subprocess.CompletedProcess:
+    """Run ``python arguments...`` with this worktree's code in a child whose address space is capped.
+
+    What must fail before allocating is run this way: should it allocate after all, the child fails
+    at the cap instead of swapping the machine, and the test sees the difference in its output."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+    path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return subprocess.run([sys.executable, *arguments], preexec_fn=cap, capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": path}, timeout=600, **options)
 
 
 def oblique_direction(angle_deg: float = 12.0) -> np.ndarray:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +16,11 @@ import SimpleITK as sitk
 
 from conftest import PROJECT_ROOT
 from SparseImplantLib.cli import main
-from SparseImplantLib.io import write_volume
+from SparseImplantLib.errors import SparseImplantError
+from SparseImplantLib.io import read_mask, write_volume
+from SparseImplantLib.outputs import MANIFEST
 from SparseImplantLib.progress import ProgressEvent
+from SparseImplantLib.volume import Volume
 from test_models import make_registry
 
 
@@ -38,7 +45,8 @@ def test_generate_writes_every_output(tmp_path, capsys, skull_file, model_dir, s
     names = {p.name for p in out.iterdir()}
     assert {"completed_skull.nrrd", "implant.nrrd", "completed_skull.stl", "completed_skull.obj",
             "defective_skull.stl", "defective_skull.obj", "distance_map.vtk", "preview.png", "report.json"} <= names
-    assert not any(name.startswith(".") for name in names)
+    assert {name for name in names if name.startswith(".")} == {MANIFEST}  # no staging folder left
+    assert json.loads((out / MANIFEST).read_text())["files"] == sorted(names - {MANIFEST})
     report = json.loads((out / "report.json").read_text())
     assert report["device"] == "cpu" and report["model"]["name"] == "tiny"
     assert set(report["metrics"]) == {"dsc", "bdsc", "hd95_mm", "skull_dsc"}
@@ -96,7 +104,7 @@ def test_bad_masks_fail_cleanly(tmp_path, capsys, synthetic_skull, model_dir, ki
     code, _, stderr = run_cli(capsys, "generate", path, "-o", out, "--model-dir", model_dir, "--progress", "none")
     assert code == 1
     assert message in stderr and stderr.count("\n") == 1 and stderr.startswith("sparseimplant: error: ")
-    assert not out.exists() or list(out.iterdir()) == []
+    assert not out.exists()  # a failed run leaves no new, empty output folder (issue 22, item 9)
 
 
 def test_bad_files_fail_cleanly(tmp_path, capsys, model_dir, skull_file):
@@ -111,7 +119,7 @@ def test_bad_files_fail_cleanly(tmp_path, capsys, model_dir, skull_file):
         out = tmp_path / f"out_{path.stem}"
         code, _, stderr = run_cli(capsys, "generate", path, "-o", out, "--model-dir", model_dir, "--progress", "none")
         assert code == 1 and message in stderr and stderr.count("\n") == 1
-        assert not out.exists() or list(out.iterdir()) == []
+        assert not out.exists()
 
 
 def test_missing_and_wrong_weights(tmp_path, capsys, skull_file):
@@ -151,9 +159,204 @@ def test_predict_then_evaluate(tmp_path, capsys, tiny_skullfix, model_dir):
                                    "--model-dir", model_dir, "--device", "cpu", "--single-pass")
     assert code == 0, stderr
     assert sorted(p.name for p in predictions.iterdir()) == ["001", "002"]
-    assert {p.name for p in (predictions / "001").iterdir()} == {"completed_skull.nrrd", "implant.nrrd"}
+    assert {p.name for p in (predictions / "001").iterdir()} == {"completed_skull.nrrd", "implant.nrrd", MANIFEST}
     code, stdout, stderr = run_cli(capsys, "evaluate", "--predictions", predictions, "--data", tiny_skullfix,
                                    "--cases", "001-002", "-o", tmp_path / "evaluation")
     assert code == 0, stderr
     report = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     assert len(report["cases"]) == 2
+
+
+def eager_model_dir(tmp_path, model_dir):
+    """The tiny model keeping every voxel it generates: an implant however untrained it is."""
+    registry = json.loads((model_dir / "registry.json").read_text())
+    registry["models"][0]["keep_logit"] = -1e6
+    eager = tmp_path / "eager"
+    eager.mkdir()
+    (eager / "registry.json").write_text(json.dumps(registry))
+    (eager / "tiny.safetensors").write_bytes((model_dir / "tiny.safetensors").read_bytes())
+    return eager
+
+
+def test_overwrite_removes_the_earlier_runs_stale_files(tmp_path, capsys, skull_file, model_dir):
+    """Issue 22, item 1: an input with no implant, rerun over a run that had one."""
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", out, "--model-dir", eager_model_dir(tmp_path, model_dir),
+                              "--progress", "none", "--single-pass")
+    assert code == 0, stderr
+    assert (out / "implant.stl").is_file()
+    (out / "notes.txt").write_text("the user's own file")
+    with pytest.warns(UserWarning, match="the implant is empty"):
+        code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", out, "--model-dir", model_dir, "--progress", "none",
+                                  "--single-pass", "--overwrite")
+    assert code == 0, stderr
+    assert json.loads((out / "report.json").read_text())["voxels"]["implant"] == 0
+    assert not (out / "implant.stl").exists()  # the earlier run's implant would contradict the report
+    assert (out / "notes.txt").read_text() == "the user's own file"
+
+
+def output_path(tmp_path, kind: str):
+    """An output folder that cannot be written, of each kind a user runs into."""
+    if kind == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder / "out"
+    if kind == "unwritable":  # sysfs: no one may create files there, root included
+        if not Path("/sys/kernel").is_dir():
+            pytest.skip("needs Linux's /sys")
+        return Path("/sys/kernel/sparseimplant-out")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    return blocker if kind == "file" else blocker / "out"
+
+
+@pytest.mark.parametrize("command", ["generate", "predict", "evaluate"])
+@pytest.mark.parametrize("kind", ["file", "under-a-file", "unwritable", "read-only"])
+def test_output_folders_that_cannot_be_written(tmp_path, capsys, skull_file, model_dir, tiny_skullfix, command, kind):
+    out = output_path(tmp_path, kind)
+    arguments = {
+        "generate": ["generate", skull_file, "--model-dir", model_dir, "--progress", "none"],
+        "predict": ["predict", "--data", tiny_skullfix, "--cases", "001", "--model-dir", model_dir],
+        "evaluate": ["evaluate", "--predictions", tiny_skullfix, "--data", tiny_skullfix, "--cases", "001"],
+    }[command]
+    if command == "evaluate":  # the ground truth as the prediction: only the output folder can fail
+        (tiny_skullfix / "001").mkdir()
+        (tiny_skullfix / "001" / "implant.nrrd").write_bytes((tiny_skullfix / "implant" / "001.nrrd").read_bytes())
+    code, _, stderr = run_cli(capsys, *arguments, "-o", out)
+    last = stderr.splitlines()[-1]  # after the progress bar of predict and evaluate
+    assert code == 1 and last.startswith("sparseimplant: error: ") and "Traceback" not in stderr
+    if "file" in kind:  # predict names its case folder, which lies under the file
+        assert re.search(r"output path '.*' (is a file|lies under the file '.*'): give a folder$", last)
+    else:
+        assert "cannot write into output folder" in last and "choose a folder you can write to" in last
+
+
+def test_a_failed_predict_leaves_no_case_folder(tmp_path, capsys, tiny_skullfix, model_dir):
+    """Issue 22, item 9: the first case fails, so nothing of the run may remain."""
+    write_volume(tiny_skullfix / "defective_skull" / "001.nrrd",
+                 read_mask(tiny_skullfix / "defective_skull" / "000.nrrd").with_array(np.zeros((36, 36, 32), np.uint8)))
+    predictions = tmp_path / "predictions"
+    code, _, stderr = run_cli(capsys, "predict", "--data", tiny_skullfix, "--cases", "001-002", "-o", predictions,
+                              "--model-dir", model_dir, "--single-pass")
+    assert code == 1 and "empty mask" in stderr
+    assert not predictions.exists()
+
+
+@pytest.mark.parametrize("option, value", [("--keep-logit", "nan"), ("--keep-logit", "-inf"), ("--threshold", "inf")])
+def test_numeric_options_must_be_finite(tmp_path, capsys, skull_file, tiny_skullfix, model_dir, option, value):
+    """Issue 22, item 8: predict --keep-logit nan gave empty implants and exit code 0."""
+    command = (["predict", "--data", tiny_skullfix, "--cases", "001"] if option == "--keep-logit"
+               else ["generate", skull_file, "--progress", "none"])
+    code, _, stderr = run_cli(capsys, *command, "-o", tmp_path / "out", "--model-dir", model_dir, f"{option}={value}")
+    assert code == 1 and stderr == f"sparseimplant: error: {option} is {float(value)}: give a finite number\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_or_an_unreadable_file_is_not_reported_missing(tmp_path, capsys, skull_file, model_dir):
+    """Issue 22, item 9."""
+    code, _, stderr = run_cli(capsys, "generate", tmp_path, "-o", tmp_path / "out", "--model-dir", model_dir)
+    assert code == 1 and "is a folder, not a file" in stderr and "does not exist" not in stderr
+    skull_file.chmod(0)
+    try:
+        with as_unprivileged_user(), pytest.raises(SparseImplantError, match="may not be read") as error:
+            read_mask(skull_file)  # what generate reads its input with
+    finally:
+        skull_file.chmod(0o644)
+    assert "does not exist" not in str(error.value)
+
+
+@contextlib.contextmanager
+def as_unprivileged_user():
+    """Root reads every file: act as 'nobody' (effective ids only, restored after) so permissions apply."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def test_a_far_origin_is_not_reported_as_a_vanishing_skull(tmp_path, capsys, synthetic_skull, model_dir):
+    """Issue 22, item 9: origin 1e300."""
+    defective = synthetic_skull[0]
+    far = Volume(defective.array, defective.spacing, (1e300, 0.0, 0.0), defective.direction)
+    path = write_volume(tmp_path / "far.nrrd", far)
+    code, _, stderr = run_cli(capsys, "generate", path, "-o", tmp_path / "out", "--model-dir", model_dir, "--progress", "none")
+    assert code == 1 and "fix the origin in the file's header" in stderr and "vanishes" not in stderr
+
+
+def test_a_bad_refine_model_names_its_own_option(tmp_path, capsys, skull_file, model_dir):
+    """Issue 22, item 9: not "check --model"."""
+    code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", tmp_path / "out", "--model-dir", model_dir,
+                              "--progress", "none", "--refine-model", "nosuch")
+    assert code == 1 and "unknown model 'nosuch' (available: tiny): check --refine-model" in stderr
+    code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", tmp_path / "out", "--model-dir", model_dir,
+                              "--progress", "none", "--refine-model", "tiny")
+    assert code == 1 and "completion model but a super_resolution model is needed: choose another --refine-model" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_weights_are_refused(tmp_path, capsys, skull_file):
+    """Issue 22, item 9: not "is the skull already complete?" after a network that returns nothing."""
+    import torch
+
+    from SparseImplantLib.models.completion import CompletionNet
+    from SparseImplantLib.models.registry import ModelInfo, save_network, write_registry
+
+    network = CompletionNet((2,) * 7)
+    with torch.no_grad():
+        network.dec_s1_cls.bias.fill_(float("nan"))  # what a diverged training run saves
+    info = save_network(network, ModelInfo(name="diverged", kind="completion", channels=[2] * 7, spacing_mm=[2.0] * 3,
+                                           file="diverged.safetensors", directory=tmp_path))
+    write_registry([info], tmp_path)
+    code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", tmp_path / "out", "--model-dir", tmp_path,
+                              "--progress", "none")
+    assert code == 1 and "weights of model 'diverged' contain NaN or infinite values" in stderr
+    assert "already complete" not in stderr
+
+
+def test_predict_runs_on_unlabelled_cases(tmp_path, capsys, tiny_skullfix, model_dir):
+    """Issue 22, item 6: a test set without implants is what users predict on; evaluate still needs them."""
+    import shutil
+
+    shutil.rmtree(tiny_skullfix / "implant")
+    predictions = tmp_path / "predictions"
+    code, _, stderr = run_cli(capsys, "predict", "--data", tiny_skullfix, "--cases", "001", "-o", predictions,
+                              "--model-dir", model_dir, "--single-pass")
+    assert code == 0, stderr
+    assert (predictions / "001" / "implant.nrrd").is_file()
+    code, _, stderr = run_cli(capsys, "evaluate", "--predictions", predictions, "--data", tiny_skullfix)
+    assert code == 1 and "has no 'implant' folder" in stderr
+
+
+def test_label_zero_is_refused(tmp_path, capsys, synthetic_skull, model_dir):
+    """Issue 22, item 7: the background is not a skull."""
+    path = write_volume(tmp_path / "labels.nrrd", bad_volume("labels", synthetic_skull))
+    code, _, stderr = run_cli(capsys, "generate", path, "-o", tmp_path / "out", "--model-dir", model_dir,
+                              "--progress", "none", "--label", "0")
+    assert code == 1 and "label 0 is the background of 'labels.nrrd'" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_ct_without_threshold_is_told_about_threshold(tmp_path, capsys, synthetic_skull, model_dir):
+    """Issue 22, item 9: --label would not help a CT."""
+    defective = synthetic_skull[0]
+    ct = write_volume(tmp_path / "ct.nii.gz", defective.with_array(np.where(defective.array > 0, 1200, -1000).astype(np.int16)))
+    code, _, stderr = run_cli(capsys, "generate", ct, "-o", tmp_path / "out", "--model-dir", model_dir, "--progress", "none")
+    assert code == 1 and "values from -1000 to 1200, like a CT" in stderr and "--threshold" in stderr
+    assert "--label" not in stderr
+
+
+def test_evaluate_does_not_point_to_options_it_lacks(tmp_path, capsys, tiny_skullfix):
+    """Issue 22, item 9: a non-binary prediction in evaluate."""
+    labels = read_mask(tiny_skullfix / "implant" / "001.nrrd")
+    write_volume(tmp_path / "pred" / "001" / "implant.nrrd", labels.with_array(labels.array * 2 + (labels.array == 0)))
+    code, _, stderr = run_cli(capsys, "evaluate", "--predictions", tmp_path / "pred", "--data", tiny_skullfix, "--cases", "001")
+    assert code == 1 and "predictions must be binary masks" in stderr and "--label" not in stderr

@@ -102,6 +102,23 @@ def test_skullbreak_layout(tmp_path):
     assert np.array_equal(first.defective.array | first.implant.array, first.complete.array)
 
 
+def test_unlabelled_cases_are_listed_for_prediction(tmp_path):
+    """A test set has no implants: prediction lists its cases, training and evaluation refuse them."""
+    import shutil
+
+    root = make_skullbreak(tmp_path)
+    shutil.rmtree(root / "implant" / "random_1")
+    (root / "implant" / "bilateral" / "001.nrrd").unlink()
+    files = {f.key: f for f in list_cases(root, with_implants=False)}
+    assert len(files) == 2 * len(SKULLBREAK_DEFECT_TYPES)
+    assert files["random_1/000"].implant_path is None and files["bilateral/001"].implant_path is None
+    assert files["bilateral/000"].implant_path is not None
+    with pytest.raises(SparseImplantError, match="case random_1/000 has no implant file: ground truth is needed"):
+        files["random_1/000"].load()
+    with pytest.raises(SparseImplantError, match="no 'implant/random_1' folder"):
+        list_cases(root)
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -183,3 +184,70 @@ def test_a_lower_keep_logit_keeps_more_voxels():
         with torch.no_grad():
             counts.append(len(network(from_mask(defective)).output))
     assert counts == sorted(counts) and counts[0] < counts[-1]
+
+
+def _unverified(tmp_path) -> ModelInfo:
+    """A registered model without a checksum, so a damaged file reaches the safetensors reader."""
+    info = make_registry(tmp_path)
+    info.sha256 = ""
+    write_registry([info], tmp_path)
+    return info
+
+
+def _damage(path, kind: str) -> None:
+    import pickle
+
+    data = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "bit-flipped":
+        path.write_bytes(data[:3] + bytes([data[3] ^ 0x10]) + data[4:])  # in the header's length
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "pickle":
+        path.write_bytes(pickle.dumps({"enc_block_s1.0.kernel": [0.0]}))
+    else:
+        torch.save(CompletionNet().state_dict(), path)  # a PyTorch checkpoint renamed .safetensors
+
+
+@pytest.mark.parametrize("kind", ["truncated", "bit-flipped", "empty", "pickle", "torch.save"])
+def test_damaged_or_foreign_weight_files_fail_cleanly(tmp_path, kind):
+    info = _unverified(tmp_path)
+    _damage(info.path, kind)
+    with pytest.raises(SparseImplantError, match="are not a readable safetensors file .*: reinstall the extension"):
+        load_network(find_model("tiny", model_dir=tmp_path))
+
+
+@pytest.mark.parametrize("key, value, needed", [
+    ("channels", "ch1", "a list of positive whole numbers"),
+    ("channels", [8, 8, 16, 16, 32, 32, 0], "a list of positive whole numbers"),
+    ("keep_logit", "-0.5", "a number"),
+    ("spacing_mm", [0.0, 2.0, 2.0], "three positive numbers"),
+    ("spacing_mm", [-2.0, 2.0, 2.0], "three positive numbers"),
+    ("spacing_mm", 2.0, "three positive numbers"),
+    ("in_channels", 0, "a positive whole number"),
+    ("crop_margin_mm", -1.0, "a number >= 0"),
+    ("file", "../outside.safetensors", "a file name inside the model folder"),  # exists, and holds valid weights
+    ("file", "/etc/passwd", "a file name inside the model folder"),
+    ("training", [], "an object"),
+])
+def test_bad_registry_values_fail_cleanly(tmp_path, key, value, needed):
+    models = tmp_path / "models"
+    models.mkdir()
+    make_registry(models)
+    (tmp_path / "outside.safetensors").write_bytes((models / "tiny.safetensors").read_bytes())  # valid, but not ours
+    registry = json.loads((models / "registry.json").read_text())
+    registry["models"][0][key] = value
+    (models / "registry.json").write_text(json.dumps(registry))
+    with pytest.raises(SparseImplantError, match=f"entry 'tiny' has {key} .*, not {re.escape(needed)}.*: fix the entry or reinstall"):
+        load_network(find_model("tiny", model_dir=models))
+
+
+def test_channels_of_the_wrong_count_fail_cleanly(tmp_path):
+    info = make_registry(tmp_path)
+    registry = json.loads((tmp_path / "registry.json").read_text())
+    registry["models"][0]["channels"] = [8, 8, 16]
+    (tmp_path / "registry.json").write_text(json.dumps(registry))
+    with pytest.raises(SparseImplantError, match="do not fit model 'tiny' \\(channels needs 7 entries"):
+        load_network(find_model("tiny", model_dir=tmp_path))
+    assert info.path.is_file()

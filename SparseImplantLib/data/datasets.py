@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import SparseImplantError
 from ..io import PathLike, mask_from_labels, read_volume
+from ..limits import check_case_count
 from ..volume import Volume
 
 SKULLFIX = "skullfix"
@@ -28,6 +29,8 @@ LAYOUTS = (SKULLFIX, SKULLBREAK)
 SKULLBREAK_DEFECT_TYPES = ("bilateral", "frontoorbital", "parietotemporal", "random_1", "random_2")
 COMPLETE_DIR, DEFECTIVE_DIR, IMPLANT_DIR = "complete_skull", "defective_skull", "implant"
 CASE_SUFFIX = ".nrrd"
+# What to do with a data set file that is not binary (the command line options of generate do not apply).
+NOT_BINARY_REMEDY = "a data set's masks must be binary (0 and 1): fix or re-export the file"
 
 
 @dataclass
@@ -47,12 +50,13 @@ class Case:
 
 @dataclass(frozen=True)
 class CaseFiles:
-    """Where one case's masks live; ``load()`` reads them (``complete`` is optional, as in test sets)."""
+    """Where one case's masks live; ``load()`` reads them. ``complete`` is optional, as in test sets;
+    so is the implant when listed for prediction (``list_cases(with_implants=False)``)."""
 
     case_id: str
     defect_type: Optional[str]
     defective_path: Path
-    implant_path: Path
+    implant_path: Optional[Path]
     complete_path: Optional[Path]
 
     @property
@@ -60,6 +64,10 @@ class CaseFiles:
         return case_key(self.case_id, self.defect_type)
 
     def load(self, with_complete: bool = True) -> Case:
+        if self.implant_path is None:
+            raise SparseImplantError(
+                f"case {self.key} has no implant file: ground truth is needed for training and evaluation"
+            )
         defective = _read_mask(self.defective_path)
         implant = _read_mask(self.implant_path)
         complete = _read_mask(self.complete_path) if with_complete and self.complete_path is not None else None
@@ -94,13 +102,13 @@ def _fmt(values: np.ndarray) -> str:
 
 
 def _read_mask(path: Path) -> Volume:
-    return mask_from_labels(read_volume(path), path.name)
+    return mask_from_labels(read_volume(path), path.name, remedy=NOT_BINARY_REMEDY)
 
 
 def parse_case_range(text: str) -> List[str]:
     """``"000-049,055"`` -> ["000", ..., "049", "055"]; ids keep the zero-padding of the text (at least 3
     digits, as the data sets name their files)."""
-    ids: List[str] = []
+    ranges = []
     for part in (piece.strip() for piece in str(text).split(",")):
         match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
         if not match:
@@ -110,6 +118,10 @@ def parse_case_range(text: str) -> List[str]:
         first, last = match.group(1), match.group(2) or match.group(1)
         if int(last) < int(first):
             raise SparseImplantError(f"case range '{part}' runs backwards: write it as {last}-{first}")
+        ranges.append((first, last))
+    check_case_count(text, sum(int(last) - int(first) + 1 for first, last in ranges))
+    ids: List[str] = []
+    for first, last in ranges:
         width = max(3, len(first), len(last))
         ids.extend(str(number).zfill(width) for number in range(int(first), int(last) + 1))
     return list(dict.fromkeys(ids))
@@ -143,34 +155,39 @@ def list_cases(
     layout: Optional[str] = None,
     cases: Optional[Sequence[str]] = None,
     defect_types: Optional[Sequence[str]] = None,
+    with_implants: bool = True,
 ) -> List[CaseFiles]:
     """The cases of a data set folder, sorted; ``cases`` (ids) and ``defect_types`` (SkullBreak) select.
 
-    Every selected case must have a defective skull and an implant file; the complete skull is optional.
+    Every selected case must have a defective skull and, when ``with_implants`` (ground truth for
+    training and evaluation), an implant file; the complete skull is optional. Prediction lists
+    without implants: an unlabelled test set is what users predict on.
     """
     root = Path(root)
     if not root.is_dir():
-        raise SparseImplantError(f"data folder '{root}' does not exist: check the --data path")
+        problem = "is not a folder" if root.exists() else "does not exist"
+        raise SparseImplantError(f"data folder '{root}' {problem}: check the --data path")
     layout = detect_layout(root) if layout is None else layout
     if layout not in LAYOUTS:
         raise SparseImplantError(f"unknown data layout '{layout}': use one of {', '.join(LAYOUTS)}")
     if layout == SKULLFIX:
         if defect_types:
             raise SparseImplantError("defect types only exist in the SkullBreak layout: drop --defect-types")
-        groups = [(None, _require_dir(root, DEFECTIVE_DIR), _require_dir(root, IMPLANT_DIR))]
+        groups = [(None, DEFECTIVE_DIR, IMPLANT_DIR)]
     else:
         unknown = sorted(set(defect_types or ()) - set(SKULLBREAK_DEFECT_TYPES))
         if unknown:
             raise SparseImplantError(
                 f"unknown defect type(s) {', '.join(unknown)}: use {', '.join(SKULLBREAK_DEFECT_TYPES)}"
             )
-        groups = [
-            (t, _require_dir(root, f"{DEFECTIVE_DIR}/{t}"), _require_dir(root, f"{IMPLANT_DIR}/{t}"))
-            for t in (defect_types or SKULLBREAK_DEFECT_TYPES)
-        ]
+        groups = [(t, f"{DEFECTIVE_DIR}/{t}", f"{IMPLANT_DIR}/{t}") for t in (defect_types or SKULLBREAK_DEFECT_TYPES)]
+    folders = [
+        (t, _require_dir(root, defective), _require_dir(root, implant) if with_implants else root / implant)
+        for t, defective, implant in groups
+    ]
     complete_dir = root / COMPLETE_DIR
     found: List[CaseFiles] = []
-    for defect_type, defective_dir, implant_dir in groups:
+    for defect_type, defective_dir, implant_dir in folders:
         available = sorted(p.name[: -len(CASE_SUFFIX)] for p in defective_dir.glob("*" + CASE_SUFFIX))
         if cases is not None:
             missing = [c for c in cases if c not in available]
@@ -180,12 +197,14 @@ def list_cases(
                     f" (available: {format_case_range(available)}): choose other --cases"
                 )
         for case_id in available if cases is None else list(cases):
-            implant_path = implant_dir / (case_id + CASE_SUFFIX)
+            implant_path: Optional[Path] = implant_dir / (case_id + CASE_SUFFIX)
             if not implant_path.is_file():
-                raise SparseImplantError(
-                    f"case {case_key(case_id, defect_type)} has no implant file '{implant_path}':"
-                    " ground truth is needed for training and evaluation"
-                )
+                if with_implants:
+                    raise SparseImplantError(
+                        f"case {case_key(case_id, defect_type)} has no implant file '{implant_path}':"
+                        " ground truth is needed for training and evaluation"
+                    )
+                implant_path = None
             complete_path = complete_dir / (case_id + CASE_SUFFIX)
             found.append(
                 CaseFiles(

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from ..errors import SparseImplantError
@@ -79,13 +80,65 @@ def load_registry(model_dir: Optional[Path] = None) -> List[ModelInfo]:
         )
     try:
         entries = json.loads(registry.read_text())["models"]
-        return [ModelInfo(**entry, directory=model_dir) for entry in entries]
+        models = [ModelInfo(**entry, directory=model_dir) for entry in entries]
     except (ValueError, KeyError, TypeError) as error:
         raise SparseImplantError(f"model registry '{registry}' is malformed ({error}): reinstall the extension") from None
+    for model in models:
+        _check_entry(model, registry)
+    return models
 
 
-def find_model(name: Optional[str] = None, kind: str = "completion", model_dir: Optional[Path] = None) -> ModelInfo:
-    """The named model, or the first model of ``kind`` in the registry; checks the kind either way."""
+def _check_entry(info: ModelInfo, registry: Path) -> None:
+    """Refuse the values that would otherwise fail later, deep in the network or grid code, with a
+    traceback: wrong types, non-positive spacings, a weights file outside the model folder."""
+    checks = (
+        ("name", isinstance(info.name, str) and info.name != "", "a non-empty text"),
+        ("kind", info.kind in MODEL_KINDS, f"one of {', '.join(MODEL_KINDS)}"),
+        ("channels", isinstance(info.channels, list) and all(_whole(c) and c > 0 for c in info.channels),
+         "a list of positive whole numbers"),
+        ("spacing_mm", _spacing(info.spacing_mm), "three positive numbers (mm)"),
+        ("input_spacing_mm", info.input_spacing_mm is None or _spacing(info.input_spacing_mm),
+         "three positive numbers (mm) or null"),
+        ("keep_logit", _number(info.keep_logit), "a number"),
+        ("crop_margin_mm", _number(info.crop_margin_mm) and info.crop_margin_mm >= 0, "a number >= 0"),
+        ("in_channels", _whole(info.in_channels) and info.in_channels > 0, "a positive whole number"),
+        ("file", _inside_folder(info.file), "a file name inside the model folder"),
+        ("sha256", isinstance(info.sha256, str), "a text"),
+        ("training", isinstance(info.training, dict), "an object"),
+        ("metrics", isinstance(info.metrics, dict), "an object"),
+    )
+    for key, valid, needed in checks:
+        if not valid:
+            raise SparseImplantError(
+                f"model registry '{registry}': entry '{info.name}' has {key} {getattr(info, key)!r}, not {needed}:"
+                " fix the entry or reinstall the extension"
+            )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _spacing(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 3 and all(_number(v) and v > 0 for v in value)
+
+
+def _inside_folder(file: Any) -> bool:
+    """A relative path without '..': the registry may only name weights in its own folder."""
+    if not isinstance(file, str) or not file.strip():
+        return False
+    posix = PurePosixPath(file.replace("\\", "/"))
+    return not posix.is_absolute() and ".." not in posix.parts and not PureWindowsPath(file).drive
+
+
+def find_model(name: Optional[str] = None, kind: str = "completion", model_dir: Optional[Path] = None,
+               option: str = "--model") -> ModelInfo:
+    """The named model, or the first model of ``kind`` in the registry; checks the kind either way.
+    ``option`` is the command line option that named it, for the messages."""
     models = load_registry(model_dir)
     if name is None:
         candidates = [m for m in models if m.kind == kind]
@@ -96,11 +149,11 @@ def find_model(name: Optional[str] = None, kind: str = "completion", model_dir: 
         if model.name == name:
             if model.kind != kind:
                 raise SparseImplantError(
-                    f"model '{name}' is a {model.kind} model but a {kind} model is needed: choose another --model"
+                    f"model '{name}' is a {model.kind} model but a {kind} model is needed: choose another {option}"
                 )
             return model
     known = ", ".join(m.name for m in models) or "none"
-    raise SparseImplantError(f"unknown model '{name}' (available: {known}): check --model")
+    raise SparseImplantError(f"unknown model '{name}' (available: {known}): check {option}")
 
 
 def find_refiner(name: Optional[str], completion: ModelInfo, model_dir: Optional[Path] = None) -> Optional[ModelInfo]:
@@ -116,7 +169,7 @@ def find_refiner(name: Optional[str], completion: ModelInfo, model_dir: Optional
         trained_on_it = [m for m in fitting if completion.sha256
                          and m.training.get("coarse_model", {}).get("sha256") == completion.sha256]
         return (trained_on_it or fitting or [None])[0]
-    refiner = find_model(name, "super_resolution", model_dir)
+    refiner = find_model(name, "super_resolution", model_dir, option="--refine-model")
     if not _same_spacing(refiner.input_spacing_mm, completion.spacing_mm):
         raise SparseImplantError(
             f"model '{name}' refines a {refiner.input_spacing_mm} mm grid but '{completion.name}' completes on a "
@@ -131,6 +184,8 @@ def _same_spacing(a: Optional[Sequence[float]], b: Sequence[float]) -> bool:
 
 def load_network(info: ModelInfo, device: "torch.device | str" = "cpu") -> "CompletionNet":
     """Network with verified weights, in eval mode on ``device``."""
+    import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from .completion import CompletionNet
@@ -141,17 +196,31 @@ def load_network(info: ModelInfo, device: "torch.device | str" = "cpu") -> "Comp
         raise SparseImplantError(
             f"weights of model '{info.name}' fail their sha256 check ('{info.path}' is corrupt or replaced): reinstall the extension"
         )
-    network = CompletionNet(info.channels, info.in_channels)
     try:
         state = load_file(str(info.path))
-        network.load_state_dict(state)
-    except (RuntimeError, ValueError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except (SafetensorError, OSError) as error:
         raise SparseImplantError(
-            f"weights '{info.path.name}' do not fit model '{info.name}' ({first_line}): check the registry entry"
+            f"weights '{info.path.name}' of model '{info.name}' are not a readable safetensors file ({_first_line(error)}):"
+            " reinstall the extension, or save the weights with safetensors"
         ) from None
+    try:
+        network = CompletionNet(info.channels, info.in_channels)
+        network.load_state_dict(state)
+    except (RuntimeError, ValueError) as error:
+        raise SparseImplantError(
+            f"weights '{info.path.name}' do not fit model '{info.name}' ({_first_line(error)}): check the registry entry"
+        ) from None
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in state.values() if tensor.is_floating_point()):
+        raise SparseImplantError(
+            f"weights of model '{info.name}' contain NaN or infinite values ('{info.path}'; a training run that"
+            " diverged): use weights from another run or checkpoint"
+        )
     network.keep_logit = float(info.keep_logit)
     return network.to(device).eval()
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def save_network(network: "CompletionNet", info: ModelInfo, extra_metadata: Optional[Dict[str, str]] = None) -> ModelInfo:
