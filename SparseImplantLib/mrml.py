@@ -20,7 +20,7 @@ from vtk.util import numpy_support
 from .errors import SparseImplantError
 from .geometry import DISTANCE_ARRAY, transform_polydata, vtk_matrix
 from .io import PathLike
-from .render import color_limit_mm, diverging_lookup_table
+from .render import color_limit_mm, defect_camera, diverging_lookup_table
 from .volume import LPS_TO_RAS, Volume
 
 COMPLETED_SEGMENT = "Completed skull"
@@ -266,6 +266,28 @@ def three_view_nodes(scene) -> List["slicer.vtkMRMLViewNode"]:
     return views
 
 
+def view_camera(scene, view) -> "slicer.vtkMRMLCameraNode":
+    """The camera node of a 3D view (found by the view's layout name, as Slicer pairs them; added if missing)."""
+    collection = scene.GetNodesByClass("vtkMRMLCameraNode")
+    for index in range(collection.GetNumberOfItems()):
+        camera = collection.GetItemAsObject(index)
+        if camera.GetLayoutName() == view.GetLayoutName():
+            return camera
+    camera = scene.AddNewNodeByClass("vtkMRMLCameraNode", f"Camera{view.GetLayoutName()}")
+    camera.SetLayoutName(view.GetLayoutName())
+    return camera
+
+
+def face_implant(scene, views: Sequence, completed_ras: vtk.vtkPolyData, implant_ras: Optional[vtk.vtkPolyData]) -> None:
+    """Turn the views' cameras to look at the skull from the implant's side (``render.defect_camera``)."""
+    camera = defect_camera(completed_ras, implant_ras)
+    for view in views:
+        node = view_camera(scene, view)
+        node.SetFocalPoint(*camera.GetFocalPoint())
+        node.SetPosition(*camera.GetPosition())
+        node.SetViewUp(*camera.GetViewUp())
+
+
 def show_three_view_layout(scene) -> None:
     layout_node(scene).SetViewArrangement(LAYOUT_ID)
 
@@ -340,6 +362,9 @@ def add_results(scene, completed: Volume, implant: Volume, surfaces: Dict[str, v
     values = surfaces["distance"].GetPointData().GetArray(DISTANCE_ARRAY)
     largest = max(abs(v) for v in values.GetRange()) if values is not None and values.GetNumberOfTuples() else 1.0
     result.legend = show_distance(result.models["distance"], color_limit_mm(largest), [views[2]])
+    implant_model = result.models.get("implant")
+    face_implant(scene, views, result.models["completed"].GetPolyData(),
+                 implant_model.GetPolyData() if implant_model is not None else None)
     if metrics or report:
         result.metrics_table = metrics_table(scene, metrics, f"{name} - results", report)
     for node in result.all_nodes():

@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import vtk
+from vtk.util.numpy_support import vtk_to_numpy
 
 from .io import PathLike, atomic_write
 
@@ -101,24 +102,29 @@ def _centre(surface: vtk.vtkPolyData) -> np.ndarray:
     return bounds.mean(axis=1)
 
 
+def _centroid(surface: vtk.vtkPolyData) -> np.ndarray:
+    return vtk_to_numpy(surface.GetPoints().GetData()).mean(axis=0)
+
+
 def defect_camera(completed: vtk.vtkPolyData, implant: Optional[vtk.vtkPolyData]) -> vtk.vtkCamera:
-    """Camera looking at the skull from the implant's side (LPS: superior is +z), framing the skull."""
+    """Camera facing the implant: on the line from the skull's centre through the implant's centroid,
+    framing the skull, so a defect on the side or the front is seen, not hidden behind the skull.
+    Superior (+z) is up, in LPS and RAS alike."""
     centre = _centre(completed)
-    direction = np.array([0.0, 1.0, 0.3])  # default: from posterior and a little above
+    direction = np.array([0.0, 1.0, 0.3])  # no implant: from posterior (LPS) and a little above
     if implant is not None and implant.GetNumberOfPoints():
-        offset = _centre(implant) - centre
+        offset = _centroid(implant) - centre
         if np.linalg.norm(offset) > 1e-6:
-            direction = offset / np.linalg.norm(offset)
-    # Turn a little towards the patient's left for a three-quarter view that shows depth.
-    direction = direction / np.linalg.norm(direction) + np.array([0.35, 0.0, 0.0])
+            direction = offset
     direction = direction / np.linalg.norm(direction)
-    radius = float(np.linalg.norm(np.array(completed.GetBounds()).reshape(3, 2)[:, 1] - np.array(completed.GetBounds()).reshape(3, 2)[:, 0])) / 2
+    bounds = np.array(completed.GetBounds()).reshape(3, 2)
+    radius = float(np.linalg.norm(bounds[:, 1] - bounds[:, 0])) / 2
     camera = vtk.vtkCamera()
     camera.SetFocalPoint(*centre)
     camera.SetPosition(*(centre + direction * radius * 3.2))
     up = np.array([0.0, 0.0, 1.0])
     if abs(float(np.dot(up, direction))) > 0.95:
-        up = np.array([0.0, -1.0, 0.0])  # looking from the top: anterior up
+        up = np.array([0.0, -1.0, 0.0])  # looking from the top: -y up
     camera.SetViewUp(*up)
     camera.SetViewAngle(30)
     return camera

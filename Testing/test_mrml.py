@@ -222,3 +222,18 @@ def test_the_input_segmentation_is_kept_out_of_the_three_views(scene, synthetic_
     lonely.CreateDefaultDisplayNodes()
     mrml.keep_out_of_views(lonely, mrml.three_view_nodes(alone))
     assert not lonely.GetDisplayNode().GetVisibility()
+
+
+def test_the_three_views_face_the_implant(scene, results):
+    """The synthetic skull's implant is a cap on top (superior, +S), so every view looks down from above."""
+    completed, implant, surfaces = results
+    mrml.add_results(scene, completed, implant, surfaces)
+    for view in mrml.three_view_nodes(scene):
+        camera = mrml.view_camera(scene, view)
+        looking_from = np.array(camera.GetPosition()) - np.array(camera.GetFocalPoint())
+        implant_ras = transform_polydata(surfaces["implant"], LPS_TO_RAS)
+        completed_ras = transform_polydata(surfaces["completed"], LPS_TO_RAS)
+        towards_implant = (vtk_to_numpy(implant_ras.GetPoints().GetData()).mean(axis=0)
+                           - np.array(completed_ras.GetBounds()).reshape(3, 2).mean(axis=1))
+        cosine = np.dot(looking_from, towards_implant) / np.linalg.norm(looking_from) / np.linalg.norm(towards_implant)
+        assert cosine > 0.999

@@ -12,7 +12,14 @@ from vtk.util.numpy_support import vtk_to_numpy
 
 from conftest import shell_skull
 from SparseImplantLib import geometry
-from SparseImplantLib.render import BACKGROUND, diverging_lookup_table, headless_linux, offscreen_window, render_three_panel
+from SparseImplantLib.render import (
+    BACKGROUND,
+    defect_camera,
+    diverging_lookup_table,
+    headless_linux,
+    offscreen_window,
+    render_three_panel,
+)
 from SparseImplantLib.volume import Volume
 
 
@@ -81,3 +88,18 @@ def test_egl_is_chosen_only_on_linux_without_a_display(monkeypatch, platform, di
     assert headless_linux() is egl
     offscreen_window((8, 8))
     assert (os.environ.get("VTK_DEFAULT_OPENGL_WINDOW") == "vtkEGLRenderWindow") is egl
+
+
+@pytest.mark.parametrize("side", [(1, 0, 0), (-1, 0, 0), (0, -1, 0)])
+def test_the_camera_faces_the_implant_wherever_it_is(side):
+    """A defect on the left, the right or the front is looked at from its own side."""
+    grid = np.indices((60, 60, 60)) - 29.5
+    distance = np.sqrt((grid**2).sum(axis=0))
+    shell = (distance <= 26) & (distance > 22)
+    patch = shell & (np.tensordot(np.asarray(side, float), grid, axes=1) > 18)
+    volume = dict(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    completed = geometry.surface_from_mask(Volume(shell.astype(np.uint8), **volume))
+    implant = geometry.surface_from_mask(Volume(patch.astype(np.uint8), **volume))
+    camera = defect_camera(completed, implant)
+    view = np.array(camera.GetPosition()) - np.array(camera.GetFocalPoint())
+    assert np.dot(view / np.linalg.norm(view), side) > 0.95
