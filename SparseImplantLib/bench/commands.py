@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          type=_comma_list(GENERALIZATION_GROUPS, "group"),
                          help=f"comma-separated, from {','.join(GENERALIZATION_GROUPS)}")
     general.add_argument("--model", help="registry model name (default: the bundled model)")
+    general.add_argument("--model-dir", type=Path, help="folder with registry.json and weights (default: Resources/Models)")
+    general.add_argument("--keep-logit", type=float,
+                         help="override the model's pruning threshold (to tune it on training cases, never on 050-059)")
     general.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     for sub in (network, generate):
         sub.add_argument("--data", type=Path, default=DEFAULT_DATA, help="SkullFix folder (default: ../shared/data/skullfix)")
@@ -85,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         from ..data.datasets import parse_case_range
         from . import generalization
 
-        generalization.run(args.data, parse_case_range(args.cases), args.output, args.model, args.groups, args.device)
+        generalization.run(args.data, parse_case_range(args.cases), args.output, args.model, args.groups, args.device,
+                           args.model_dir, args.keep_logit)
     else:
         from .network import worker
 

@@ -228,11 +228,13 @@ def _cell(value: Optional[float], digits: int = 3) -> str:
 
 
 def run(data_root: Path, cases: Sequence[str], output_dir: Path, model: Optional[str], groups: Sequence[str],
-        device_name: str = "cpu") -> dict:
+        device_name: str = "cpu", model_dir: Optional[Path] = None, keep_logit: Optional[float] = None) -> dict:
     from ..inference import load_networks, select_device
 
     device = select_device(device_name)
-    networks = load_networks(model, "none", device)
+    networks = load_networks(model, "none", device, model_dir)
+    if keep_logit is not None:
+        networks.completion.keep_logit = keep_logit
     rows: List[dict] = []
     baseline: Tuple[str, Optional[np.ndarray]] = ("", None)  # the stored file's implant of the current case
     for variant in build_suite(data_root, cases, groups):
@@ -251,9 +253,11 @@ def run(data_root: Path, cases: Sequence[str], output_dir: Path, model: Optional
         ["group", "variant", "n", "implant DSC", "border DSC", "HD95 (mm)", "failures (DSC < 0.6)", "agreement DSC"],
         [[s["group"], s["name"], s["n"], _cell(s["dsc"]), _cell(s["bdsc"]), _cell(s["hd95_mm"], 2), s["failures"],
           _cell(s["agreement_dsc"])] for s in summary])
-    notes = (f"Model {networks.info.name}, cases {','.join(cases)}, device {device.type}. Defects cut at full "
+    notes = (f"Model {networks.info.name} (pruning threshold {networks.completion.keep_logit:g}), cases "
+             f"{','.join(cases)}, device {device.type}. Defects cut at full "
              f"resolution with seeded random position and size; rotations of {ROTATION_DEG:g} degrees; agreement: "
              "the implant of a stored-otherwise copy against the stored file's, in the file's index order.")
-    data = {"model": networks.info.name, "cases": list(cases), "groups": list(groups), "summary": summary, "rows": rows}
+    data = {"model": networks.info.name, "keep_logit": networks.completion.keep_logit, "cases": list(cases),
+            "groups": list(groups), "summary": summary, "rows": rows}
     write_results(output_dir, "generalization", data, table, notes)
     return data
