@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 
-from .tensor import AXIS_SHIFTS, CoordinateSet, axis_low_bits, floor_keys, key_aligned, key_offset
+from .keys import AXIS_SHIFTS, CoordinateSet, axis_low_bits, floor_keys, key_aligned, key_offset
 
 BLOCK_SIDE = 8
 HALO_TABLE_MIN_VOXELS = 2048  # below this a table's fixed cost (27 block copies) exceeds searching sorted keys

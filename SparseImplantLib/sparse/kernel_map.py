@@ -15,7 +15,7 @@ from typing import Dict, Iterator, List, Tuple
 import torch
 
 from .halo_table import halo_table_for
-from .tensor import CoordinateSet, floor_keys, key_aligned, key_offset, pack
+from .keys import CoordinateSet, floor_keys, key_aligned, key_offset, pack
 
 KernelMap = List[Tuple[torch.Tensor, torch.Tensor]]
 
