@@ -9,11 +9,11 @@ Its modules stack without a cycle, each importing only those before it: ``keys``
 from .dense import batch_coordinates, from_mask, target_mask, to_dense, to_mask
 from .kernel_map import CoordinateManager, kernel_offsets
 from .keys import CoordinateSet, pack, unpack
-from .ops import ELU, BatchNorm, Conv3d, GenerativeConvTranspose3d, ReLU, Sigmoid, prune
+from .ops import BatchNorm, Conv3d, GenerativeConvTranspose3d, ReLU, prune
 from .tensor import SparseTensor, union_add
 
 __all__ = [
-    "BatchNorm", "Conv3d", "CoordinateManager", "CoordinateSet", "ELU", "GenerativeConvTranspose3d", "ReLU",
-    "Sigmoid", "SparseTensor", "batch_coordinates", "from_mask", "kernel_offsets", "pack", "prune", "target_mask",
-    "to_dense", "to_mask", "union_add", "unpack",
+    "BatchNorm", "Conv3d", "CoordinateManager", "CoordinateSet", "GenerativeConvTranspose3d", "ReLU", "SparseTensor",
+    "batch_coordinates", "from_mask", "kernel_offsets", "pack", "prune", "target_mask", "to_dense", "to_mask",
+    "union_add", "unpack",
 ]

@@ -135,23 +135,11 @@ class BatchNorm(nn.Module):
         return x.replace_features(self.bn(x.F))
 
 
-class _Elementwise(nn.Module):
-    function = staticmethod(torch.relu)
+class ReLU(nn.Module):
+    """ReLU of the features; the voxels stay (MinkowskiEngine's ``MinkowskiReLU``)."""
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        return x.replace_features(self.function(x.F))
-
-
-class ReLU(_Elementwise):
-    function = staticmethod(torch.relu)
-
-
-class ELU(_Elementwise):
-    function = staticmethod(nn.functional.elu)
-
-
-class Sigmoid(_Elementwise):
-    function = staticmethod(torch.sigmoid)
+        return x.replace_features(torch.relu(x.F))
 
 
 def prune(x: SparseTensor, keep: torch.Tensor) -> SparseTensor:
