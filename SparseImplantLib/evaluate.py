@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import metrics
+from .contract import COMPLETED_FILE, IMPLANT_FILE
 from .data.datasets import (
     LAYOUTS,
     SKULLBREAK_DEFECT_TYPES,
@@ -29,8 +30,6 @@ from .outputs import staged_output
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 from .volume import Volume
 
-IMPLANT_FILE = "implant.nrrd"
-COMPLETED_FILE = "completed_skull.nrrd"
 REPORT_MARKDOWN = "evaluation.md"
 REPORT_JSON = "evaluation.json"
 # (key, column title, number format) of every metric in the reports.

@@ -17,11 +17,11 @@ import vtk
 from scipy import ndimage
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
+from .contract import DISTANCE_ARRAY
 from .errors import SparseImplantError
 from .io import PathLike, atomic_write
 from .volume import LPS_TO_RAS, Volume, foreground_box
 
-DISTANCE_ARRAY = "SignedDistance_mm"
 COORDINATE_SYSTEMS = ("LPS", "RAS")
 PAD = 3  # zero voxels around the cropped mask: room for the blur, so the surface stays closed
 SMOOTHING_ITERATIONS = 20

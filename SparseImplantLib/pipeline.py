@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from . import __version__
+from .contract import COMPLETED_FILE, IMPLANT_FILE, MESH_FORMATS, output_names
 from .errors import SparseImplantError
-from .evaluate import COMPLETED_FILE, IMPLANT_FILE, evaluate_case
+from .evaluate import evaluate_case
 from .checks import doubts
 from .inference import (
     OUTPUT_SMOOTHING,
@@ -39,9 +40,6 @@ from .outputs import check_output, staged_output
 from .postprocess import extract_implant
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 from .volume import Volume, resample_mask, resample_soft_mask
-
-MESH_FORMATS = ("stl", "obj", "ply", "vtk")
-MESH_STEMS = ("completed_skull", "defective_skull", "implant")  # defective: the fit check beside the implant
 
 
 @dataclass
@@ -151,11 +149,6 @@ def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[st
                         "refinement": networks.refiner_info.name if networks.refiner_info else None})
     progress(ProgressEvent("done", 1.0, f"{len(selected)} case(s) in {output_dir}"))
     return records
-
-
-def output_names(mesh_formats: Sequence[str], preview: bool = True) -> list[str]:
-    meshes = [f"{stem}.{fmt}" for stem in MESH_STEMS for fmt in mesh_formats]
-    return [COMPLETED_FILE, IMPLANT_FILE, *meshes, "distance_map.vtk", *(["preview.png"] if preview else []), "report.json"]
 
 
 def _check_options(input_path: Path, output_dir: Path, options: GenerateOptions) -> None:

@@ -13,7 +13,8 @@ from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 from conftest import shown_in_view  # noqa: E402
 from SparseImplantLib import mrml  # noqa: E402
 from SparseImplantLib.errors import SparseImplantError  # noqa: E402
-from SparseImplantLib.geometry import DISTANCE_ARRAY, add_signed_distance, surface_from_mask, transform_polydata  # noqa: E402
+from SparseImplantLib.contract import DISTANCE_ARRAY  # noqa: E402
+from SparseImplantLib.geometry import add_signed_distance, surface_from_mask, transform_polydata  # noqa: E402
 from SparseImplantLib.render import defect_camera  # noqa: E402
 from SparseImplantLib.volume import LPS_TO_RAS  # noqa: E402
 
