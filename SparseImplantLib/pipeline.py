@@ -20,7 +20,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, contract
 from .contract import COMPLETED_FILE, IMPLANT_FILE, MESH_FORMATS, output_names
 from .errors import SparseImplantError
 from .evaluate import evaluate_case
@@ -195,20 +195,19 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             else:
                 distance_surface = add_signed_distance(completed_surface, defective_surface,
                                                        where=vertices_near_changes(completed_surface, completed, defective))
-            distances = distance_statistics(_point_array(distance_surface, "SignedDistance_mm"))
+            distances = distance_statistics(_point_array(distance_surface, contract.DISTANCE_ARRAY))
         progress(ProgressEvent("write", 0.9, "writing results"))
         with clock.stage("write"):
             write_volume(staging / COMPLETED_FILE, completed)
             write_volume(staging / IMPLANT_FILE, implant)
             for fmt in options.mesh_formats:
-                export_mesh(completed_surface, staging / f"completed_skull.{fmt}")
-                export_mesh(defective_surface, staging / f"defective_skull.{fmt}")
-                if implant_surface is not None:
-                    export_mesh(implant_surface, staging / f"implant.{fmt}")
-            export_mesh(distance_surface, staging / "distance_map.vtk")
+                for stem, surface in zip(contract.MESH_STEMS, (completed_surface, defective_surface, implant_surface)):
+                    if surface is not None:  # no implant mesh for an empty implant
+                        export_mesh(surface, staging / contract.mesh_file(stem, fmt))
+            export_mesh(distance_surface, staging / contract.DISTANCE_MAP_FILE)
             if options.preview:
                 render_three_panel(completed_surface, defective_surface, implant_surface, distance_surface,
-                                   staging / "preview.png", size=options.preview_size)
+                                   staging / contract.PREVIEW_FILE, size=options.preview_size)
         report = {
             "input": str(input_path),
             "model": networks.describe(),
@@ -228,7 +227,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
         }
         if reference is not None:
             report["metrics"] = evaluate_case(implant, reference, defective, completed, case=input_path.name)
-        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (staging / contract.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     progress(ProgressEvent("done", 1.0, f"results in {output_dir}"))
     return report
 
