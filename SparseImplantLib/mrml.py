@@ -22,6 +22,7 @@ from .contract import DISTANCE_ARRAY
 from .errors import SparseImplantError
 from .geometry import transform_polydata, vtk_matrix
 from .io import PathLike
+from .metrics import METRICS
 from .render import color_limit_mm, defect_camera, diverging_lookup_table
 from .volume import LPS_TO_RAS, Volume
 
@@ -411,18 +412,15 @@ def add_results_from_folder(scene, output_dir: PathLike, name: str = "Implant de
                        name=name, metrics=report.get("metrics"), report=report)
 
 
-METRIC_LABELS = {"dsc": ("Dice (implant)", ""), "bdsc": ("Border Dice (10 mm)", ""), "hd95_mm": ("HD95", "mm"),
-                 "skull_dsc": ("Dice (completed skull)", "")}
-
-
 def result_rows(metrics: Optional[Dict[str, Optional[float]]] = None,
                 report: Optional[dict] = None) -> List[Tuple[str, str, str]]:
     """(label, value, unit) rows of the results table: implant volume, metrics, then stage timings."""
     rows = []
     if report is not None and report.get("implant_volume_ml") is not None:
         rows.append(("Implant volume", f"{report['implant_volume_ml']:.1f}", "ml"))
+    shown = {metric.key: (metric.label, metric.unit) for metric in METRICS}
     for key, value in (metrics or {}).items():
-        label, unit = METRIC_LABELS.get(key, (key, ""))
+        label, unit = shown.get(key, (key, ""))
         rows.append((label, "n/a" if value is None else f"{value:.4g}", unit))
     for stage, seconds in (report or {}).get("timings_s", {}).items():
         rows.append((f"Time: {stage}", f"{seconds:.1f}", "s"))
