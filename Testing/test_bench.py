@@ -11,7 +11,7 @@ import torch
 
 from conftest import require_skullfix
 from SparseImplantLib.bench import engine, network
-from SparseImplantLib.models.completion import CHANNEL_PRESETS, LEVELS, CompletionNet
+from SparseImplantLib.models.completion import CHANNEL_PRESETS, LEVELS, CompletionNet, encoder_name
 from SparseImplantLib.models.dense_twin import DenseCompletionNet, copy_from_sparse
 from SparseImplantLib.sparse import from_mask, to_dense
 
@@ -64,7 +64,7 @@ def test_dense_twin_matches_the_sparse_encoder_on_a_full_grid():
     x = from_mask(mask)
     encoded_sparse = [sparse.enc_block_s1(x)]
     for level in range(LEVELS):
-        encoded_sparse.append(getattr(sparse, f"enc_block_s{2 ** level}s{2 ** (level + 1)}")(encoded_sparse[-1]))
+        encoded_sparse.append(getattr(sparse, encoder_name(level))(encoded_sparse[-1]))
     volume = torch.ones(1, 1, 64, 64, 64)
     with torch.no_grad():
         encoded_dense = [dense.encoder[0](volume)]
