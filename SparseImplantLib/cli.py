@@ -72,8 +72,7 @@ def _add_network_choices(parser: argparse.ArgumentParser) -> None:
                              "on that model's own predictions first); none = resample the completion model's output directly")
     parser.add_argument("--single-pass", action="store_true",
                         help="one network pass instead of the average of four (left-right flip x grid shift): "
-                             "a quarter of the network's compute (SkullFix 050, bundled 2 mm model, 2 CPU cores: 0.25 s "
-                             "instead of 1.0 s), implant DSC 0.003-0.02 lower (validation / training cases)")
+                             "a quarter of the network's compute for a slightly lower implant DSC (README, Bundled model)")
 
 
 def _run_generate(args: argparse.Namespace) -> int:
