@@ -93,15 +93,15 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
     clock = clock or StageClock()
     with clock.stage("network"):
         model_input = model_grid_input(defective, networks.info)
-        coarse, device = coarse_skull(model_input, networks, device, progress, averaged)
-        if networks.refiner is None:
-            progress(ProgressEvent("restore", 0.6, "resampling to the input grid"))
-            completed_raw = resample_soft_mask(coarse, defective, smoothing=OUTPUT_SMOOTHING)
+        skull, device = coarse_skull(model_input, networks, device, progress, averaged)
+    last_stage, resample = "network", resample_soft_mask  # the coarse skull is a share of passes per voxel
     if networks.refiner is not None:
         with clock.stage("refine"):
-            fine, device = refined_skull(coarse, defective, networks, device, progress)
-            progress(ProgressEvent("restore", 0.6, "resampling to the input grid"))
-            completed_raw = resample_mask(fine, defective, smoothing=OUTPUT_SMOOTHING)
+            skull, device = refined_skull(skull, defective, networks, device, progress)
+        last_stage, resample = "refine", resample_mask
+    with clock.stage(last_stage):  # the way back to the input grid counts as the last network's time
+        progress(ProgressEvent("restore", 0.6, "resampling to the input grid"))
+        completed_raw = resample(skull, defective, smoothing=OUTPUT_SMOOTHING)
     progress(ProgressEvent("implant", 0.7, "extracting the implant"))
     with clock.stage("implant"):
         implant_array = extract_implant(completed_raw.array, defective.array, defective.spacing)
