@@ -1,4 +1,8 @@
-"""Shared fixtures: the real SkullFix data beside the project and small synthetic skulls."""
+"""Shared fixtures and helpers: the real SkullFix data beside the project, small synthetic skulls and a
+tiny model registry.
+
+Test modules import helpers from here (``from conftest import ...``), never from each other.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import pytest
 
+from SparseImplantLib.models.registry import ModelInfo
 from SparseImplantLib.volume import Volume
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -64,11 +69,25 @@ def synthetic_skull() -> tuple[Volume, Volume]:
     return Volume(defective, **geometry), Volume(implant, **geometry)
 
 
+def make_registry(directory: Path, kind: str = "completion") -> ModelInfo:
+    """A registry in ``directory`` holding one small untrained ch1 model, 'tiny', on a 2 mm grid (seeded:
+    the same weights every time)."""
+    import torch
+
+    from SparseImplantLib.models.completion import CHANNEL_PRESETS, CompletionNet
+    from SparseImplantLib.models.registry import save_network, write_registry
+
+    torch.manual_seed(1)
+    info = ModelInfo(name="tiny", kind=kind, channels=list(CHANNEL_PRESETS["ch1"]), spacing_mm=[2.0, 2.0, 2.0],
+                     file="tiny.safetensors", licence="test", directory=directory)
+    save_network(CompletionNet(info.channels), info)
+    write_registry([info], directory)
+    return info
+
+
 @pytest.fixture
 def model_dir(tmp_path) -> Path:
     """A model folder with one small untrained completion model, 'tiny'."""
-    from test_models import make_registry
-
     directory = tmp_path / "models"
     directory.mkdir()
     make_registry(directory)

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, make_registry
 from SparseImplantLib.cli import main
 from SparseImplantLib.errors import SparseImplantError
 from SparseImplantLib.io import read_mask, write_volume
 from SparseImplantLib.outputs import MANIFEST
 from SparseImplantLib.progress import ProgressEvent
 from SparseImplantLib.volume import Volume
-from test_models import make_registry
 
 
 @pytest.fixture
