@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SAMPLE_DEFECTIVE, SAMPLE_IMPLANT
 
-from SparseImplantLib.cli import main
 from SparseImplantLib.io import read_mask
 from SparseImplantLib.metrics import dice, hd95
 from SparseImplantLib.models.registry import find_model, load_network
@@ -30,16 +28,12 @@ def test_the_default_model_is_the_bundled_completion_model():
 
 
 @pytest.mark.slow
-def test_bundled_model_designs_the_sample_implant(tmp_path, capsys):
-    out = tmp_path / "demo"
-    code = main(["generate", str(SAMPLE_DEFECTIVE), "-o", str(out), "--device", "cpu", "--progress", "none",
-                 "--reference", str(SAMPLE_IMPLANT)])
-    assert code == 0, capsys.readouterr().err
-    truth = read_mask(SAMPLE_IMPLANT)
-    implant = read_mask(out / "implant.nrrd")
+def test_bundled_model_designs_the_sample_implant(sample_generated):
+    truth = read_mask(sample_generated.reference)
+    implant = read_mask(sample_generated.output / "implant.nrrd")
     assert implant.same_geometry(truth)
     scores = {"dsc": dice(implant.array, truth.array), "hd95_mm": hd95(implant.array, truth.array, truth.spacing)}
     assert scores["dsc"] >= MIN_IMPLANT_DSC, scores
     assert scores["hd95_mm"] <= MAX_HD95_MM, scores
-    reported = json.loads((out / "report.json").read_text())["metrics"]
+    reported = json.loads((sample_generated.output / "report.json").read_text())["metrics"]
     assert {key: reported[key] for key in scores} == pytest.approx(scores)  # the report says what the files hold
