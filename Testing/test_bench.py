@@ -70,6 +70,7 @@ def test_minkowski_rows_fail_clearly_without_minkowski(monkeypatch, tmp_path):
         network.worker("minkowski", 64, "inference", tmp_path, "050", "ch1")
 
 
+@pytest.mark.slow
 def test_dense_twin_matches_the_sparse_encoder_on_a_full_grid():
     torch.manual_seed(0)
     sparse = CompletionNet(CHANNEL_PRESETS["ch1"]).eval()

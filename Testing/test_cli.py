@@ -173,6 +173,7 @@ def eager_model_dir(tmp_path, model_dir):
     return eager
 
 
+@pytest.mark.slow
 def test_overwrite_removes_the_earlier_runs_stale_files(tmp_path, capsys, skull_file, model_dir):
     """Issue 22, item 1: an input with no implant, rerun over a run that had one."""
     out = tmp_path / "out"

@@ -56,6 +56,7 @@ def test_training_forward_backward_reaches_every_parameter():
     assert not missing
 
 
+@pytest.mark.slow
 def test_a_few_steps_reduce_the_loss():
     torch.manual_seed(0)
     network = CompletionNet().train()
@@ -165,6 +166,7 @@ def test_register_trained_model_adds_weights_and_metrics(tmp_path):
         register_trained_model(run, models)
 
 
+@pytest.mark.slow
 def test_a_lower_keep_logit_keeps_more_voxels():
     torch.manual_seed(3)
     network = CompletionNet(CHANNEL_PRESETS["ch1"]).eval()
