@@ -13,7 +13,7 @@ from SparseImplantLib.io import read_mask
 from SparseImplantLib.models.completion import CompletionNet
 from SparseImplantLib.models.registry import ModelInfo
 from SparseImplantLib.progress import ProgressEvent
-from SparseImplantLib.volume import Volume, reorient
+from SparseImplantLib.volume import Volume, reorient, undo_reorient
 
 
 def test_averaged_passes_undo_their_flip_and_shift(monkeypatch):
@@ -65,13 +65,6 @@ def test_the_model_grid_does_not_depend_on_how_the_file_stores_the_skull(synthet
     np.testing.assert_array_equal(copy.array, original.array)
 
 
-def _undo(array: np.ndarray, order, flips) -> np.ndarray:
-    for axis, flip in enumerate(flips):
-        if flip:
-            array = np.flip(array, axis)
-    return np.transpose(array, np.argsort(order))
-
-
 @pytest.mark.slow
 def test_implants_agree_however_the_sample_is_stored(sample_generated):
     """The bundled model on SkullFix 050 stored permuted and flipped (as a RAS NIfTI would be): the same
@@ -88,7 +81,7 @@ def test_implants_agree_however_the_sample_is_stored(sample_generated):
     implant = read_mask(sample_generated.output / "implant.nrrd")
     for order, flips in STORED_OTHERWISE:
         copy = design_implant(reorient(defective, order, flips), networks, cpu).implant
-        assert dice(_undo(copy.array, order, flips), implant.array) >= 0.98
+        assert dice(undo_reorient(copy.array, order, flips), implant.array) >= 0.98
     corners = corners_lps(defective, find_foreground_box(defective.array))
     shape, spacing, direction = np.array([300, 320, 300]), 0.7, oblique_direction(20.0)
     origin = (corners.min(axis=0) + corners.max(axis=0)) / 2 - direction @ ((shape - 1) / 2 * spacing)
