@@ -173,6 +173,29 @@ def skull_segmentation(scene, volume: Volume, name: str = "Defective skull"):
     return segmentation
 
 
+def load_utility(name: str):
+    """A script of Utilities/ (not a package) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "Utilities" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_png(path: Path) -> np.ndarray:
+    """(height, width, 3) RGB of a PNG, read with VTK as it was written."""
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    reader = vtk.vtkPNGReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    image = reader.GetOutput()
+    width, height, _ = image.GetDimensions()
+    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[:, :, :3]
+
+
 def shown_in_view(display, view) -> bool:
     """Whether a display node draws in ``view`` (visible, and the view is in its list or the list is empty)."""
     return bool(display.GetVisibility()) and (display.GetNumberOfViewNodeIDs() == 0

@@ -12,7 +12,7 @@ vtk = pytest.importorskip("vtk")
 
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
-from conftest import shown_in_view  # noqa: E402
+from conftest import load_utility, read_png, shown_in_view  # noqa: E402
 from SparseImplantLib import mrml  # noqa: E402
 from SparseImplantLib.contract import DISTANCE_ARRAY  # noqa: E402
 from SparseImplantLib.errors import SparseImplantError  # noqa: E402
@@ -100,23 +100,12 @@ def test_results_are_pinned_to_three_linked_views_and_rerun_adds_new_nodes(scene
 
 def catalog_screenshot():
     """Utilities/catalog_screenshot.py, which renders the module's three views for the catalog."""
-    import importlib.util
-
-    from conftest import PROJECT_ROOT
-
-    spec = importlib.util.spec_from_file_location("catalog_screenshot", PROJECT_ROOT / "Utilities" / "catalog_screenshot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_utility("catalog_screenshot")
 
 
 def _panel_fractions(path, panels: int = 3):
-    reader = vtk.vtkPNGReader()
-    reader.SetFileName(str(path))
-    reader.Update()
-    image = reader.GetOutput()
-    width, height, _ = image.GetDimensions()
-    rgb = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[..., :3]
+    rgb = read_png(path)
+    width = rgb.shape[1]
     return [rgb[:, i * width // panels:(i + 1) * width // panels].astype(int) for i in range(panels)]
 
 
