@@ -520,7 +520,9 @@ class SparseImplantLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def report(request) -> Optional[dict]:
         """The run's report.json, or None if the worker did not write one."""
-        path = Path(request.output_dir) / "report.json"
+        from SparseImplantLib.contract import REPORT_FILE
+
+        path = Path(request.output_dir) / REPORT_FILE
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def finish(self, request, inputs=None):

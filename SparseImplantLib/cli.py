@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
+from .contract import ERROR_PREFIX, MESH_FORMATS, WARNING_PREFIX
 from .errors import SparseImplantError
 
 EXIT_USER_ERROR = 1
@@ -40,7 +41,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 def _register_generate(subparsers: argparse._SubParsersAction) -> None:
     from .inference import DEVICES
-    from .pipeline import MESH_FORMATS
 
     parser = subparsers.add_parser(
         "generate",
@@ -72,8 +72,7 @@ def _add_network_choices(parser: argparse.ArgumentParser) -> None:
                              "on that model's own predictions first); none = resample the completion model's output directly")
     parser.add_argument("--single-pass", action="store_true",
                         help="one network pass instead of the average of four (left-right flip x grid shift): "
-                             "a quarter of the network's compute (SkullFix 050, bundled 2 mm model, 2 CPU cores: 0.25 s "
-                             "instead of 1.0 s), implant DSC 0.003-0.02 lower (validation / training cases)")
+                             "a quarter of the network's compute for a slightly lower implant DSC (README, Bundled model)")
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -181,18 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.formatwarning = lambda message, category, *rest: f"sparseimplant: warning: {message}\n"
+    warnings.formatwarning = lambda message, category, *rest: f"{WARNING_PREFIX}{message}\n"
     in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         _check_numbers(args)
         return int(args.func(args) or 0)
     except SparseImplantError as error:
-        print(f"sparseimplant: error: {error}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as stop:
         terminated = isinstance(stop, Terminated)
-        print(f"sparseimplant: error: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     finally:
         if in_main_thread:

@@ -16,6 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import metrics
+from .metrics import METRICS
+from .contract import COMPLETED_FILE, IMPLANT_FILE
 from .data.datasets import (
     LAYOUTS,
     SKULLBREAK_DEFECT_TYPES,
@@ -29,17 +31,8 @@ from .outputs import staged_output
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 from .volume import Volume
 
-IMPLANT_FILE = "implant.nrrd"
-COMPLETED_FILE = "completed_skull.nrrd"
 REPORT_MARKDOWN = "evaluation.md"
 REPORT_JSON = "evaluation.json"
-# (key, column title, number format) of every metric in the reports.
-METRICS = (
-    ("dsc", "DSC", "{:.4f}"),
-    ("bdsc", "bDSC", "{:.4f}"),
-    ("hd95_mm", "HD95 (mm)", "{:.3f}"),
-    ("skull_dsc", "skull DSC", "{:.4f}"),
-)
 
 Row = Dict[str, object]
 Summary = Dict[str, Dict[str, Optional[float]]]
@@ -133,7 +126,7 @@ def summarise(rows: Sequence[Row]) -> Summary:
     """Mean and (population) standard deviation per metric over the cases that have it. An infinite
     HD95 (empty prediction) makes the mean infinite on purpose: a missing implant must not vanish."""
     summary: Summary = {}
-    for key, _, _ in METRICS:
+    for key in (metric.key for metric in METRICS):
         values = np.array([row[key] for row in rows if row.get(key) is not None], dtype=np.float64)
         if values.size == 0:
             summary[key] = {"mean": None, "std": None, "n": 0}
@@ -155,15 +148,16 @@ def _cell(value: object, number_format: str) -> str:
 
 def markdown_table(rows: Sequence[Row], summary: Summary) -> str:
     """One row per case and a final ``mean ± std`` row."""
-    header = "| case | " + " | ".join(title for _, title, _ in METRICS) + " |"
+    header = "| case | " + " | ".join(metric.column for metric in METRICS) + " |"
     lines = [header, "|" + "---|" * (len(METRICS) + 1)]
     for row in rows:
-        lines.append(f"| {row['case']} | " + " | ".join(_cell(row[k], f) for k, _, f in METRICS) + " |")
+        lines.append(f"| {row['case']} | " + " | ".join(_cell(row[m.key], m.number_format) for m in METRICS) + " |")
     averages = []
-    for key, _, number_format in METRICS:
-        entry = summary[key]
+    for metric in METRICS:
+        entry = summary[metric.key]
         averages.append(
-            "–" if entry["mean"] is None else f"{_cell(entry['mean'], number_format)} ± {_cell(entry['std'], number_format)}"
+            "–" if entry["mean"] is None
+            else f"{_cell(entry['mean'], metric.number_format)} ± {_cell(entry['std'], metric.number_format)}"
         )
     lines.append(f"| **mean ± std** (n={len(rows)}) | " + " | ".join(averages) + " |")
     return "\n".join(lines) + "\n"

@@ -17,18 +17,18 @@ import vtk
 from scipy import ndimage
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
+from .contract import DISTANCE_ARRAY
 from .errors import SparseImplantError
 from .io import PathLike, atomic_write
 from .volume import LPS_TO_RAS, Volume, foreground_box
 
-DISTANCE_ARRAY = "SignedDistance_mm"
 COORDINATE_SYSTEMS = ("LPS", "RAS")
 PAD = 3  # zero voxels around the cropped mask: room for the blur, so the surface stays closed
 SMOOTHING_ITERATIONS = 20
 BLUR_SIGMA_VOXELS = 0.6
 
 # VTK's wheels start with the sequential SMP backend; threads make surface extraction and smoothing
-# ~1.6x faster on 2 cores with identical output. A backend chosen by the host (Slicer's TBB, or the
+# faster with identical output (README, Benchmarks). A backend chosen by the host (Slicer's TBB, or the
 # VTK_SMP_BACKEND_IN_USE variable) is left alone.
 if vtk.vtkSMPTools.GetBackend() == "Sequential" and "VTK_SMP_BACKEND_IN_USE" not in os.environ:
     vtk.vtkSMPTools.SetBackend("STDThread")
@@ -177,8 +177,8 @@ def surface_reach_mm(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERATI
 def vertices_near_changes(surface: vtk.vtkPolyData, mask: Volume, other: Volume, coordinates: str = "LPS") -> np.ndarray:
     """For each vertex of ``surface`` (built from ``mask``): whether it lies within ``surface_reach_mm``
     of a voxel where ``mask`` and ``other`` differ. Elsewhere the two masks' surfaces coincide and
-    their distance is 0, so a distance map needs searching only here (a sixth of SkullFix 050's
-    completed skull). Every vertex counts as near when the masks' grids differ."""
+    their distance is 0, so a distance map needs searching only here (a small part of a skull: README,
+    Benchmarks). Every vertex counts as near when the masks' grids differ."""
     count = surface.GetNumberOfPoints()
     if not mask.same_geometry(other):
         return np.ones(count, dtype=bool)

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence
 
+from .contract import ERROR_PREFIX, WARNING_PREFIX
 from .progress import ProgressEvent
 
-ERROR_PREFIX = "sparseimplant: error: "
-WARNING_PREFIX = "sparseimplant: warning: "
 READER_ERROR_PREFIX = "sparseimplant: lost the worker's output: "
 
 # Win32 constants (subprocess defines them only on Windows).

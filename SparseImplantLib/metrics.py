@@ -19,6 +19,7 @@ masks (plus the margin each metric needs), which gives the same numbers as the f
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,6 +31,25 @@ Box = Tuple[slice, slice, slice]
 
 BORDER_DISTANCE_MM = 10.0
 _SIX_CONNECTED = ndimage.generate_binary_structure(3, 1)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How one score of ``evaluate.evaluate_case`` is named and shown, wherever it is shown."""
+
+    key: str  # in report.json and evaluation.json
+    column: str  # evaluation.md's column title
+    label: str  # the Slicer module's results table
+    unit: str
+    number_format: str
+
+
+METRICS = (
+    Metric("dsc", "DSC", "Dice (implant)", "", "{:.4f}"),
+    Metric("bdsc", "bDSC", "Border Dice (10 mm)", "", "{:.4f}"),
+    Metric("hd95_mm", "HD95 (mm)", "HD95", "mm", "{:.3f}"),
+    Metric("skull_dsc", "skull DSC", "Dice (completed skull)", "", "{:.4f}"),
+)
 
 
 def _binary(mask: np.ndarray) -> np.ndarray:

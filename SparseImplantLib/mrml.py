@@ -17,9 +17,12 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from . import contract
+from .contract import DISTANCE_ARRAY
 from .errors import SparseImplantError
-from .geometry import DISTANCE_ARRAY, transform_polydata, vtk_matrix
+from .geometry import transform_polydata, vtk_matrix
 from .io import PathLike
+from .metrics import METRICS
 from .render import color_limit_mm, defect_camera, diverging_lookup_table
 from .volume import LPS_TO_RAS, Volume
 
@@ -372,19 +375,17 @@ def add_results(scene, completed: Volume, implant: Volume, surfaces: Dict[str, v
     return result
 
 
-MESH_SUFFIXES = (".vtk", ".stl", ".ply", ".obj")  # first found wins: VTK keeps the distance array
+MESH_PREFERENCE = ("vtk", "stl", "ply", "obj")  # first found wins: VTK keeps the distance array
 
 
 def result_files(output_dir: PathLike) -> Dict[str, Path]:
     """The files of a ``sparseimplant generate`` folder that ``add_results_from_folder`` reads, by role
     (a mesh that was not written, such as the implant of an empty implant, is left out)."""
-    from .evaluate import COMPLETED_FILE, IMPLANT_FILE
-
     folder = Path(output_dir)
-    files = {"report": folder / "report.json", "completed_mask": folder / COMPLETED_FILE,
-             "implant_mask": folder / IMPLANT_FILE, "distance": folder / "distance_map.vtk"}
-    for role, stem in (("completed", "completed_skull"), ("defective", "defective_skull"), ("implant", "implant")):
-        found = [folder / f"{stem}{suffix}" for suffix in MESH_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+    files = {"report": folder / contract.REPORT_FILE, "completed_mask": folder / contract.COMPLETED_FILE,
+             "implant_mask": folder / contract.IMPLANT_FILE, "distance": folder / contract.DISTANCE_MAP_FILE}
+    for role, stem in zip(("completed", "defective", "implant"), contract.MESH_STEMS):
+        found = [path for path in (folder / contract.mesh_file(stem, fmt) for fmt in MESH_PREFERENCE) if path.is_file()]
         if found:
             files[role] = found[0]
     return files
@@ -400,7 +401,7 @@ def add_results_from_folder(scene, output_dir: PathLike, name: str = "Implant de
     folder = Path(output_dir)
     files = result_files(folder)
     if not files["report"].is_file():
-        raise SparseImplantError(f"'{folder}' holds no report.json: the generate step did not finish")
+        raise SparseImplantError(f"'{folder}' holds no {contract.REPORT_FILE}: the generate step did not finish")
     report = json.loads(files["report"].read_text())
     missing = [key for key in ("completed", "defective") if key not in files]
     if missing:
@@ -411,18 +412,15 @@ def add_results_from_folder(scene, output_dir: PathLike, name: str = "Implant de
                        name=name, metrics=report.get("metrics"), report=report)
 
 
-METRIC_LABELS = {"dsc": ("Dice (implant)", ""), "bdsc": ("Border Dice (10 mm)", ""), "hd95_mm": ("HD95", "mm"),
-                 "skull_dsc": ("Dice (completed skull)", "")}
-
-
 def result_rows(metrics: Optional[Dict[str, Optional[float]]] = None,
                 report: Optional[dict] = None) -> List[Tuple[str, str, str]]:
     """(label, value, unit) rows of the results table: implant volume, metrics, then stage timings."""
     rows = []
     if report is not None and report.get("implant_volume_ml") is not None:
         rows.append(("Implant volume", f"{report['implant_volume_ml']:.1f}", "ml"))
+    shown = {metric.key: (metric.label, metric.unit) for metric in METRICS}
     for key, value in (metrics or {}).items():
-        label, unit = METRIC_LABELS.get(key, (key, ""))
+        label, unit = shown.get(key, (key, ""))
         rows.append((label, "n/a" if value is None else f"{value:.4g}", unit))
     for stage, seconds in (report or {}).get("timings_s", {}).items():
         rows.append((f"Time: {stage}", f"{seconds:.1f}", "s"))

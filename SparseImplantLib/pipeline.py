@@ -20,9 +20,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, contract
+from .contract import COMPLETED_FILE, IMPLANT_FILE, MESH_FORMATS, output_names
 from .errors import SparseImplantError
-from .evaluate import COMPLETED_FILE, IMPLANT_FILE, evaluate_case
+from .evaluate import evaluate_case
 from .checks import doubts
 from .inference import (
     OUTPUT_SMOOTHING,
@@ -39,9 +40,6 @@ from .outputs import check_output, staged_output
 from .postprocess import extract_implant
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 from .volume import Volume, resample_mask, resample_soft_mask
-
-MESH_FORMATS = ("stl", "obj", "ply", "vtk")
-MESH_STEMS = ("completed_skull", "defective_skull", "implant")  # defective: the fit check beside the implant
 
 
 @dataclass
@@ -95,15 +93,15 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
     clock = clock or StageClock()
     with clock.stage("network"):
         model_input = model_grid_input(defective, networks.info)
-        coarse, device = coarse_skull(model_input, networks, device, progress, averaged)
-        if networks.refiner is None:
-            progress(ProgressEvent("restore", 0.6, "resampling to the input grid"))
-            completed_raw = resample_soft_mask(coarse, defective, smoothing=OUTPUT_SMOOTHING)
+        skull, device = coarse_skull(model_input, networks, device, progress, averaged)
+    last_stage, resample = "network", resample_soft_mask  # the coarse skull is a share of passes per voxel
     if networks.refiner is not None:
         with clock.stage("refine"):
-            fine, device = refined_skull(coarse, defective, networks, device, progress)
-            progress(ProgressEvent("restore", 0.6, "resampling to the input grid"))
-            completed_raw = resample_mask(fine, defective, smoothing=OUTPUT_SMOOTHING)
+            skull, device = refined_skull(skull, defective, networks, device, progress)
+        last_stage, resample = "refine", resample_mask
+    with clock.stage(last_stage):  # the way back to the input grid counts as the last network's time
+        progress(ProgressEvent("restore", 0.6, "resampling to the input grid"))
+        completed_raw = resample(skull, defective, smoothing=OUTPUT_SMOOTHING)
     progress(ProgressEvent("implant", 0.7, "extracting the implant"))
     with clock.stage("implant"):
         implant_array = extract_implant(completed_raw.array, defective.array, defective.spacing)
@@ -153,11 +151,6 @@ def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[st
     return records
 
 
-def output_names(mesh_formats: Sequence[str], preview: bool = True) -> list[str]:
-    meshes = [f"{stem}.{fmt}" for stem in MESH_STEMS for fmt in mesh_formats]
-    return [COMPLETED_FILE, IMPLANT_FILE, *meshes, "distance_map.vtk", *(["preview.png"] if preview else []), "report.json"]
-
-
 def _check_options(input_path: Path, output_dir: Path, options: GenerateOptions) -> None:
     unknown = sorted(set(options.mesh_formats) - set(MESH_FORMATS))
     if unknown or not options.mesh_formats:
@@ -202,20 +195,19 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             else:
                 distance_surface = add_signed_distance(completed_surface, defective_surface,
                                                        where=vertices_near_changes(completed_surface, completed, defective))
-            distances = distance_statistics(_point_array(distance_surface, "SignedDistance_mm"))
+            distances = distance_statistics(_point_array(distance_surface, contract.DISTANCE_ARRAY))
         progress(ProgressEvent("write", 0.9, "writing results"))
         with clock.stage("write"):
             write_volume(staging / COMPLETED_FILE, completed)
             write_volume(staging / IMPLANT_FILE, implant)
             for fmt in options.mesh_formats:
-                export_mesh(completed_surface, staging / f"completed_skull.{fmt}")
-                export_mesh(defective_surface, staging / f"defective_skull.{fmt}")
-                if implant_surface is not None:
-                    export_mesh(implant_surface, staging / f"implant.{fmt}")
-            export_mesh(distance_surface, staging / "distance_map.vtk")
+                for stem, surface in zip(contract.MESH_STEMS, (completed_surface, defective_surface, implant_surface)):
+                    if surface is not None:  # no implant mesh for an empty implant
+                        export_mesh(surface, staging / contract.mesh_file(stem, fmt))
+            export_mesh(distance_surface, staging / contract.DISTANCE_MAP_FILE)
             if options.preview:
                 render_three_panel(completed_surface, defective_surface, implant_surface, distance_surface,
-                                   staging / "preview.png", size=options.preview_size)
+                                   staging / contract.PREVIEW_FILE, size=options.preview_size)
         report = {
             "input": str(input_path),
             "model": networks.describe(),
@@ -235,7 +227,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
         }
         if reference is not None:
             report["metrics"] = evaluate_case(implant, reference, defective, completed, case=input_path.name)
-        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (staging / contract.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     progress(ProgressEvent("done", 1.0, f"results in {output_dir}"))
     return report
 

@@ -15,6 +15,7 @@ import numpy as np
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
+from .contract import DISTANCE_ARRAY
 from .io import PathLike, atomic_write
 
 BONE = (0.93, 0.89, 0.80)
@@ -172,7 +173,7 @@ def write_png(image: vtk.vtkImageData, path: PathLike) -> Path:
 
 def render_three_panel(completed: vtk.vtkPolyData, defective: vtk.vtkPolyData, implant: Optional[vtk.vtkPolyData],
                        distance_surface: vtk.vtkPolyData, path: PathLike, size: Tuple[int, int] = (1800, 600),
-                       title_mm: str = "Signed distance (mm)", distance_array: str = "SignedDistance_mm") -> Path:
+                       title_mm: str = "Signed distance (mm)", distance_array: str = DISTANCE_ARRAY) -> Path:
     """PNG of three linked views; ``implant`` may be None or empty (no bone was added)."""
     window = offscreen_window(size)
     camera = defect_camera(completed, implant)

@@ -1,15 +1,13 @@
 """Shape super-resolution: the completed skull's implant region redrawn on a finer grid.
 
-The completion network works on a coarse grid (2 mm), so the implant's rim meets the defect edge to
-within a coarse voxel. A second network of the same architecture (the paper's shape super-resolution,
+The completion network works on a coarse grid, so the implant's rim meets the defect edge to within a
+coarse voxel. A second network of the same architecture (the paper's shape super-resolution,
 model kind ``super_resolution``) takes the coarse completed skull upsampled to a finer grid and
 returns the skull on that grid. Unlike the paper's, its input has a second channel, the defective
 skull on the fine grid: at implant time that bone is known exactly, and the rim should meet it.
 Only a box around the bone the coarse network added (plus ``REFINE_MARGIN_MM``) is refined; the
-same box is what training crops, so both see the same kind of input. What two 1 mm models trained here
-measured (on ground-truth input: tied the direct path; on the completion model's own predictions,
-``train --coarse-model``: better border DSC, worse DSC and HD95; none is bundled): README, "Shape
-super-resolution".
+same box is what training crops, so both see the same kind of input. Whether it pays off is a
+measurement, kept with the models trained here: README, "Shape super-resolution".
 """
 
 from __future__ import annotations

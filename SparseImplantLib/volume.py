@@ -77,6 +77,14 @@ def reorient(volume: Volume, order: Sequence[int], flips: Sequence[bool] = (Fals
     return Volume(np.ascontiguousarray(array), spacing, origin, direction)
 
 
+def undo_reorient(array: np.ndarray, order: Sequence[int], flips: Sequence[bool] = (False, False, False)) -> np.ndarray:
+    """An array of a ``reorient``-ed volume (or a result on its grid) back in the original index order."""
+    for axis, flip in enumerate(flips):
+        if flip:
+            array = np.flip(array, axis)
+    return np.transpose(array, np.argsort(order))
+
+
 def to_sitk(volume: Volume):
     """SimpleITK image of the volume (SimpleITK arrays are [k, j, i])."""
     import SimpleITK as sitk

@@ -1,4 +1,8 @@
-"""Shared fixtures: the real SkullFix data beside the project and small synthetic skulls."""
+"""Shared fixtures and helpers: the real SkullFix data beside the project, small synthetic skulls, a tiny
+model registry, and generate runs made once per session for the tests that only read their results.
+
+Test modules import helpers from here (``from conftest import ...``), never from each other.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pytest
 
+from SparseImplantLib.models.registry import ModelInfo
 from SparseImplantLib.volume import Volume
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -57,22 +62,81 @@ def shell_skull(shape=(48, 48, 40), radius=16.0, thickness=3.0, defect=True) -> 
     return (shell & ~cap).astype(np.uint8), (shell & cap).astype(np.uint8)
 
 
-@pytest.fixture
-def synthetic_skull() -> tuple[Volume, Volume]:
+def synthetic_volumes() -> tuple[Volume, Volume]:
+    """(defective, implant) of ``shell_skull`` on an oblique, anisotropic grid."""
     defective, implant = shell_skull()
     geometry = dict(spacing=(0.8, 0.7, 1.1), origin=(-20.0, 10.0, 5.0), direction=oblique_direction())
     return Volume(defective, **geometry), Volume(implant, **geometry)
 
 
 @pytest.fixture
+def synthetic_skull() -> tuple[Volume, Volume]:
+    return synthetic_volumes()
+
+
+def make_registry(directory: Path, kind: str = "completion") -> ModelInfo:
+    """A registry in ``directory`` holding one small untrained ch1 model, 'tiny', on a 2 mm grid (seeded:
+    the same weights every time)."""
+    import torch
+
+    from SparseImplantLib.models.completion import CHANNEL_PRESETS, CompletionNet
+    from SparseImplantLib.models.registry import save_network, write_registry
+
+    torch.manual_seed(1)
+    info = ModelInfo(name="tiny", kind=kind, channels=list(CHANNEL_PRESETS["ch1"]), spacing_mm=[2.0, 2.0, 2.0],
+                     file="tiny.safetensors", licence="test", directory=directory)
+    save_network(CompletionNet(info.channels), info)
+    write_registry([info], directory)
+    return info
+
+
+@pytest.fixture
 def model_dir(tmp_path) -> Path:
     """A model folder with one small untrained completion model, 'tiny'."""
-    from test_models import make_registry
-
     directory = tmp_path / "models"
     directory.mkdir()
     make_registry(directory)
     return directory
+
+
+class GenerateRun(NamedTuple):
+    """A finished ``sparseimplant generate``: its input, the reference it was given, its output folder."""
+
+    source: Path
+    reference: Path
+    output: Path
+
+
+def _generate(folder: Path, source: Path, reference: Path, *options: str) -> GenerateRun:
+    from SparseImplantLib.cli import main
+
+    output = folder / "out"
+    code = main(["generate", str(source), "-o", str(output), "--device", "cpu", "--progress", "none",
+                 "--reference", str(reference), *options])
+    assert code == 0, "the shared generate run failed"
+    return GenerateRun(source, reference, output)
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory) -> GenerateRun:
+    """``generate`` with its defaults (four averaged passes, preview) of the tiny model on the synthetic
+    skull, with its ground truth and STL, OBJ and VTK meshes: made once, for the tests that only read it."""
+    from SparseImplantLib.io import write_volume
+
+    folder = tmp_path_factory.mktemp("generated")
+    models = folder / "models"
+    models.mkdir()
+    make_registry(models)
+    defective, implant = synthetic_volumes()
+    return _generate(folder, write_volume(folder / "defective.nrrd", defective), write_volume(folder / "implant.nrrd", implant),
+                     "--model-dir", str(models), "--mesh-formats", "stl,obj,vtk")
+
+
+@pytest.fixture(scope="session")
+def sample_generated(tmp_path_factory) -> GenerateRun:
+    """What ``make demo`` runs: the bundled model on the bundled sample (SkullFix 050), four averaged
+    passes, with its ground truth as reference; made once, for the tests that only read it."""
+    return _generate(tmp_path_factory.mktemp("sample"), SAMPLE_DEFECTIVE, SAMPLE_IMPLANT)
 
 
 def require_skullfix() -> Path:
@@ -107,6 +171,29 @@ def skull_segmentation(scene, volume: Volume, name: str = "Defective skull"):
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
     scene.RemoveNode(labelmap)
     return segmentation
+
+
+def load_utility(name: str):
+    """A script of Utilities/ (not a package) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "Utilities" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_png(path: Path) -> np.ndarray:
+    """(height, width, 3) RGB of a PNG, read with VTK as it was written."""
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    reader = vtk.vtkPNGReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    image = reader.GetOutput()
+    width, height, _ = image.GetDimensions()
+    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[:, :, :3]
 
 
 def shown_in_view(display, view) -> bool:

@@ -4,14 +4,16 @@ dense twin's agreement with the sparse network."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import require_skullfix
+from conftest import PROJECT_ROOT, require_skullfix
 from SparseImplantLib.bench import engine, network
-from SparseImplantLib.models.completion import CHANNEL_PRESETS, LEVELS, CompletionNet
+from SparseImplantLib.errors import SparseImplantError
+from SparseImplantLib.models.completion import CHANNEL_PRESETS, LEVELS, CompletionNet, encoder_name
 from SparseImplantLib.models.dense_twin import DenseCompletionNet, copy_from_sparse
 from SparseImplantLib.sparse import from_mask, to_dense
 
@@ -27,8 +29,11 @@ def test_engine_benchmark_writes_a_sane_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_network_benchmark_on_the_smallest_grid(tmp_path):
+def test_network_benchmark_on_the_smallest_grid(tmp_path, monkeypatch):
     root = require_skullfix()
+    twin = str(PROJECT_ROOT / "Testing" / "minkowski")  # ME's network, for the ME rows where ME is installed
+    monkeypatch.syspath_prepend(twin)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [twin, os.environ.get("PYTHONPATH")])))
     output = tmp_path / "new-folder"  # made by the benchmark, plot included
     network.run(root, "050", sizes=[64], channels="ch1", output_dir=output, timeout_s=600)
     results = json.loads((output / "network.json").read_text())["results"]
@@ -54,8 +59,18 @@ def test_network_benchmark_on_the_smallest_grid(tmp_path):
     assert dense["layers"][0]["voxels"] == int(np.prod(dense["grid"]))  # dense works on every voxel
     assert sparse["gmacs"] < dense["gmacs"]
     assert (output / "network.png").is_file()
+    if not network.minkowski_available():
+        assert "No MinkowskiEngine rows: MinkowskiEngine is not installed" in (output / "network.md").read_text()
 
 
+def test_minkowski_rows_fail_clearly_without_minkowski(monkeypatch, tmp_path):
+    monkeypatch.setattr(network, "ME_TWIN_MODULE", "no_such_twin_module")
+    assert not network.minkowski_available()
+    with pytest.raises(SparseImplantError, match=r"cannot run the MinkowskiEngine network: .*(build\.sh|PYTHONPATH)"):
+        network.worker("minkowski", 64, "inference", tmp_path, "050", "ch1")
+
+
+@pytest.mark.slow
 def test_dense_twin_matches_the_sparse_encoder_on_a_full_grid():
     torch.manual_seed(0)
     sparse = CompletionNet(CHANNEL_PRESETS["ch1"]).eval()
@@ -64,7 +79,7 @@ def test_dense_twin_matches_the_sparse_encoder_on_a_full_grid():
     x = from_mask(mask)
     encoded_sparse = [sparse.enc_block_s1(x)]
     for level in range(LEVELS):
-        encoded_sparse.append(getattr(sparse, f"enc_block_s{2 ** level}s{2 ** (level + 1)}")(encoded_sparse[-1]))
+        encoded_sparse.append(getattr(sparse, encoder_name(level))(encoded_sparse[-1]))
     volume = torch.ones(1, 1, 64, 64, 64)
     with torch.no_grad():
         encoded_dense = [dense.encoder[0](volume)]

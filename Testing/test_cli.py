@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, make_registry
 from SparseImplantLib.cli import main
 from SparseImplantLib.errors import SparseImplantError
 from SparseImplantLib.io import read_mask, write_volume
 from SparseImplantLib.outputs import MANIFEST
 from SparseImplantLib.progress import ProgressEvent
 from SparseImplantLib.volume import Volume
-from test_models import make_registry
 
 
 @pytest.fixture
@@ -35,13 +34,9 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_generate_writes_every_output(tmp_path, capsys, skull_file, model_dir, synthetic_skull):
-    out = tmp_path / "out"
-    reference = write_volume(tmp_path / "implant.nrrd", synthetic_skull[1])
-    code, stdout, stderr = run_cli(capsys, "generate", skull_file, "-o", out, "--model-dir", model_dir,
-                                   "--device", "cpu", "--progress", "none", "--mesh-formats", "stl,obj",
-                                   "--reference", reference)
-    assert code == 0, stderr
+def test_generate_writes_every_output(generated):
+    """The shared run: generate with its defaults, a reference and STL, OBJ and VTK meshes."""
+    out = generated.output
     names = {p.name for p in out.iterdir()}
     assert {"completed_skull.nrrd", "implant.nrrd", "completed_skull.stl", "completed_skull.obj",
             "defective_skull.stl", "defective_skull.obj", "distance_map.vtk", "preview.png", "report.json"} <= names
@@ -53,7 +48,7 @@ def test_generate_writes_every_output(tmp_path, capsys, skull_file, model_dir, s
     assert {"read", "network", "implant", "meshes", "write"} <= set(report["timings_s"])
     assert report["network_passes"] == 4
     completed = sitk.ReadImage(str(out / "completed_skull.nrrd"))
-    source = sitk.ReadImage(str(skull_file))
+    source = sitk.ReadImage(str(generated.source))
     assert completed.GetSize() == source.GetSize()
     assert np.allclose(completed.GetDirection(), source.GetDirection())
     assert np.allclose(completed.GetOrigin(), source.GetOrigin())
@@ -66,7 +61,7 @@ def test_json_progress_lines_through_the_entry_point(tmp_path, skull_file, model
     out = tmp_path / "out"
     process = subprocess.run(
         [sys.executable, "-m", "SparseImplantLib.cli", "generate", str(skull_file), "-o", str(out),
-         "--model-dir", str(model_dir), "--progress", "json"],
+         "--model-dir", str(model_dir), "--progress", "json", "--single-pass"],
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600,
     )
     assert process.returncode == 0, process.stderr
@@ -178,6 +173,7 @@ def eager_model_dir(tmp_path, model_dir):
     return eager
 
 
+@pytest.mark.slow
 def test_overwrite_removes_the_earlier_runs_stale_files(tmp_path, capsys, skull_file, model_dir):
     """Issue 22, item 1: an input with no implant, rerun over a run that had one."""
     out = tmp_path / "out"

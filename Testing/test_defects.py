@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -114,10 +112,7 @@ def test_empty_skull_is_rejected(head):
 @pytest.mark.slow
 def test_real_skull_frontoorbital_defect():
     complete = read_mask(require_skullfix() / "complete_skull" / "050.nrrd")
-    started = time.perf_counter()
     defective, implant = cut_defect(complete, "frontoorbital", seed=0)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 15.0  # about 1-2 s on one core; a generous bound against slow regressions
     assert not np.any(defective.array & implant.array)
     assert np.array_equal(defective.array | implant.array, complete.array > 0)
     centroid = _relative_centroid(complete, implant)

@@ -92,6 +92,7 @@ def test_synthetic_shells_pass_as_skulls(shell):
         check_skull_shape(mask, "shell")
 
 
+@pytest.mark.slow
 def test_real_skulls_pass():
     for path in (SAMPLE_DEFECTIVE, SAMPLE_IMPLANT):
         read_mask(path)

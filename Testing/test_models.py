@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shell_skull
+from conftest import make_registry, shell_skull
 from SparseImplantLib.errors import SparseImplantError
 from SparseImplantLib.models.completion import CHANNEL_PRESETS, CompletionNet, completion_loss
-from SparseImplantLib.models.registry import ModelInfo, find_model, load_network, save_network, write_registry
+from SparseImplantLib.models.registry import ModelInfo, find_model, load_network, write_registry
 from SparseImplantLib.sparse import SparseTensor, from_mask
 
 
@@ -56,6 +56,7 @@ def test_training_forward_backward_reaches_every_parameter():
     assert not missing
 
 
+@pytest.mark.slow
 def test_a_few_steps_reduce_the_loss():
     torch.manual_seed(0)
     network = CompletionNet().train()
@@ -97,15 +98,6 @@ def test_inference_without_map_cache_equals_cached_inference():
     assert torch.equal(streamed.output.C, cached.output.C) and torch.equal(streamed.output.F, cached.output.F)
     for ours, reference in zip(streamed.logits, cached.logits):
         assert torch.equal(ours.F, reference.F)
-
-
-def make_registry(tmp_path, kind="completion") -> ModelInfo:
-    torch.manual_seed(1)
-    info = ModelInfo(name="tiny", kind=kind, channels=list(CHANNEL_PRESETS["ch1"]), spacing_mm=[2.0, 2.0, 2.0],
-                     file="tiny.safetensors", licence="test", directory=tmp_path)
-    save_network(CompletionNet(info.channels), info)
-    write_registry([info], tmp_path)
-    return info
 
 
 def test_registry_roundtrip_and_checksum(tmp_path):
@@ -174,6 +166,7 @@ def test_register_trained_model_adds_weights_and_metrics(tmp_path):
         register_trained_model(run, models)
 
 
+@pytest.mark.slow
 def test_a_lower_keep_logit_keeps_more_voxels():
     torch.manual_seed(3)
     network = CompletionNet(CHANNEL_PRESETS["ch1"]).eval()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -10,10 +12,11 @@ vtk = pytest.importorskip("vtk")
 
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
-from conftest import shown_in_view  # noqa: E402
+from conftest import load_utility, read_png, shown_in_view  # noqa: E402
 from SparseImplantLib import mrml  # noqa: E402
+from SparseImplantLib.contract import DISTANCE_ARRAY  # noqa: E402
 from SparseImplantLib.errors import SparseImplantError  # noqa: E402
-from SparseImplantLib.geometry import DISTANCE_ARRAY, add_signed_distance, surface_from_mask, transform_polydata  # noqa: E402
+from SparseImplantLib.geometry import add_signed_distance, surface_from_mask, transform_polydata  # noqa: E402
 from SparseImplantLib.render import defect_camera  # noqa: E402
 from SparseImplantLib.volume import LPS_TO_RAS  # noqa: E402
 
@@ -97,23 +100,12 @@ def test_results_are_pinned_to_three_linked_views_and_rerun_adds_new_nodes(scene
 
 def catalog_screenshot():
     """Utilities/catalog_screenshot.py, which renders the module's three views for the catalog."""
-    import importlib.util
-
-    from conftest import PROJECT_ROOT
-
-    spec = importlib.util.spec_from_file_location("catalog_screenshot", PROJECT_ROOT / "Utilities" / "catalog_screenshot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_utility("catalog_screenshot")
 
 
 def _panel_fractions(path, panels: int = 3):
-    reader = vtk.vtkPNGReader()
-    reader.SetFileName(str(path))
-    reader.Update()
-    image = reader.GetOutput()
-    width, height, _ = image.GetDimensions()
-    rgb = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[..., :3]
+    rgb = read_png(path)
+    width = rgb.shape[1]
     return [rgb[:, i * width // panels:(i + 1) * width // panels].astype(int) for i in range(panels)]
 
 
@@ -156,15 +148,9 @@ def test_export_segments_writes_stl_once(scene, results, tmp_path):
         mrml.export_segments(node, tmp_path, file_format="step")
 
 
-def test_results_from_a_generate_folder(scene, synthetic_skull, tmp_path, model_dir):
-    from SparseImplantLib.io import write_volume
-    from SparseImplantLib.pipeline import GenerateOptions, generate
-
-    source = write_volume(tmp_path / "defective.nrrd", synthetic_skull[0])
-    reference = write_volume(tmp_path / "implant.nrrd", synthetic_skull[1])
-    report = generate(source, tmp_path / "out", GenerateOptions(device="cpu", model_dir=model_dir, mesh_formats=("vtk",),
-                                                                reference=reference, averaged=False, preview=False))
-    result = mrml.add_results_from_folder(scene, tmp_path / "out", name="Case")
+def test_results_from_a_generate_folder(scene, synthetic_skull, tmp_path, generated):
+    report = json.loads((generated.output / "report.json").read_text())
+    result = mrml.add_results_from_folder(scene, generated.output, name="Case")
     assert {"completed", "defective", "distance"} <= set(result.models)
     table = result.metrics_table.GetTable()
     labels = [table.GetValue(row, 0).ToString() for row in range(table.GetNumberOfRows())]
@@ -176,7 +162,7 @@ def test_results_from_a_generate_folder(scene, synthetic_skull, tmp_path, model_
     with pytest.raises(SparseImplantError, match="no report.json"):
         mrml.add_results_from_folder(scene, tmp_path)
     # The catalog screenshot is these three views, drawn by Slicer's displayable managers.
-    panels = _panel_fractions(catalog_screenshot().render_results(tmp_path / "out", tmp_path / "views.png", (200, 200)))
+    panels = _panel_fractions(catalog_screenshot().render_results(generated.output, tmp_path / "views.png", (200, 200)))
     assert all((~(panel[..., 2] > panel[..., 0] + 40)).mean() > 0.05 for panel in panels)
 
 

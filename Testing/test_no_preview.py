@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from SparseImplantLib.cli import main
+from SparseImplantLib.contract import output_names
 from SparseImplantLib.io import write_volume
 from SparseImplantLib.outputs import MANIFEST
-from SparseImplantLib.pipeline import output_names
 
 
 def test_no_preview_writes_every_output_but_the_png(tmp_path, model_dir, synthetic_skull):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -18,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, load_utility
 
 MODULE_DIR = PROJECT_ROOT / "SparseImplant"
 
@@ -67,10 +66,7 @@ def test_bundled_weights_are_installed():
 
 def extension_urls():
     """Utilities/extension_urls.py, which writes every URL from the catalog's repository address."""
-    spec = importlib.util.spec_from_file_location("extension_urls", PROJECT_ROOT / "Utilities" / "extension_urls.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_utility("extension_urls")
 
 
 def s4ext_fields() -> dict[str, str]:

@@ -7,10 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-import vtk
-from vtk.util.numpy_support import vtk_to_numpy
 
-from conftest import shell_skull
+from conftest import read_png, shell_skull
 from SparseImplantLib import geometry
 from SparseImplantLib.render import (
     BACKGROUND,
@@ -21,15 +19,6 @@ from SparseImplantLib.render import (
     render_three_panel,
 )
 from SparseImplantLib.volume import Volume
-
-
-def read_png(path) -> np.ndarray:
-    reader = vtk.vtkPNGReader()
-    reader.SetFileName(str(path))
-    reader.Update()
-    image = reader.GetOutput()
-    width, height, _ = image.GetDimensions()
-    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[:, :, :3]
 
 
 def test_lookup_table_is_diverging_and_centred():

@@ -118,7 +118,7 @@ def test_refinement_model_choice(model_dir):
 def test_generate_with_a_refinement_model(tmp_path, capsys, model_dir, synthetic_skull):
     add_refiner(model_dir)
     skull = write_volume(tmp_path / "defective.nrrd", synthetic_skull[0])
-    common = ["--model-dir", str(model_dir), "--device", "cpu"]
+    common = ["--model-dir", str(model_dir), "--device", "cpu", "--single-pass", "--no-preview"]  # neither is under test
     assert main(["generate", str(skull), "-o", str(tmp_path / "refined"), "--progress", "none", *common]) == 0
     report = json.loads((tmp_path / "refined" / "report.json").read_text())
     assert report["model"]["refinement"]["name"] == "tiny-sr" and "refine" in report["timings_s"]

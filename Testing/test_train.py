@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import PROJECT_ROOT, shell_skull
+from conftest import PROJECT_ROOT, make_registry, shell_skull
 from SparseImplantLib.volume import Volume
 from SparseImplantLib.cli import main
 from SparseImplantLib.models.registry import ModelInfo, load_network
@@ -100,7 +100,6 @@ def test_fine_tuning_starts_from_a_registered_model(tmp_path, tiny_skullfix, cap
 @pytest.mark.slow
 def test_super_resolution_training_learns_and_is_picked_for_its_grid(tmp_path, tiny_skullfix, capsys):
     from SparseImplantLib.models.registry import find_model, find_refiner, register_trained_model
-    from test_models import make_registry
 
     output = tmp_path / "sr"
     args = train_args(tiny_skullfix, output, 20, "--kind", "super_resolution", "--input-spacing", "2.0", "--name", "sr")
@@ -155,8 +154,6 @@ def test_super_resolution_pairs_each_defect_with_its_own_coarse_skull():
 
 @pytest.mark.slow
 def test_super_resolution_learns_from_a_completion_models_predictions(tmp_path, tiny_skullfix, capsys):
-    from test_models import make_registry
-
     models = tmp_path / "models"
     models.mkdir()
     completion = make_registry(models)  # a 2 mm completion model

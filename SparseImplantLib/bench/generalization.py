@@ -36,7 +36,7 @@ from ..data.defects import (
     CraniotomyDefect,
     cut_defect,
 )
-from ..volume import Volume, corners_lps, find_foreground_box, reorient, resample_mask
+from ..volume import Volume, corners_lps, find_foreground_box, reorient, resample_mask, undo_reorient
 from .commands import GENERALIZATION_GROUPS as GROUPS
 from .report import markdown_table, write_results
 
@@ -83,13 +83,7 @@ def _defect_variant(case: str, complete: Callable[[], Volume], kind: str, size: 
 
 
 def _undo_orientation(order: Sequence[int], flips: Sequence[bool]) -> Callable[[np.ndarray], np.ndarray]:
-    def undo(array: np.ndarray) -> np.ndarray:
-        for axis, flip in enumerate(flips):
-            if flip:
-                array = np.flip(array, axis)
-        return np.transpose(array, np.argsort(order))
-
-    return undo
+    return lambda array: undo_reorient(array, order, flips)
 
 
 def rotated(pair: Pair, angles_deg: Sequence[float]) -> Pair:

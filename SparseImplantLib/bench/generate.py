@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..contract import REPORT_FILE
 from .network import _spawn
 from .report import markdown_table, write_results
 
@@ -40,7 +41,7 @@ def run(data_root: Path, case: str, output_dir: Path, model: str | None, timeout
         subprocess.run(command, check=True, timeout=timeout_s)
         wall = time.perf_counter() - start
         peak_mb = float(peak_file.read_text())
-        report = json.loads((results / "report.json").read_text())
+        report = json.loads((results / REPORT_FILE).read_text())
     forward = _spawn("sparse", 512, "inference", data_root, case, "ch1", timeout_s)
     rows = [["generate (end to end)", round(wall, 1), round(peak_mb)]]
     rows += [[f"  stage: {stage}", round(seconds, 1), ""] for stage, seconds in report["timings_s"].items()]

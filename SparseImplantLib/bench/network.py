@@ -1,5 +1,5 @@
 """The completion network, sparse versus its dense twin (and MinkowskiEngine's network with the same
-weights when ME imports), on real skulls at the paper's grids.
+weights when ME and that network import), on real skulls at the paper's grids.
 
 Every (method, grid, mode) runs in a fresh subprocess (``worker``) so its peak resident memory is its
 own. Pruning is the oracle a converged network approximates, in inference and in the training step:
@@ -11,17 +11,20 @@ memory available is reported as out of memory with the computed need, not attemp
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from ..errors import SparseImplantError
 from ..io import atomic_write
 from ..models.completion import CHANNEL_PRESETS, LEVELS, CompletionNet, completion_loss
 from ..models.dense_twin import GRID_MULTIPLE, DenseCompletionNet
@@ -29,8 +32,10 @@ from ..sparse import Conv3d, GenerativeConvTranspose3d, from_mask
 from .memory import available_mb, current_rss_mb, peak_rss_mb, reset_peak
 from .report import markdown_table, write_results
 
-# Where the MinkowskiEngine twin lives (a source checkout; ME is a test-only reference).
-ME_NETWORK_DIR = Path(__file__).resolve().parents[2] / "Testing" / "minkowski"
+# MinkowskiEngine and its twin of the network are test-only references that an installed package does
+# not have: the twin is the module Testing/minkowski/me_completion.py, importable once that folder is
+# on PYTHONPATH (and ME built by Testing/minkowski/build.sh).
+ME_TWIN_MODULE = "me_completion"
 GRIDS = {64: 8, 128: 4, 256: 2, 512: 1}  # in-plane size -> down-sampling factor (64^2 x Z/8 ... 512^2 x Z)
 REJECT_BIAS = -1e4
 MAX_TIMED_PASSES = 5
@@ -107,8 +112,17 @@ def _dense_counts(network: DenseCompletionNet):
     return records, handles
 
 
+def minkowski_missing() -> Optional[str]:
+    """Why the MinkowskiEngine rows cannot run here, or None when they can."""
+    if importlib.util.find_spec("MinkowskiEngine") is None:
+        return "MinkowskiEngine is not installed (Testing/minkowski/build.sh builds it)"
+    if importlib.util.find_spec(ME_TWIN_MODULE) is None:
+        return f"its twin of the network ('{ME_TWIN_MODULE}') is not importable: put Testing/minkowski on PYTHONPATH"
+    return None
+
+
 def minkowski_available() -> bool:
-    return importlib.util.find_spec("MinkowskiEngine") is not None and (ME_NETWORK_DIR / "me_completion.py").is_file()
+    return minkowski_missing() is None
 
 
 def _minkowski_counts(network: torch.nn.Module) -> tuple:
@@ -131,6 +145,9 @@ def _dense_targets(complete: np.ndarray) -> List[torch.Tensor]:
 
 def worker(method: str, size: int, mode: str, data_root: Path, case: str, channels: str, seed: int = 0) -> dict:
     """One measurement in this (fresh) process; returns a JSON-able dict."""
+    missing = minkowski_missing() if method == "minkowski" else None
+    if missing is not None:
+        raise SparseImplantError(f"cannot run the MinkowskiEngine network: {missing}")
     torch.manual_seed(seed)
     defective, complete = load_case(data_root, case, GRIDS[size])
     result = {"method": method, "size": size, "mode": mode, "grid": list(defective.shape),
@@ -149,11 +166,10 @@ def worker(method: str, size: int, mode: str, data_root: Path, case: str, channe
     elif method == "minkowski":
         import MinkowskiEngine as ME
 
-        sys.path.insert(0, str(ME_NETWORK_DIR))
-        from me_completion import MinkowskiCompletionNet, load_ours
-
+        twin = importlib.import_module(ME_TWIN_MODULE)
         # Seeded like the sparse case, so this is the same network with the same weights.
-        network = load_ours(MinkowskiCompletionNet(CHANNEL_PRESETS[channels]), CompletionNet(CHANNEL_PRESETS[channels]).state_dict())
+        network = twin.load_ours(twin.MinkowskiCompletionNet(CHANNEL_PRESETS[channels]),
+                                 CompletionNet(CHANNEL_PRESETS[channels]).state_dict())
         coordinates = from_mask(defective).C.int().contiguous()
         target = from_mask(complete).C
         counters = _minkowski_counts
@@ -264,7 +280,8 @@ def _plot(results: List[dict], path: Path) -> Optional[Path]:
         axis.set_ylabel(label)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
-    figure.suptitle("Completion network ch1 on SkullFix: this sparse engine vs dense twin vs MinkowskiEngine (2 CPU cores)")
+    figure.suptitle("Completion network ch1 on SkullFix: this sparse engine vs dense twin vs MinkowskiEngine "
+                    f"({os.cpu_count()} CPU cores)")
     figure.tight_layout()
     atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
     plt.close(figure)
@@ -275,7 +292,10 @@ def run(data_root: Path, case: str, sizes: Sequence[int], channels: str, output_
         modes: Sequence[str] = ("inference", "train")) -> dict:
     results = []
     preset = CHANNEL_PRESETS[channels]
-    methods = ("sparse", "dense") + (("minkowski",) if minkowski_available() else ())
+    missing = minkowski_missing()
+    methods = ("sparse", "dense") + (("minkowski",) if missing is None else ())
+    if missing is not None:
+        print(f"no MinkowskiEngine rows: {missing}", flush=True)
     for size in sizes:
         for method in methods:
             for mode in modes:
@@ -309,7 +329,7 @@ def run(data_root: Path, case: str, sizes: Sequence[int], channels: str, output_
              f"before it; time is the median of up to {MAX_TIMED_PASSES} passes, repeated while they took under "
              f"{REPEAT_BUDGET_S:g} s in all (one pass on the large grids). "
              "'minkowski' is MinkowskiEngine 0.5.4 running the same network with the same weights (its GMACs equal "
-             "the sparse row's: same kernel maps).")
+             "the sparse row's: same kernel maps)." + (f" No MinkowskiEngine rows: {missing}." if missing else ""))
     write_results(output_dir, "network", {"case": case, "channels": channels, "results": results,
                                            "plot": str(plot) if plot else None}, table, notes)
     return {"results": results}

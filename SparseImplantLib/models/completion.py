@@ -32,6 +32,23 @@ CHANNEL_PRESETS = {
 LEVELS = 6  # down-sampling steps: the deepest tensor has stride 2**LEVELS = 64
 
 
+# Layer names of MinkowskiEngine's completion example, which the authors' checkpoints carry; the dense
+# twin and the MinkowskiEngine twin find their counterparts by the same names.
+def encoder_name(level: int) -> str:
+    """The block down-sampling stride 2**level to 2**(level + 1)."""
+    return f"enc_block_s{2 ** level}s{2 ** (level + 1)}"
+
+
+def decoder_name(level: int) -> str:
+    """The block up-sampling stride 2**(level + 1) to 2**level."""
+    return f"dec_block_s{2 ** (level + 1)}s{2 ** level}"
+
+
+def classifier_name(level: int) -> str:
+    """The classifier that prunes the voxels at stride 2**level."""
+    return f"dec_s{2 ** level}_cls"
+
+
 def _down_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         Conv3d(in_channels, out_channels, kernel_size=2, stride=2),
@@ -80,13 +97,12 @@ class CompletionNet(nn.Module):
         c = self.channels
         self.enc_block_s1 = nn.Sequential(Conv3d(self.in_channels, c[0], kernel_size=3), BatchNorm(c[0]), ReLU())
         for level in range(LEVELS):
-            name = f"enc_block_s{2 ** level}s{2 ** (level + 1)}"
-            self.add_module(name, _down_block(c[level], c[level + 1]))
+            self.add_module(encoder_name(level), _down_block(c[level], c[level + 1]))
         for level in reversed(range(LEVELS)):
             # The deepest up block uses kernel 4 so the coarsest voxels can grow beyond their cell.
             kernel_size = 4 if level == LEVELS - 1 else 2
-            self.add_module(f"dec_block_s{2 ** (level + 1)}s{2 ** level}", _up_block(c[level + 1], c[level], kernel_size))
-            self.add_module(f"dec_s{2 ** level}_cls", Conv3d(c[level], 1, kernel_size=1, bias=True))
+            self.add_module(decoder_name(level), _up_block(c[level + 1], c[level], kernel_size))
+            self.add_module(classifier_name(level), Conv3d(c[level], 1, kernel_size=1, bias=True))
 
     def forward(self, partial: SparseTensor, target_coordinates: Optional[torch.Tensor] = None,
                 keep_targets: Optional[bool] = None) -> CompletionOutput:
@@ -97,14 +113,14 @@ class CompletionNet(nn.Module):
         keep_targets = self.training if keep_targets is None else keep_targets
         encoded = [self.enc_block_s1(partial)]
         for level in range(LEVELS):
-            encoded.append(getattr(self, f"enc_block_s{2 ** level}s{2 ** (level + 1)}")(encoded[-1]))
+            encoded.append(getattr(self, encoder_name(level))(encoded[-1]))
 
         result = CompletionOutput()
         decoded = encoded[-1]
         for level in reversed(range(LEVELS)):
-            decoded = getattr(self, f"dec_block_s{2 ** (level + 1)}s{2 ** level}")(decoded)
+            decoded = getattr(self, decoder_name(level))(decoded)
             decoded = decoded + encoded[level]
-            logits = getattr(self, f"dec_s{2 ** level}_cls")(decoded)
+            logits = getattr(self, classifier_name(level))(decoded)
             keep = logits.F.reshape(-1) > self.keep_logit
             if target_coordinates is not None:
                 target = target_mask(logits, target_coordinates)

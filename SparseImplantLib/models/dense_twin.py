@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from .completion import CHANNEL_PRESETS, LEVELS, CompletionNet
+from .completion import CHANNEL_PRESETS, LEVELS, CompletionNet, classifier_name, decoder_name, encoder_name
 
 GRID_MULTIPLE = 2**LEVELS  # the dense grid must halve cleanly LEVELS times
 
@@ -97,10 +97,10 @@ def copy_from_sparse(dense: DenseCompletionNet, sparse: CompletionNet) -> DenseC
 
     copy_block(dense.encoder[0], sparse.enc_block_s1)
     for level in range(LEVELS):
-        copy_block(dense.encoder[level + 1], getattr(sparse, f"enc_block_s{2 ** level}s{2 ** (level + 1)}"))
+        copy_block(dense.encoder[level + 1], getattr(sparse, encoder_name(level)))
     for step, level in enumerate(reversed(range(LEVELS))):
-        copy_block(dense.decoder[step], getattr(sparse, f"dec_block_s{2 ** (level + 1)}s{2 ** level}"), transposed_first=True)
-        classifier = getattr(sparse, f"dec_s{2 ** level}_cls")
+        copy_block(dense.decoder[step], getattr(sparse, decoder_name(level)), transposed_first=True)
+        classifier = getattr(sparse, classifier_name(level))
         dense.classifiers[step].weight.data.copy_(classifier.kernel.data[0].t().reshape(1, -1, 1, 1, 1))
         dense.classifiers[step].bias.data.copy_(classifier.bias.data.reshape(-1))
     return dense

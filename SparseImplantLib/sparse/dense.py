@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from .kernel_map import CoordinateManager
-from .tensor import CoordinateSet, SparseTensor
+from .keys import CoordinateSet
+from .tensor import SparseTensor
 
 MaskLike = Union[np.ndarray, torch.Tensor]
 

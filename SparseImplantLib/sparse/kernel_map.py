@@ -1,8 +1,8 @@
 """Kernel maps (which input voxel feeds which output voxel through which kernel offset) and their cache.
 
 A kernel map is a list over kernel offsets of ``(input rows, output rows)`` index pairs (int64: int32
-would halve the maps' memory but made the network ~1.7x slower on CPU, where PyTorch's index kernels
-prefer int64). Pairs are found with a halo table when input and output voxels are one set (stride-1
+would halve the maps' memory but made the network slower on CPU, where PyTorch's index kernels prefer
+int64; README, Benchmarks). Pairs are found with a halo table when input and output voxels are one set (stride-1
 convolutions) and by searching sorted keys otherwise. Maps and down-sampled coordinate sets are cached
 per coordinate-set id, kernel size and stride, as MinkowskiEngine's coordinate manager does, so layers
 working on the same voxels share them.
@@ -15,7 +15,7 @@ from typing import Dict, Iterator, List, Tuple
 import torch
 
 from .halo_table import halo_table_for
-from .tensor import CoordinateSet, floor_keys, key_aligned, key_offset, pack
+from .keys import CoordinateSet, floor_keys, key_aligned, key_offset, pack
 
 KernelMap = List[Tuple[torch.Tensor, torch.Tensor]]
 

@@ -16,7 +16,7 @@ from typing import Iterable, Tuple
 import torch
 from torch import nn
 
-from .tensor import CoordinateSet, SparseTensor
+from .tensor import SparseTensor
 
 
 def _gather_gemm_scatter(features: torch.Tensor, kernel: torch.Tensor, kernel_map: Iterable[Tuple[torch.Tensor, torch.Tensor]],
@@ -135,23 +135,11 @@ class BatchNorm(nn.Module):
         return x.replace_features(self.bn(x.F))
 
 
-class _Elementwise(nn.Module):
-    function = staticmethod(torch.relu)
+class ReLU(nn.Module):
+    """ReLU of the features; the voxels stay (MinkowskiEngine's ``MinkowskiReLU``)."""
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        return x.replace_features(self.function(x.F))
-
-
-class ReLU(_Elementwise):
-    function = staticmethod(torch.relu)
-
-
-class ELU(_Elementwise):
-    function = staticmethod(nn.functional.elu)
-
-
-class Sigmoid(_Elementwise):
-    function = staticmethod(torch.sigmoid)
+        return x.replace_features(torch.relu(x.F))
 
 
 def prune(x: SparseTensor, keep: torch.Tensor) -> SparseTensor:
@@ -161,17 +149,3 @@ def prune(x: SparseTensor, keep: torch.Tensor) -> SparseTensor:
         raise ValueError(f"keep mask has {len(keep)} entries for {len(x)} voxels")
     return SparseTensor(x.F[keep], tensor_stride=x.tensor_stride, coordinate_manager=x.coordinate_manager,
                         coordinate_set=x.coordinate_set.subset(keep))
-
-
-def union_add(a: SparseTensor, b: SparseTensor) -> SparseTensor:
-    """Sum over the union of both voxel sets (a voxel missing on one side counts as zero there)."""
-    if a.tensor_stride != b.tensor_stride:
-        raise ValueError(f"cannot add tensors at strides {a.tensor_stride} and {b.tensor_stride}")
-    if a.coordinate_set is b.coordinate_set:
-        return a.replace_features(a.F + b.F)
-    keys = torch.unique(torch.cat([a.coordinate_set.keys, b.coordinate_set.keys]), sorted=True)
-    union = CoordinateSet.from_keys(keys, is_sorted=True)
-    features = a.F.new_zeros(len(keys), a.F.shape[1])
-    features.index_add_(0, torch.searchsorted(keys, a.coordinate_set.keys), a.F)
-    features.index_add_(0, torch.searchsorted(keys, b.coordinate_set.keys), b.F)
-    return SparseTensor(features, tensor_stride=a.tensor_stride, coordinate_manager=a.coordinate_manager, coordinate_set=union)

@@ -1,154 +1,15 @@
-"""Sparse tensors: integer voxel coordinates, per-voxel features and a shared coordinate manager.
-
-Coordinates ``[batch, x, y, z]`` are packed into one int64 key per voxel (9 bits of batch, 18 bits
-per axis, axes offset so negative coordinates pack too). Sorted keys plus ``torch.searchsorted`` give
-neighbour look-ups without a hash table, on any device.
+"""Sparse tensors: per-voxel features on a ``CoordinateSet`` at one tensor stride, with the coordinate
+manager (kernel-map cache) they share; adding two of them sums over the union of their voxels.
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import Optional
 
 import torch
 
-AXIS_BITS = 18
-BATCH_BITS = 63 - 3 * AXIS_BITS  # 9
-AXIS_OFFSET = 1 << (AXIS_BITS - 1)
-AXIS_MIN, AXIS_MAX = -AXIS_OFFSET, AXIS_OFFSET - 1
-BATCH_MAX = (1 << BATCH_BITS) - 1
-_SHIFTS = (3 * AXIS_BITS, 2 * AXIS_BITS, AXIS_BITS, 0)
-AXIS_SHIFTS = _SHIFTS[1:]  # of the x, y and z fields in a key
-_ids = itertools.count()
-
-
-def check_packable(coordinates: torch.Tensor) -> None:
-    """Raise if any spatial coordinate of (N, 4) falls outside the packable range."""
-    if not coordinates.numel():
-        return
-    spatial = coordinates[:, 1:]
-    _check_range(int(spatial.min()), int(spatial.max()))
-
-
-def _check_range(low: int, high: int) -> None:
-    if low < AXIS_MIN or high > AXIS_MAX:
-        raise ValueError(f"coordinates must lie in [{AXIS_MIN}, {AXIS_MAX}] to be packed; got [{low}, {high}]")
-
-
-def pack(coordinates: torch.Tensor) -> torch.Tensor:
-    """int64 keys of (N, 4) coordinates; raises instead of wrapping when a value does not fit."""
-    if coordinates.numel():
-        check_packable(coordinates)
-        batch = coordinates[:, 0]
-        if int(batch.min()) < 0 or int(batch.max()) > BATCH_MAX:
-            raise ValueError(f"batch indices must lie in [0, {BATCH_MAX}]; got [{int(batch.min())}, {int(batch.max())}]")
-    return (
-        (coordinates[:, 0] << _SHIFTS[0])
-        | ((coordinates[:, 1] + AXIS_OFFSET) << _SHIFTS[1])
-        | ((coordinates[:, 2] + AXIS_OFFSET) << _SHIFTS[2])
-        | (coordinates[:, 3] + AXIS_OFFSET)
-    )
-
-
-def unpack(keys: torch.Tensor) -> torch.Tensor:
-    mask = (1 << AXIS_BITS) - 1
-    return torch.stack(
-        [
-            keys >> _SHIFTS[0],
-            ((keys >> _SHIFTS[1]) & mask) - AXIS_OFFSET,
-            ((keys >> _SHIFTS[2]) & mask) - AXIS_OFFSET,
-            (keys & mask) - AXIS_OFFSET,
-        ],
-        dim=1,
-    )
-
-
-def axis_low_bits(bits: int) -> int:
-    """A key mask selecting the same low ``bits`` bits of every axis field (batch excluded)."""
-    field = (1 << bits) - 1
-    return sum(field << shift for shift in AXIS_SHIFTS)
-
-
-def key_aligned(step: int) -> bool:
-    """Whether keys can be floored to multiples of ``step``: a power of two dividing the axis offset,
-    so that the low bits of each axis field are those of the coordinate."""
-    return step > 0 and step & (step - 1) == 0 and AXIS_OFFSET % step == 0
-
-
-def floor_keys(keys: torch.Tensor, step: int) -> torch.Tensor:
-    """Keys of ``floor(c / step) * step`` for a ``key_aligned`` step: each axis field's low bits cleared."""
-    return keys & ~axis_low_bits(step.bit_length() - 1)
-
-
-def key_offset(offset: torch.Tensor) -> torch.Tensor:
-    """Key difference of spatial offsets (K, 3): key(c + o) == key(c) + key_offset(o) while c + o packs."""
-    return (offset[:, 0] << _SHIFTS[1]) + (offset[:, 1] << _SHIFTS[2]) + offset[:, 2]
-
-
-class CoordinateSet:
-    """An immutable set of voxels; ``id`` identifies it in kernel-map caches.
-
-    The packed keys are the set; the (N, 4) coordinates (four times the keys' memory) are unpacked
-    only when asked for, so the sets the engine derives from keys (strided, generated, pruned,
-    unions) cost 8 bytes per voxel.
-    """
-
-    def __init__(self, coordinates: Optional[torch.Tensor] = None, keys: Optional[torch.Tensor] = None,
-                 is_sorted: bool = False) -> None:
-        if keys is None:
-            if coordinates is None:
-                raise ValueError("give coordinates or keys")
-            keys = pack(coordinates)
-        self.keys = keys
-        self._coordinates = coordinates
-        self.id = next(_ids)
-        self.is_sorted = is_sorted
-        self._sorted: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-        self._bounds: Optional[tuple[int, int]] = None
-
-    @staticmethod
-    def from_keys(keys: torch.Tensor, is_sorted: bool = False) -> "CoordinateSet":
-        return CoordinateSet(keys=keys, is_sorted=is_sorted)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    @property
-    def coordinates(self) -> torch.Tensor:
-        """(N, 4) ``[batch, x, y, z]``, unpacked on first use."""
-        if self._coordinates is None:
-            self._coordinates = unpack(self.keys)
-        return self._coordinates
-
-    def check_reach(self, offsets: torch.Tensor) -> None:
-        """Raise if any voxel moved by any of ``offsets`` (K, 3) leaves the packable range."""
-        if not len(self) or not offsets.numel():
-            return
-        if self._bounds is None:  # from the keys' axis fields, one axis at a time
-            mask = (1 << AXIS_BITS) - 1
-            fields = [(self.keys >> shift) & mask for shift in AXIS_SHIFTS]
-            self._bounds = (min(int(f.min()) for f in fields) - AXIS_OFFSET, max(int(f.max()) for f in fields) - AXIS_OFFSET)
-        _check_range(self._bounds[0] + int(offsets.min()), self._bounds[1] + int(offsets.max()))
-
-    def subset(self, keep: torch.Tensor) -> "CoordinateSet":
-        """The voxels where ``keep`` (N,) is true, in their order (coordinates carried if unpacked)."""
-        coordinates = self._coordinates[keep] if self._coordinates is not None else None
-        return CoordinateSet(coordinates, self.keys[keep], is_sorted=self.is_sorted)
-
-    def find(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For each query key: (found mask, row index in this set, valid where found)."""
-        if not len(self):
-            empty = torch.zeros_like(query, dtype=torch.bool)
-            return empty, torch.zeros_like(query)
-        if self.is_sorted:
-            sorted_keys, order = self.keys, None
-        else:
-            if self._sorted is None:
-                self._sorted = torch.sort(self.keys)
-            sorted_keys, order = self._sorted
-        position = torch.searchsorted(sorted_keys, query).clamp_(max=len(sorted_keys) - 1)
-        found = sorted_keys[position] == query
-        return found, position if order is None else order[position]
+from .kernel_map import CoordinateManager
+from .keys import CoordinateSet
 
 
 class SparseTensor:
@@ -159,7 +20,7 @@ class SparseTensor:
         features: torch.Tensor,
         coordinates: Optional[torch.Tensor] = None,
         tensor_stride: int = 1,
-        coordinate_manager: Optional["CoordinateManager"] = None,
+        coordinate_manager: Optional[CoordinateManager] = None,
         coordinate_set: Optional[CoordinateSet] = None,
     ) -> None:
         if coordinate_set is None:
@@ -171,8 +32,6 @@ class SparseTensor:
         self.features = features
         self.coordinate_set = coordinate_set
         self.tensor_stride = int(tensor_stride)
-        from .kernel_map import CoordinateManager
-
         self.coordinate_manager = coordinate_manager if coordinate_manager is not None else CoordinateManager()
 
     @property
@@ -203,6 +62,18 @@ class SparseTensor:
                             coordinate_set=self.coordinate_set)
 
     def __add__(self, other: "SparseTensor") -> "SparseTensor":
-        from .ops import union_add
-
         return union_add(self, other)
+
+
+def union_add(a: SparseTensor, b: SparseTensor) -> SparseTensor:
+    """Sum over the union of both voxel sets (a voxel missing on one side counts as zero there)."""
+    if a.tensor_stride != b.tensor_stride:
+        raise ValueError(f"cannot add tensors at strides {a.tensor_stride} and {b.tensor_stride}")
+    if a.coordinate_set is b.coordinate_set:
+        return a.replace_features(a.F + b.F)
+    keys = torch.unique(torch.cat([a.coordinate_set.keys, b.coordinate_set.keys]), sorted=True)
+    union = CoordinateSet.from_keys(keys, is_sorted=True)
+    features = a.F.new_zeros(len(keys), a.F.shape[1])
+    features.index_add_(0, torch.searchsorted(keys, a.coordinate_set.keys), a.F)
+    features.index_add_(0, torch.searchsorted(keys, b.coordinate_set.keys), b.F)
+    return SparseTensor(features, tensor_stride=a.tensor_stride, coordinate_manager=a.coordinate_manager, coordinate_set=union)

@@ -10,8 +10,7 @@ PYTHON=$(realpath -s "$(command -v "${PYTHON:-python3}")")  # absolute: the buil
 ABI=$("$PYTHON" -c 'import sys, torch; print(f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}")')
 CACHE=${SPARSEIMPLANT_WHEEL_CACHE:-$HOME/.cache/sparseimplant/wheels}/$ABI
 VERSION=0.5.4
-SHA256=b1879c00d0b0b1d30ba622cce239886a7e3c78ee9da1064cdfe2f64c2ab15f94
-URL=https://files.pythonhosted.org/packages/21/5c/c543c4bc5fbe73ac3e38465b3da4f24a61f7a4ac5baec867e582e94aa551/MinkowskiEngine-$VERSION.tar.gz
+SHA256=b1879c00d0b0b1d30ba622cce239886a7e3c78ee9da1064cdfe2f64c2ab15f94  # of the sdist MinkowskiEngine-0.5.4.tar.gz
 
 # Recent setuptools names the wheel minkowskiengine-*, older ones MinkowskiEngine-*.
 find_wheel() { ls "$CACHE"/[Mm]inkowski[Ee]ngine-"$VERSION"-*.whl 2>/dev/null | head -n 1 || true; }
@@ -23,9 +22,15 @@ if [ -z "$wheel" ]; then
   "$PYTHON" -m pip install -q wheel ninja
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  curl -sSfL -o "$work/me.tar.gz" "$URL"
-  echo "$SHA256  $work/me.tar.gz" | sha256sum -c --quiet -
-  tar xzf "$work/me.tar.gz" -C "$work"
+  # The sdist comes from whatever index pip is set up for (a mirror or a proxy too). pip reads its
+  # metadata by running ME's setup.py, which needs torch and OpenBLAS: so without build isolation and
+  # with the stdlib distutils, as the build below runs it (setup.py also uninstalls any installed ME,
+  # as the build does; the end of this script installs the new one).
+  SETUPTOOLS_USE_DISTUTILS=stdlib "$PYTHON" -m pip download -q --no-deps --no-binary :all: --no-build-isolation \
+    "MinkowskiEngine==$VERSION" -d "$work"
+  archive=$(ls "$work"/[Mm]inkowski[Ee]ngine-"$VERSION".tar.gz)
+  echo "$SHA256  $archive" | sha256sum -c --quiet -
+  tar xzf "$archive" -C "$work"
   src="$work/MinkowskiEngine-$VERSION"
 
   # Fix 1: Python >= 3.10 has Sequence only in collections.abc (the package and its utils/).

@@ -14,7 +14,7 @@ import MinkowskiEngine as ME
 import torch
 from torch import nn
 
-LEVELS = 6
+from SparseImplantLib.models.completion import LEVELS, classifier_name, decoder_name, encoder_name
 
 
 def _down(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -42,10 +42,10 @@ class MinkowskiCompletionNet(nn.Module):
         self.enc_block_s1 = nn.Sequential(ME.MinkowskiConvolution(1, c[0], kernel_size=3, dimension=3),
                                           ME.MinkowskiBatchNorm(c[0]), ME.MinkowskiReLU())
         for level in range(LEVELS):
-            self.add_module(f"enc_block_s{2 ** level}s{2 ** (level + 1)}", _down(c[level], c[level + 1]))
+            self.add_module(encoder_name(level), _down(c[level], c[level + 1]))
         for level in reversed(range(LEVELS)):
-            self.add_module(f"dec_block_s{2 ** (level + 1)}s{2 ** level}", _up(c[level + 1], c[level], 4 if level == LEVELS - 1 else 2))
-            self.add_module(f"dec_s{2 ** level}_cls", ME.MinkowskiConvolution(c[level], 1, kernel_size=1, bias=True, dimension=3))
+            self.add_module(decoder_name(level), _up(c[level + 1], c[level], 4 if level == LEVELS - 1 else 2))
+            self.add_module(classifier_name(level), ME.MinkowskiConvolution(c[level], 1, kernel_size=1, bias=True, dimension=3))
         self.pruning = ME.MinkowskiPruning()
 
     def forward(self, partial: ME.SparseTensor, target_coordinates: Optional[torch.Tensor] = None,
@@ -59,11 +59,11 @@ class MinkowskiCompletionNet(nn.Module):
                 target_coordinates.to(dtype=torch.int32).contiguous(), string_id="target")
         encoded = [self.enc_block_s1(partial)]
         for level in range(LEVELS):
-            encoded.append(getattr(self, f"enc_block_s{2 ** level}s{2 ** (level + 1)}")(encoded[-1]))
+            encoded.append(getattr(self, encoder_name(level))(encoded[-1]))
         decoded, logits, targets = encoded[-1], [], []
         for level in reversed(range(LEVELS)):
-            decoded = getattr(self, f"dec_block_s{2 ** (level + 1)}s{2 ** level}")(decoded) + encoded[level]
-            scores = getattr(self, f"dec_s{2 ** level}_cls")(decoded)
+            decoded = getattr(self, decoder_name(level))(decoded) + encoded[level]
+            scores = getattr(self, classifier_name(level))(decoded)
             logits.append(scores)
             keep = scores.F.reshape(-1) > 0
             if target_key is not None:

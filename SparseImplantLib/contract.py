@@ -1,0 +1,35 @@
+"""The output contract: the names that whoever writes SparseImplant's results and whoever reads them share.
+
+A ``generate`` folder holds the two masks, one mesh per ``MESH_STEMS`` entry and format, the distance
+map (its vertices carry ``DISTANCE_ARRAY``), ``preview.png`` unless ``--no-preview``, and
+``report.json``; ``predict`` writes only the two masks per case, which ``evaluate`` reads. The Slicer
+module reads a folder back (``mrml.result_files``) and the CLI's output lines (``job``). Change a
+name here and every writer and reader follows.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+COMPLETED_FILE = "completed_skull.nrrd"
+IMPLANT_FILE = "implant.nrrd"
+MESH_STEMS = ("completed_skull", "defective_skull", "implant")  # defective: the fit check beside the implant
+MESH_FORMATS = ("stl", "obj", "ply", "vtk")
+DISTANCE_MAP_FILE = "distance_map.vtk"
+DISTANCE_ARRAY = "SignedDistance_mm"  # per-vertex signed distance, positive outside the reference surface
+PREVIEW_FILE = "preview.png"
+REPORT_FILE = "report.json"
+
+# The CLI's one-line messages on stderr, which the Slicer module's job reader picks out of the output.
+ERROR_PREFIX = "sparseimplant: error: "
+WARNING_PREFIX = "sparseimplant: warning: "
+
+
+def mesh_file(stem: str, mesh_format: str) -> str:
+    return f"{stem}.{mesh_format}"
+
+
+def output_names(mesh_formats: Sequence[str], preview: bool = True) -> List[str]:
+    """Every file a ``generate`` run may write, in the order it lists them."""
+    meshes = [mesh_file(stem, fmt) for stem in MESH_STEMS for fmt in mesh_formats]
+    return [COMPLETED_FILE, IMPLANT_FILE, *meshes, DISTANCE_MAP_FILE, *([PREVIEW_FILE] if preview else []), REPORT_FILE]
