@@ -153,13 +153,15 @@ def _register_register_model(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--evaluation", type=Path, help="evaluation.json written by 'sparseimplant evaluate'")
     parser.add_argument("--model-dir", type=Path, help="model folder (default: Resources/Models)")
     parser.add_argument("--keep-logit", type=float, help="pruning threshold stored with the model (default 0)")
+    parser.add_argument("--generalization", type=Path,
+                        help="generalization.json written by 'sparseimplant bench generalization' for this model")
     parser.set_defaults(func=_run_register_model)
 
 
 def _run_register_model(args: argparse.Namespace) -> int:
     from .models.registry import register_trained_model
 
-    info = register_trained_model(args.run, args.model_dir, args.evaluation, args.keep_logit)
+    info = register_trained_model(args.run, args.model_dir, args.evaluation, args.keep_logit, args.generalization)
     print(f"registered '{info.name}' ({info.path}, sha256 {info.sha256[:12]}...)")
     return 0
 

@@ -159,8 +159,14 @@ def test_register_trained_model_adds_weights_and_metrics(tmp_path):
     assert entries[0].metrics["validation_mean"] == {"dsc": 0.9123}
     assert entries[0].metrics["validation_cases"] == [{"case": "050", "dsc": 0.9123, "hd95_mm": 1.5}]
     load_network(bundled)  # checksum verified
-    tuned = register_trained_model(run, models, keep_logit=-1.5)
+    bench = tmp_path / "generalization.json"
+    bench.write_text(json.dumps({"cases": ["050"], "keep_logit": -1.5, "summary": [
+        {"group": "defect", "name": "wedge", "n": 1, "failures": 0, "dsc": 0.876543, "bdsc": 0.9, "hd95_mm": 2.0}]}))
+    tuned = register_trained_model(run, models, keep_logit=-1.5, generalization=bench)
     assert load_network(find_model("tiny", model_dir=models)).keep_logit == tuned.keep_logit == -1.5
+    assert find_model("tiny", model_dir=models).metrics["generalization"] == {
+        "cases": ["050"], "keep_logit": -1.5,
+        "groups": [{"group": "defect", "name": "wedge", "n": 1, "failures": 0, "dsc": 0.8765, "bdsc": 0.9, "hd95_mm": 2.0}]}
     (run / "tiny.safetensors").write_bytes(b"corrupt")
     with pytest.raises(SparseImplantError, match="does not match the sha256"):
         register_trained_model(run, models)

@@ -245,9 +245,10 @@ def write_registry(models: Sequence[ModelInfo], model_dir: Optional[Path] = None
 
 
 def register_trained_model(run_dir: Path, model_dir: Optional[Path] = None, evaluation: Optional[Path] = None,
-                           keep_logit: Optional[float] = None) -> ModelInfo:
+                           keep_logit: Optional[float] = None, generalization: Optional[Path] = None) -> ModelInfo:
     """Copy a training run's weights (``model.json`` + weights) into a model folder and its registry,
-    replacing an entry of the same name; ``evaluation`` (an ``evaluate`` JSON) becomes its metrics."""
+    replacing an entry of the same name; ``evaluation`` (an ``evaluate`` JSON) becomes its metrics, and
+    ``generalization`` (``bench generalization``'s JSON) adds the per-group table of its model card."""
     import shutil
 
     from ..io import atomic_write
@@ -274,6 +275,12 @@ def register_trained_model(run_dir: Path, model_dir: Optional[Path] = None, eval
                            "validation_cases": [{key: (round(value, 4) if isinstance(value, float) else value)
                                                  for key, value in case.items() if value is not None}
                                                 for case in report["cases"]]}
+    if generalization is not None:
+        bench = json.loads(Path(generalization).read_text())
+        bundled.metrics["generalization"] = {
+            "cases": bench["cases"], "keep_logit": bench.get("keep_logit"),
+            "groups": [{key: (round(value, 4) if isinstance(value, float) else value) for key, value in line.items()}
+                       for line in bench["summary"]]}
     existing = load_registry(target_dir) if (target_dir / REGISTRY_NAME).is_file() else []
     write_registry([model for model in existing if model.name != bundled.name] + [bundled], target_dir)
     return bundled
