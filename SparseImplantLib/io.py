@@ -69,7 +69,7 @@ def read_volume(path: PathLike) -> Volume:
 
 def mask_from_labels(volume: Volume, name: str, label: Optional[int] = None) -> Volume:
     """Binary mask from a labelmap: the one foreground value, or ``label`` for multi-label maps."""
-    values = np.unique(volume.array)
+    values = _distinct_values(volume.array)
     if label is not None:
         if label not in values:
             raise SparseImplantError(
@@ -84,6 +84,15 @@ def mask_from_labels(volume: Volume, name: str, label: Optional[int] = None) -> 
             )
         mask = volume.array != 0
     return volume.with_array(mask.astype(np.uint8))
+
+
+def _distinct_values(array: np.ndarray) -> np.ndarray:
+    """Sorted distinct values; an integer array spanning at most two neighbouring values (a 0/1 mask,
+    the usual input) is told by its range, without sorting every voxel of a 512x512xZ volume."""
+    low, high = array.min(), array.max()
+    if np.issubdtype(array.dtype, np.integer) and int(high) - int(low) <= 1:
+        return np.unique(np.array([low, high], dtype=array.dtype))
+    return np.unique(array)
 
 
 def mask_from_ct(volume: Volume, threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU) -> Volume:
