@@ -130,14 +130,19 @@ def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERAT
 
 
 def with_normals(surface: vtk.vtkPolyData) -> vtk.vtkPolyData:
-    """Point normals, oriented outwards, for shading and for signed distances."""
+    """Point normals for shading and for signed distances, from the triangles' own order.
+
+    Marching cubes orders every triangle so that its normal points out of the mask, inner cavities
+    and separate islands included, and ``transform_polydata`` keeps that order under mirroring; a
+    consistency pass with auto-orientation would cost more than the surface itself and turns the
+    walls of cavities inside out."""
     normals = vtk.vtkPolyDataNormals()
     normals.SetInputData(surface)
     normals.ComputePointNormalsOn()
     normals.ComputeCellNormalsOff()
     normals.SplittingOff()
-    normals.ConsistencyOn()
-    normals.AutoOrientNormalsOn()
+    normals.ConsistencyOff()
+    normals.AutoOrientNormalsOff()
     normals.Update()
     result = vtk.vtkPolyData()
     result.DeepCopy(normals.GetOutput())

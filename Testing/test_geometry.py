@@ -115,3 +115,21 @@ def test_unsupported_export_format(tmp_path):
 
 def test_empty_mask_gives_empty_surface():
     assert geometry.surface_from_mask(oblique_volume(np.zeros((5, 5, 5), np.uint8))).GetNumberOfPoints() == 0
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_normals_point_out_of_the_bone_around_cavities_and_islands(mirrored):
+    grid = np.indices((44, 44, 44)).astype(float)
+    radius = np.sqrt(((grid - 20.0) ** 2).sum(axis=0))
+    mask = (radius < 14) & (radius >= 6)  # a ball with a cavity inside
+    mask |= np.sqrt(((grid - 38.0) ** 2).sum(axis=0)) < 3  # and a separate island
+    direction = np.diag([-1.0, 1.0, 1.0]) if mirrored else oblique_direction(20.0)
+    volume = Volume(mask.astype(np.uint8), spacing=(0.8, 0.6, 1.2), origin=(5.0, -3.0, 2.0), direction=direction)
+    surface = geometry.surface_from_mask(volume)
+    points = geometry.vtk_to_numpy(surface.GetPoints().GetData())
+    normals = geometry.vtk_to_numpy(surface.GetPointData().GetNormals())
+    to_index = np.linalg.inv(volume.index_to_lps())
+    ahead = np.rint((points + 0.8 * normals) @ to_index[:3, :3].T + to_index[:3, 3]).astype(int)
+    behind = np.rint((points - 0.8 * normals) @ to_index[:3, :3].T + to_index[:3, 3]).astype(int)
+    assert not mask[tuple(ahead.T)].any()  # a step along the normal leaves the bone, in the cavity too
+    assert mask[tuple(behind.T)].mean() > 0.97  # and a step back is in it (a few thin spots aside)
