@@ -13,9 +13,29 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
-import vtk
 from scipy import ndimage
-from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkSMPTools
+from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPolyData
+from vtkmodules.vtkCommonMath import vtkMatrix4x4
+from vtkmodules.vtkCommonTransforms import vtkTransform
+from vtkmodules.vtkFiltersCore import (
+    vtkFeatureEdges,
+    vtkFlyingEdges3D,
+    vtkImplicitPolyDataDistance,
+    vtkMassProperties,
+    vtkPolyDataNormals,
+    vtkQuadricDecimation,
+    vtkReverseSense,
+    vtkTriangleFilter,
+    vtkWindowedSincPolyDataFilter,
+)
+from vtkmodules.vtkFiltersGeneral import vtkTransformPolyDataFilter
+from vtkmodules.vtkIOCore import vtkWriter
+from vtkmodules.vtkIOGeometry import vtkOBJReader, vtkOBJWriter, vtkSTLReader, vtkSTLWriter
+from vtkmodules.vtkIOLegacy import vtkPolyDataReader, vtkPolyDataWriter
+from vtkmodules.vtkIOPLY import vtkPLYReader, vtkPLYWriter
+from vtkmodules.vtkImagingGeneral import vtkImageGaussianSmooth
 
 from .errors import SparseImplantError
 from .io import PathLike, atomic_write
@@ -30,43 +50,43 @@ BLUR_SIGMA_VOXELS = 0.6
 # VTK's wheels start with the sequential SMP backend; threads make surface extraction and smoothing
 # ~1.6x faster on 2 cores with identical output. A backend chosen by the host (Slicer's TBB, or the
 # VTK_SMP_BACKEND_IN_USE variable) is left alone.
-if vtk.vtkSMPTools.GetBackend() == "Sequential" and "VTK_SMP_BACKEND_IN_USE" not in os.environ:
-    vtk.vtkSMPTools.SetBackend("STDThread")
+if vtkSMPTools.GetBackend() == "Sequential" and "VTK_SMP_BACKEND_IN_USE" not in os.environ:
+    vtkSMPTools.SetBackend("STDThread")
 
 
-def vtk_matrix(values: np.ndarray) -> vtk.vtkMatrix4x4:
+def vtk_matrix(values: np.ndarray) -> vtkMatrix4x4:
     """A 4x4 numpy matrix as VTK's."""
-    matrix = vtk.vtkMatrix4x4()
+    matrix = vtkMatrix4x4()
     for row in range(4):
         for column in range(4):
             matrix.SetElement(row, column, float(values[row, column]))
     return matrix
 
 
-def transform_polydata(surface: vtk.vtkPolyData, matrix: np.ndarray) -> vtk.vtkPolyData:
+def transform_polydata(surface: vtkPolyData, matrix: np.ndarray) -> vtkPolyData:
     """Apply a 4x4 matrix to the points; cell order is reversed for mirroring matrices so that
     normals keep pointing outwards."""
-    transform = vtk.vtkTransform()
+    transform = vtkTransform()
     transform.SetMatrix(vtk_matrix(matrix))
-    mapper = vtk.vtkTransformPolyDataFilter()
+    mapper = vtkTransformPolyDataFilter()
     mapper.SetTransform(transform)
     mapper.SetInputData(surface)
     mapper.Update()
     output = mapper.GetOutput()
     if np.linalg.det(matrix[:3, :3]) < 0:
-        reverse = vtk.vtkReverseSense()
+        reverse = vtkReverseSense()
         reverse.SetInputData(output)
         reverse.ReverseCellsOn()
         reverse.ReverseNormalsOn()
         reverse.Update()
         output = reverse.GetOutput()
-    result = vtk.vtkPolyData()
+    result = vtkPolyData()
     result.DeepCopy(output)
     return result
 
 
 def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERATIONS, decimate: float = 0.0,
-                      coordinates: str = "LPS", smoothing_sigma_voxels: float = BLUR_SIGMA_VOXELS) -> vtk.vtkPolyData:
+                      coordinates: str = "LPS", smoothing_sigma_voxels: float = BLUR_SIGMA_VOXELS) -> vtkPolyData:
     """Closed triangle surface of the non-zero voxels, in LPS (default) or RAS millimetres.
 
     The 0.5 iso-surface of the mask blurred by ``smoothing_sigma_voxels``, then windowed-sinc smoothed
@@ -75,24 +95,24 @@ def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERAT
     if coordinates not in COORDINATE_SYSTEMS:
         raise ValueError(f"coordinates must be one of {COORDINATE_SYSTEMS}")
     if not np.any(mask.array):
-        return vtk.vtkPolyData()
+        return vtkPolyData()
     box = foreground_box(mask.array != 0, margin=1)
     cropped = np.pad((mask.array[box] != 0).astype(np.uint8), PAD)  # a zero border closes the surface
     start = np.array([s.start for s in box], dtype=float) - PAD
 
-    image = vtk.vtkImageData()
+    image = vtkImageData()
     image.SetDimensions(*cropped.shape)
     scalars = numpy_to_vtk(np.ascontiguousarray(cropped.transpose(2, 1, 0), dtype=np.float32).reshape(-1), deep=True)
     image.GetPointData().SetScalars(scalars)
 
     # Marching cubes on the lightly blurred mask: always closed and manifold (surface nets and discrete
     # marching cubes leave non-manifold edges where voxels touch only along an edge).
-    blur = vtk.vtkImageGaussianSmooth()
+    blur = vtkImageGaussianSmooth()
     blur.SetInputData(image)
     blur.SetDimensionality(3)
     blur.SetStandardDeviations(*(3 * [smoothing_sigma_voxels]))
     blur.SetRadiusFactors(3, 3, 3)
-    contour = vtk.vtkFlyingEdges3D()
+    contour = vtkFlyingEdges3D()
     contour.SetInputConnection(blur.GetOutputPort())
     contour.SetValue(0, 0.5)
     contour.ComputeNormalsOff()
@@ -101,7 +121,7 @@ def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERAT
     contour.Update()
     surface = contour.GetOutput()
     if smoothing_iterations > 0:
-        smoother = vtk.vtkWindowedSincPolyDataFilter()
+        smoother = vtkWindowedSincPolyDataFilter()
         smoother.SetInputData(surface)
         smoother.SetNumberOfIterations(smoothing_iterations)
         smoother.SetPassBand(0.01)  # Slicer's smoothing factor 0.5
@@ -113,7 +133,7 @@ def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERAT
         surface = smoother.GetOutput()
 
     if decimate > 0:
-        decimator = vtk.vtkQuadricDecimation()
+        decimator = vtkQuadricDecimation()
         decimator.SetInputData(surface)
         decimator.SetTargetReduction(float(decimate))
         decimator.VolumePreservationOn()
@@ -129,14 +149,14 @@ def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERAT
     return with_normals(surface)
 
 
-def with_normals(surface: vtk.vtkPolyData) -> vtk.vtkPolyData:
+def with_normals(surface: vtkPolyData) -> vtkPolyData:
     """Point normals for shading and for signed distances, from the triangles' own order.
 
     Marching cubes orders every triangle so that its normal points out of the mask, inner cavities
     and separate islands included, and ``transform_polydata`` keeps that order under mirroring; a
     consistency pass with auto-orientation would cost more than the surface itself and turns the
     walls of cavities inside out."""
-    normals = vtk.vtkPolyDataNormals()
+    normals = vtkPolyDataNormals()
     normals.SetInputData(surface)
     normals.ComputePointNormalsOn()
     normals.ComputeCellNormalsOff()
@@ -144,12 +164,12 @@ def with_normals(surface: vtk.vtkPolyData) -> vtk.vtkPolyData:
     normals.ConsistencyOff()
     normals.AutoOrientNormalsOff()
     normals.Update()
-    result = vtk.vtkPolyData()
+    result = vtkPolyData()
     result.DeepCopy(normals.GetOutput())
     return result
 
 
-def signed_distance(surface: vtk.vtkPolyData, reference: vtk.vtkPolyData, where: Optional[np.ndarray] = None) -> np.ndarray:
+def signed_distance(surface: vtkPolyData, reference: vtkPolyData, where: Optional[np.ndarray] = None) -> np.ndarray:
     """Distance (mm) from each vertex of ``surface`` to ``reference``: positive outside it, negative inside.
 
     ``where`` (bool per vertex) limits the search to those vertices; the others get 0.
@@ -161,9 +181,9 @@ def signed_distance(surface: vtk.vtkPolyData, reference: vtk.vtkPolyData, where:
         raise SparseImplantError("the reference surface is empty: there is nothing to measure distances to")
     searched = slice(None) if where is None else where
     points = vtk_to_numpy(surface.GetPoints().GetData())[searched]
-    implicit = vtk.vtkImplicitPolyDataDistance()
+    implicit = vtkImplicitPolyDataDistance()
     implicit.SetInput(reference)
-    values = vtk.vtkDoubleArray()
+    values = vtkDoubleArray()
     values.SetNumberOfTuples(len(points))
     implicit.FunctionValue(numpy_to_vtk(np.ascontiguousarray(points, dtype=np.float64), deep=True), values)
     distances[searched] = vtk_to_numpy(values)
@@ -179,7 +199,7 @@ def surface_reach_mm(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERATI
     return float(voxels * mask.spacing.max())
 
 
-def vertices_near_changes(surface: vtk.vtkPolyData, mask: Volume, other: Volume, coordinates: str = "LPS") -> np.ndarray:
+def vertices_near_changes(surface: vtkPolyData, mask: Volume, other: Volume, coordinates: str = "LPS") -> np.ndarray:
     """For each vertex of ``surface`` (built from ``mask``): whether it lies within ``surface_reach_mm``
     of a voxel where ``mask`` and ``other`` differ. Elsewhere the two masks' surfaces coincide and
     their distance is 0, so a distance map needs searching only here (a sixth of SkullFix 050's
@@ -204,11 +224,11 @@ def vertices_near_changes(surface: vtk.vtkPolyData, mask: Volume, other: Volume,
     return near
 
 
-def add_signed_distance(surface: vtk.vtkPolyData, reference: vtk.vtkPolyData, name: str = DISTANCE_ARRAY,
-                        where: Optional[np.ndarray] = None) -> vtk.vtkPolyData:
+def add_signed_distance(surface: vtkPolyData, reference: vtkPolyData, name: str = DISTANCE_ARRAY,
+                        where: Optional[np.ndarray] = None) -> vtkPolyData:
     """Copy of ``surface`` with the signed distance to ``reference`` as its active point scalars
     (searched only at the vertices ``where`` is true, when given; 0 elsewhere)."""
-    result = vtk.vtkPolyData()
+    result = vtkPolyData()
     result.DeepCopy(surface)
     array = numpy_to_vtk(signed_distance(surface, reference, where).astype(np.float32), deep=True)
     array.SetName(name)
@@ -230,24 +250,24 @@ def distance_statistics(distances: np.ndarray) -> Dict[str, float]:
     }
 
 
-def _writer(suffix: str) -> vtk.vtkWriter:
+def _writer(suffix: str) -> vtkWriter:
     if suffix == ".stl":
-        writer = vtk.vtkSTLWriter()
+        writer = vtkSTLWriter()
         writer.SetFileTypeToBinary()
     elif suffix == ".obj":
-        writer = vtk.vtkOBJWriter()
+        writer = vtkOBJWriter()
     elif suffix == ".ply":
-        writer = vtk.vtkPLYWriter()
+        writer = vtkPLYWriter()
         writer.SetFileTypeToBinary()
     elif suffix == ".vtk":
-        writer = vtk.vtkPolyDataWriter()
+        writer = vtkPolyDataWriter()
         writer.SetFileTypeToBinary()
     else:
         raise SparseImplantError(f"cannot export meshes as '{suffix}': use .stl, .obj, .ply or .vtk")
     return writer
 
 
-def export_mesh(surface: vtk.vtkPolyData, path: PathLike, coordinates: str = "LPS") -> Path:
+def export_mesh(surface: vtkPolyData, path: PathLike, coordinates: str = "LPS") -> Path:
     """Write an LPS surface as STL/OBJ/PLY/VTK (by extension) in LPS or RAS millimetres, atomically.
 
     Only .vtk keeps point arrays such as the signed distance."""
@@ -257,7 +277,7 @@ def export_mesh(surface: vtk.vtkPolyData, path: PathLike, coordinates: str = "LP
     writer = _writer(path.suffix.lower())
     output = transform_polydata(surface, LPS_TO_RAS) if coordinates == "RAS" else surface
     if path.suffix.lower() == ".stl":
-        triangles = vtk.vtkTriangleFilter()
+        triangles = vtkTriangleFilter()
         triangles.SetInputData(output)
         triangles.Update()
         output = triangles.GetOutput()
@@ -271,9 +291,9 @@ def export_mesh(surface: vtk.vtkPolyData, path: PathLike, coordinates: str = "LP
     return atomic_write(path, write)
 
 
-def read_mesh(path: PathLike) -> vtk.vtkPolyData:
+def read_mesh(path: PathLike) -> vtkPolyData:
     """Read a mesh written by ``export_mesh`` (for tests and round trips)."""
-    readers = {".stl": vtk.vtkSTLReader, ".obj": vtk.vtkOBJReader, ".ply": vtk.vtkPLYReader, ".vtk": vtk.vtkPolyDataReader}
+    readers = {".stl": vtkSTLReader, ".obj": vtkOBJReader, ".ply": vtkPLYReader, ".vtk": vtkPolyDataReader}
     suffix = Path(path).suffix.lower()
     if suffix not in readers:
         raise SparseImplantError(f"cannot read meshes of type '{suffix}'")
@@ -283,20 +303,20 @@ def read_mesh(path: PathLike) -> vtk.vtkPolyData:
     return reader.GetOutput()
 
 
-def enclosed_volume_mm3(surface: vtk.vtkPolyData) -> float:
-    triangles = vtk.vtkTriangleFilter()
+def enclosed_volume_mm3(surface: vtkPolyData) -> float:
+    triangles = vtkTriangleFilter()
     triangles.SetInputData(surface)
-    properties = vtk.vtkMassProperties()
+    properties = vtkMassProperties()
     properties.SetInputConnection(triangles.GetOutputPort())
     properties.Update()
     return float(properties.GetVolume())
 
 
-def open_edge_counts(surface: vtk.vtkPolyData) -> Dict[str, int]:
+def open_edge_counts(surface: vtkPolyData) -> Dict[str, int]:
     """Boundary and non-manifold edges: both 0 for a closed, manifold (printable) surface."""
     counts = {}
     for name in ("boundary", "non_manifold"):
-        edges = vtk.vtkFeatureEdges()
+        edges = vtkFeatureEdges()
         edges.SetInputData(surface)
         edges.FeatureEdgesOff()
         edges.ManifoldEdgesOff()

@@ -212,7 +212,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
 
 
 def _point_array(surface, name: str) -> np.ndarray:
-    from vtk.util.numpy_support import vtk_to_numpy
+    from vtkmodules.util.numpy_support import vtk_to_numpy
 
     return vtk_to_numpy(surface.GetPointData().GetArray(name))
 
@@ -223,12 +223,12 @@ def _threads() -> dict:
 
 
 def _versions() -> dict:
-    import vtk
+    from vtkmodules.vtkCommonCore import vtkVersion
 
     return {
         "sparseimplant": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "vtk": vtk.vtkVersion.GetVTKVersion(),
+        "vtk": vtkVersion.GetVTKVersion(),
     }
