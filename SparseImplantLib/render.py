@@ -206,8 +206,7 @@ def render_three_panel(completed: vtkPolyData, defective: vtkPolyData, implant: 
         if index == 2:
             renderer.AddViewProp(color_legend(table, "mm"))
         window.AddRenderer(renderer)
-    window.Render()
-    window.GetRenderers().GetFirstRenderer().ResetCameraClippingRange()
+    window.GetRenderers().GetFirstRenderer().ResetCameraClippingRange()  # before the one render it takes
     window.Render()
 
     result = write_png(capture_window(window), path)
