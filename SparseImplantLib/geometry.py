@@ -14,9 +14,9 @@ from typing import Dict, Optional
 
 import numpy as np
 from scipy import ndimage
-from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
-from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkSMPTools
-from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPolyData
+from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray, vtk_to_numpy
+from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkPoints, vtkSMPTools
+from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkImageData, vtkPolyData
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 from vtkmodules.vtkCommonTransforms import vtkTransform
 from vtkmodules.vtkFiltersCore import (
@@ -35,6 +35,7 @@ from vtkmodules.vtkIOCore import vtkWriter
 from vtkmodules.vtkIOGeometry import vtkOBJReader, vtkOBJWriter, vtkSTLReader, vtkSTLWriter
 from vtkmodules.vtkIOLegacy import vtkPolyDataReader, vtkPolyDataWriter
 from vtkmodules.vtkIOPLY import vtkPLYReader, vtkPLYWriter
+from vtkmodules.vtkIOXML import vtkXMLPolyDataReader, vtkXMLPolyDataWriter
 from vtkmodules.vtkImagingGeneral import vtkImageGaussianSmooth
 
 from .errors import SparseImplantError
@@ -42,10 +43,13 @@ from .io import PathLike, atomic_write
 from .volume import LPS_TO_RAS, Volume, foreground_box
 
 DISTANCE_ARRAY = "SignedDistance_mm"
+DISTANCE_FILE = "distance_map.vtp"  # the completed skull's display mesh with DISTANCE_ARRAY, as generate writes it
 COORDINATE_SYSTEMS = ("LPS", "RAS")
 PAD = 3  # zero voxels around the cropped mask: room for the blur, so the surface stays closed
 SMOOTHING_ITERATIONS = 20
 BLUR_SIGMA_VOXELS = 0.6
+DISPLAY_CELL_MM = 1.2  # clustering cell of the whole-skull display meshes (display_mesh)
+DISPLAY_TOLERANCE_MM = 0.6  # the stated bound between a display mesh and its full-resolution surface
 
 # VTK's wheels start with the sequential SMP backend; threads make surface extraction and smoothing
 # ~1.6x faster on 2 cores with identical output. A backend chosen by the host (Slicer's TBB, or the
@@ -169,6 +173,65 @@ def with_normals(surface: vtkPolyData) -> vtkPolyData:
     return result
 
 
+def display_mesh(surface: vtkPolyData, cell_mm: float = DISPLAY_CELL_MM) -> vtkPolyData:
+    """A lighter copy of a full-resolution surface for looking at: a whole skull in the views, the
+    preview and the distance map (the implant, which is printed, stays at full resolution).
+
+    Vertices are clustered per ``cell_mm`` cube and per normal direction (the axis and sign the
+    normal points along most), so the two sides of thin bone never merge; each cluster becomes its
+    vertex nearest the cluster's mean, with that vertex's point data (normal, signed distance), and
+    triangles left with three distinct clusters are kept once. The copy lies within
+    ``DISPLAY_TOLERANCE_MM`` of the surface both ways (tested on the sample skull); it is for display,
+    not printing (clusters can meet along non-manifold edges)."""
+    if surface.GetNumberOfPoints() == 0:
+        return vtkPolyData()
+    points = vtk_to_numpy(surface.GetPoints().GetData())
+    normals = vtk_to_numpy(surface.GetPointData().GetNormals())
+    triangles = vtk_to_numpy(surface.GetPolys().GetConnectivityArray()).reshape(-1, 3)
+    cells = ((points - points.min(axis=0)) * (1.0 / cell_mm)).astype(np.int64)  # non-negative: truncation floors
+    extent = cells.max(axis=0) + 1
+    axis = np.abs(normals).argmax(axis=1)
+    positive = normals[np.arange(len(normals)), axis] > 0
+    keys = ((cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]) * 6 + axis * 2 + positive
+    order = np.argsort(keys, kind="stable")
+    starts = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1]])
+    count = len(starts)
+    cluster = np.empty(len(keys), dtype=np.int64)
+    cluster[order] = np.repeat(np.arange(count), np.diff(np.r_[starts, len(keys)]))
+    members = np.bincount(cluster, minlength=count)
+    mean = np.stack([np.bincount(cluster, points[:, k], count) for k in range(3)], axis=1) / members[:, None]
+    offset = ((points - mean[cluster]) ** 2).sum(axis=1)
+    nearest = np.empty(count, dtype=np.int64)
+    closest = offset == np.minimum.reduceat(offset[order], starts)[cluster]
+    nearest[cluster[closest]] = np.flatnonzero(closest)  # on a tie, the last such vertex
+    merged = cluster[triangles]
+    merged = merged[(merged[:, 0] != merged[:, 1]) & (merged[:, 1] != merged[:, 2]) & (merged[:, 0] != merged[:, 2])]
+    ordered = np.sort(merged, axis=1)
+    _, first = np.unique((ordered[:, 0] * count + ordered[:, 1]) * count + ordered[:, 2], return_index=True)
+    merged = merged[np.sort(first)]
+    used, faces = np.unique(merged, return_inverse=True)
+    kept = nearest[used]
+
+    result = vtkPolyData()
+    result_points = vtkPoints()
+    result_points.SetData(numpy_to_vtk(points[kept], deep=True))
+    result.SetPoints(result_points)
+    polys = vtkCellArray()
+    polys.SetData(numpy_to_vtkIdTypeArray(np.arange(0, 3 * len(merged) + 1, 3, dtype=np.int64), deep=True),
+                  numpy_to_vtkIdTypeArray(faces.astype(np.int64).reshape(-1), deep=True))
+    result.SetPolys(polys)
+    source = surface.GetPointData()
+    for index in range(source.GetNumberOfArrays()):
+        array = numpy_to_vtk(vtk_to_numpy(source.GetArray(index))[kept], deep=True)
+        array.SetName(source.GetArray(index).GetName())
+        result.GetPointData().AddArray(array)
+    if source.GetNormals() is not None:
+        result.GetPointData().SetActiveNormals(source.GetNormals().GetName())
+    if source.GetScalars() is not None:
+        result.GetPointData().SetActiveScalars(source.GetScalars().GetName())
+    return result
+
+
 def signed_distance(surface: vtkPolyData, reference: vtkPolyData, where: Optional[np.ndarray] = None) -> np.ndarray:
     """Distance (mm) from each vertex of ``surface`` to ``reference``: positive outside it, negative inside.
 
@@ -199,11 +262,16 @@ def surface_reach_mm(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERATI
     return float(voxels * mask.spacing.max())
 
 
-def vertices_near_changes(surface: vtkPolyData, mask: Volume, other: Volume, coordinates: str = "LPS") -> np.ndarray:
-    """For each vertex of ``surface`` (built from ``mask``): whether it lies within ``surface_reach_mm``
-    of a voxel where ``mask`` and ``other`` differ. Elsewhere the two masks' surfaces coincide and
-    their distance is 0, so a distance map needs searching only here (a sixth of SkullFix 050's
-    completed skull). Every vertex counts as near when the masks' grids differ."""
+def vertices_near_changes(surface: vtkPolyData, mask: Volume, other: Volume, coordinates: str = "LPS",
+                          block: int = 3) -> np.ndarray:
+    """For each vertex of ``surface`` (built from ``mask``): whether it may lie within
+    ``surface_reach_mm`` of a voxel where ``mask`` and ``other`` differ. Elsewhere the two masks'
+    surfaces coincide and their distance is 0, so a distance map needs searching only here (a sixth
+    of SkullFix 050's completed skull). Every vertex counts as near when the masks' grids differ.
+
+    Distances are measured between blocks of ``block``^3 voxels (a block is changed when any voxel
+    in it is), a ``block``^3-th of the voxels to transform; one block diagonal and one voxel diagonal
+    of slack keep the answer conservative: no vertex within the reach is missed."""
     count = surface.GetNumberOfPoints()
     if not mask.same_geometry(other):
         return np.ones(count, dtype=bool)
@@ -211,16 +279,21 @@ def vertices_near_changes(surface: vtkPolyData, mask: Volume, other: Volume, coo
     if count == 0 or not changed.any():
         return np.zeros(count, dtype=bool)
     reach = surface_reach_mm(mask)
-    box = foreground_box(changed, margin=math.ceil(reach / mask.spacing.min()) + 1)
-    # Distance (mm) of every voxel in the box to the nearest changed voxel; outside the box it exceeds the reach.
-    distance = ndimage.distance_transform_edt(~changed[box], sampling=mask.spacing)
+    box = foreground_box(changed, margin=math.ceil(reach / mask.spacing.min()) + block + 1)
+    shape = np.array([b.stop - b.start for b in box])
+    blocks = -(-shape // block)
+    padded = np.zeros(tuple(blocks * block), dtype=bool)
+    padded[tuple(slice(0, n) for n in shape)] = changed[box]
+    coarse = padded.reshape(blocks[0], block, blocks[1], block, blocks[2], block).any(axis=(1, 3, 5))
+    # Distance (mm) between block centres; outside the box it exceeds the reach.
+    distance = ndimage.distance_transform_edt(~coarse, sampling=mask.spacing * block)
     to_index = np.linalg.inv(mask.index_to_lps() if coordinates == "LPS" else LPS_TO_RAS @ mask.index_to_lps())
     points = vtk_to_numpy(surface.GetPoints().GetData()).astype(np.float64)
     index = np.rint(points @ to_index[:3, :3].T + to_index[:3, 3]).astype(np.int64) - [b.start for b in box]
-    inside = np.all((index >= 0) & (index < distance.shape), axis=1)
+    inside = np.all((index >= 0) & (index < shape), axis=1)
     near = np.zeros(count, dtype=bool)
-    # Nearest-voxel lookup: one voxel diagonal of slack keeps it conservative.
-    near[inside] = distance[tuple(index[inside].T)] <= reach + float(np.linalg.norm(mask.spacing))
+    slack = float(np.linalg.norm(mask.spacing)) * (block + 1)
+    near[inside] = distance[tuple(index[inside].T // block)] <= reach + slack
     return near
 
 
@@ -262,15 +335,21 @@ def _writer(suffix: str) -> vtkWriter:
     elif suffix == ".vtk":
         writer = vtkPolyDataWriter()
         writer.SetFileTypeToBinary()
+    elif suffix == ".vtp":  # VTK's XML format, zlib-compressed: point arrays at a fraction of legacy .vtk's size
+        writer = vtkXMLPolyDataWriter()
+        writer.SetDataModeToAppended()
+        writer.EncodeAppendedDataOff()
+        writer.SetCompressorTypeToZLib()
+        writer.SetIdTypeToInt32()
     else:
-        raise SparseImplantError(f"cannot export meshes as '{suffix}': use .stl, .obj, .ply or .vtk")
+        raise SparseImplantError(f"cannot export meshes as '{suffix}': use .stl, .obj, .ply, .vtk or .vtp")
     return writer
 
 
 def export_mesh(surface: vtkPolyData, path: PathLike, coordinates: str = "LPS") -> Path:
-    """Write an LPS surface as STL/OBJ/PLY/VTK (by extension) in LPS or RAS millimetres, atomically.
+    """Write an LPS surface as STL/OBJ/PLY/VTK/VTP (by extension) in LPS or RAS millimetres, atomically.
 
-    Only .vtk keeps point arrays such as the signed distance."""
+    Only .vtk and .vtp keep point arrays such as the signed distance."""
     if coordinates not in COORDINATE_SYSTEMS:
         raise SparseImplantError(f"unknown coordinate system '{coordinates}': use LPS or RAS")
     path = Path(path)
@@ -293,7 +372,8 @@ def export_mesh(surface: vtkPolyData, path: PathLike, coordinates: str = "LPS") 
 
 def read_mesh(path: PathLike) -> vtkPolyData:
     """Read a mesh written by ``export_mesh`` (for tests and round trips)."""
-    readers = {".stl": vtkSTLReader, ".obj": vtkOBJReader, ".ply": vtkPLYReader, ".vtk": vtkPolyDataReader}
+    readers = {".stl": vtkSTLReader, ".obj": vtkOBJReader, ".ply": vtkPLYReader, ".vtk": vtkPolyDataReader,
+               ".vtp": vtkXMLPolyDataReader}
     suffix = Path(path).suffix.lower()
     if suffix not in readers:
         raise SparseImplantError(f"cannot read meshes of type '{suffix}'")
