@@ -49,7 +49,7 @@ PAD = 3  # zero voxels around the cropped mask: room for the blur, so the surfac
 SMOOTHING_ITERATIONS = 20
 BLUR_SIGMA_VOXELS = 0.6
 DISPLAY_CELL_MM = 1.2  # clustering cell of the whole-skull display meshes (display_mesh)
-DISPLAY_TOLERANCE_MM = 0.6  # the stated bound between a display mesh and its full-resolution surface
+DISPLAY_TOLERANCE_MM = 0.8  # the stated bound between a display mesh and its full-resolution surface
 
 # VTK's wheels start with the sequential SMP backend; threads make surface extraction and smoothing
 # ~1.6x faster on 2 cores with identical output. A backend chosen by the host (Slicer's TBB, or the
@@ -204,6 +204,11 @@ def display_mesh(surface: vtkPolyData, cell_mm: float = DISPLAY_CELL_MM) -> vtkP
     nearest = np.empty(count, dtype=np.int64)
     closest = offset == np.minimum.reduceat(offset[order], starts)[cluster]
     nearest[cluster[closest]] = np.flatnonzero(closest)  # on a tie, the last such vertex
+    # Surfaces can touch themselves: clusters whose vertices sit at one position become one vertex,
+    # so no zero-area triangle stands in for the surface there.
+    _, first_at, same_place = np.unique(points[nearest], axis=0, return_index=True, return_inverse=True)
+    nearest, cluster = nearest[first_at], same_place.reshape(-1)[cluster]
+    count = len(nearest)
     merged = cluster[triangles]
     merged = merged[(merged[:, 0] != merged[:, 1]) & (merged[:, 1] != merged[:, 2]) & (merged[:, 0] != merged[:, 2])]
     ordered = np.sort(merged, axis=1)
