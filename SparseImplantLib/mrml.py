@@ -18,7 +18,7 @@ import vtk
 from vtk.util import numpy_support
 
 from .errors import SparseImplantError
-from .geometry import DISTANCE_ARRAY, transform_polydata, vtk_matrix
+from .geometry import DISTANCE_ARRAY, DISTANCE_FILE, transform_polydata, vtk_matrix
 from .io import PathLike
 from .render import color_limit_mm, diverging_lookup_table
 from .volume import LPS_TO_RAS, Volume
@@ -357,7 +357,7 @@ def result_files(output_dir: PathLike) -> Dict[str, Path]:
 
     folder = Path(output_dir)
     files = {"report": folder / "report.json", "completed_mask": folder / COMPLETED_FILE,
-             "implant_mask": folder / IMPLANT_FILE, "distance": folder / "distance_map.vtk"}
+             "implant_mask": folder / IMPLANT_FILE, "distance": folder / DISTANCE_FILE}
     for role, stem in (("completed", "completed_skull"), ("defective", "defective_skull"), ("implant", "implant")):
         found = [folder / f"{stem}{suffix}" for suffix in MESH_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
         if found:

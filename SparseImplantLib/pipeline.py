@@ -37,7 +37,7 @@ from .postprocess import extract_implant
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 from .volume import Volume, resample_mask, resample_soft_mask
 
-MESH_FORMATS = ("stl", "obj", "ply", "vtk")
+MESH_FORMATS = ("stl", "obj", "ply", "vtk", "vtp")
 MESH_STEMS = ("completed_skull", "defective_skull", "implant")  # defective: the fit check beside the implant
 
 
@@ -55,6 +55,7 @@ class GenerateOptions:
     averaged: bool = True  # average the network over AVERAGED_PASSES (False: one pass, a quarter of the compute)
     refine_model: Optional[str] = "auto"  # super-resolution model: a name, "auto" (the registry's, if any) or "none"
     preview: bool = True  # preview.png; the Slicer module draws its own views and skips it
+    full_resolution_meshes: bool = False  # whole-skull meshes as extracted, not their display copies (geometry.display_mesh)
 
 
 @dataclass
@@ -128,8 +129,10 @@ def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[st
 
 
 def output_names(mesh_formats: Sequence[str], preview: bool = True) -> list[str]:
+    from .geometry import DISTANCE_FILE
+
     meshes = [f"{stem}.{fmt}" for stem in MESH_STEMS for fmt in mesh_formats]
-    return [COMPLETED_FILE, IMPLANT_FILE, *meshes, "distance_map.vtk", *(["preview.png"] if preview else []), "report.json"]
+    return [COMPLETED_FILE, IMPLANT_FILE, *meshes, DISTANCE_FILE, *(["preview.png"] if preview else []), "report.json"]
 
 
 def _check_options(input_path: Path, output_dir: Path, options: GenerateOptions) -> None:
@@ -143,9 +146,15 @@ def _check_options(input_path: Path, output_dir: Path, options: GenerateOptions)
 
 def generate(input_path: Path, output_dir: Path, options: GenerateOptions = GenerateOptions(),
              progress: ProgressCallback = ignore_progress) -> dict:
-    """Run the whole job and return the report (also written as report.json)."""
-    from .geometry import add_signed_distance, distance_statistics, export_mesh, surface_from_mask, vertices_near_changes
-    from .render import render_three_panel
+    """Run the whole job and return the report (also written as report.json).
+
+    The whole skulls are written and shown as display meshes (``geometry.display_mesh``: within
+    ``DISPLAY_TOLERANCE_MM`` of the full-resolution surfaces, a fifth of their triangles) unless
+    ``options.full_resolution_meshes``; the implant mesh, which is printed, is always full resolution.
+    The distance map is the completed skull's display mesh, its vertices measured against the
+    full-resolution reference surface."""
+    from .geometry import (DISTANCE_FILE, add_signed_distance, display_mesh, distance_statistics, export_mesh,
+                           surface_from_mask, vertices_near_changes)
 
     input_path, output_dir = Path(input_path), Path(output_dir)
     _check_options(input_path, output_dir, options)
@@ -167,26 +176,33 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             completed_surface = surface_from_mask(completed)
             defective_surface = surface_from_mask(defective)
             implant_surface = surface_from_mask(implant) if implant_array.any() else None
+            completed_view, defective_view = display_mesh(completed_surface), display_mesh(defective_surface)
             if reference is not None:
-                truth = defective.with_array(((defective.array > 0) | (reference.array > 0)).astype(np.uint8))
-                distance_surface = add_signed_distance(completed_surface, surface_from_mask(truth),
-                                                       where=vertices_near_changes(completed_surface, completed, truth))
+                against = defective.with_array(((defective.array > 0) | (reference.array > 0)).astype(np.uint8))
+                against_surface = surface_from_mask(against)
             else:
-                distance_surface = add_signed_distance(completed_surface, defective_surface,
-                                                       where=vertices_near_changes(completed_surface, completed, defective))
+                against, against_surface = defective, defective_surface
+            distance_surface = add_signed_distance(completed_view, against_surface,
+                                                   where=vertices_near_changes(completed_view, completed, against))
             distances = distance_statistics(_point_array(distance_surface, "SignedDistance_mm"))
+        whole_skulls = ({"completed_skull": completed_surface, "defective_skull": defective_surface}
+                        if options.full_resolution_meshes else
+                        {"completed_skull": completed_view, "defective_skull": defective_view})
         progress(ProgressEvent("write", 0.9, "writing results"))
         with clock.stage("write"):
             write_volume(staging / COMPLETED_FILE, completed)
             write_volume(staging / IMPLANT_FILE, implant)
             for fmt in options.mesh_formats:
-                export_mesh(completed_surface, staging / f"completed_skull.{fmt}")
-                export_mesh(defective_surface, staging / f"defective_skull.{fmt}")
+                for stem, surface in whole_skulls.items():
+                    export_mesh(surface, staging / f"{stem}.{fmt}")
                 if implant_surface is not None:
                     export_mesh(implant_surface, staging / f"implant.{fmt}")
-            export_mesh(distance_surface, staging / "distance_map.vtk")
-            if options.preview:
-                render_three_panel(completed_surface, defective_surface, implant_surface, distance_surface,
+            export_mesh(distance_surface, staging / DISTANCE_FILE)
+        if options.preview:
+            from .render import render_three_panel
+
+            with clock.stage("preview"):
+                render_three_panel(completed_view, defective_view, implant_surface, distance_surface,
                                    staging / "preview.png", size=options.preview_size)
         report = {
             "input": str(input_path),
