@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help=f"comma-separated, from {','.join(MODES)}")
     network.add_argument("--channels", default="ch1", choices=("ch1", "ch2"))
     generate = commands.add_parser("generate", help="sparseimplant generate end to end on a full-resolution case")
-    generate.add_argument("--model", help="registry model name (default: the bundled model)")
+    generate.add_argument("--baseline", type=Path, metavar="TREE",
+                          help="a source tree of another version (with SparseImplantLib/): run it too, for a before/after table")
     for sub in (network, generate):
         sub.add_argument("--data", type=Path, default=DEFAULT_DATA, help="SkullFix folder (default: ../shared/data/skullfix)")
         sub.add_argument("--case", default="050")
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.benchmark == "generate":
         from . import generate
 
-        generate.run(args.data, args.case, args.output, args.model, args.timeout)
+        generate.run(args.data, args.case, args.output, args.timeout, args.baseline)
     else:
         from .network import worker
 
