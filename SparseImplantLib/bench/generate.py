@@ -51,7 +51,7 @@ def run_job(source: Path, timeout_s: float, package_root: Optional[Path] = None)
         files = {path.name: path.stat().st_size for path in sorted(results.iterdir())}
         report = json.loads((results / "report.json").read_text())
         return {"wall_s": wall, "peak_mb": float(peak_file.read_text()), "timings_s": report["timings_s"],
-                "bytes_written": sum(files.values()), "files": files}
+                "bytes_written": sum(files.values()), "files": files, "threads": report["threads"]}
 
 
 def network_seconds(source: Path, repeats: int = NETWORK_REPEATS) -> dict:
@@ -118,8 +118,10 @@ def run(data_root: Path, case: str, output_dir: Path, timeout_s: float, baseline
            f"written {current['bytes_written'] / 1e6:.1f} MB (target <= {TARGET_MEGABYTES:.0f} MB: "
            f"{'met' if current['bytes_written'] <= TARGET_MEGABYTES * 1e6 else 'missed'})"]
     compared = f"before: the package in {baseline}; after: this one; " if baseline else ""
-    notes = (f"`sparseimplant generate` with its defaults on SkullFix case {case}, CPU, {compared}one run of each in "
-             f"this benchmark run; stage times from report.json, end to end from process start to exit. "
+    waiting = current["threads"].get("omp_wait_policy", "default")
+    notes = (f"`sparseimplant generate` with its defaults on SkullFix case {case}, CPU ({current['threads']['torch']} "
+             f"torch threads, OMP_WAIT_POLICY {waiting}), {compared}one run of each in this benchmark run; stage times "
+             f"from report.json, end to end from process start to exit. "
              f"{'; '.join(met)}. Files written by this version: "
              + ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in current["files"].items()) + ".")
     data = {"case": case, "runs": runs, "network_alone": network,
