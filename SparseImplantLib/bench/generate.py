@@ -43,10 +43,12 @@ def run_job(source: Path, timeout_s: float, package_root: Optional[Path] = None)
     with tempfile.TemporaryDirectory() as folder:
         peak_file = Path(folder) / "peak_mb.txt"
         results = Path(folder) / "out"
-        command = [sys.executable, "-c", _CLI_WITH_PEAK, str(peak_file), "generate", str(source), "-o", str(results),
-                   "--progress", "none", "--device", "cpu"]
+        command = [sys.executable, "-c", _CLI_WITH_PEAK, str(peak_file), "generate", str(Path(source).resolve()),
+                   "-o", str(results), "--progress", "none", "--device", "cpu"]
         start = time.perf_counter()
-        subprocess.run(command, check=True, timeout=timeout_s, env=environment, stdout=subprocess.DEVNULL)
+        # Run from the temporary folder: 'python -c' puts the working directory first on the import path,
+        # where a source tree would shadow the package under test.
+        subprocess.run(command, check=True, timeout=timeout_s, env=environment, cwd=folder, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - start
         files = {path.name: path.stat().st_size for path in sorted(results.iterdir())}
         report = json.loads((results / "report.json").read_text())
