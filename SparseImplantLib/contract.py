@@ -14,8 +14,8 @@ from typing import List, Sequence
 COMPLETED_FILE = "completed_skull.nrrd"
 IMPLANT_FILE = "implant.nrrd"
 MESH_STEMS = ("completed_skull", "defective_skull", "implant")  # defective: the fit check beside the implant
-MESH_FORMATS = ("stl", "obj", "ply", "vtk")
-DISTANCE_MAP_FILE = "distance_map.vtk"
+MESH_FORMATS = ("stl", "obj", "ply", "vtk", "vtp")
+DISTANCE_MAP_FILE = "distance_map.vtp"  # compressed XML: the completed skull's display mesh
 DISTANCE_ARRAY = "SignedDistance_mm"  # per-vertex signed distance, positive outside the reference surface
 PREVIEW_FILE = "preview.png"
 REPORT_FILE = "report.json"

@@ -13,9 +13,30 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
-import vtk
 from scipy import ndimage
-from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray, vtk_to_numpy
+from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkPoints, vtkSMPTools
+from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkImageData, vtkPolyData
+from vtkmodules.vtkCommonMath import vtkMatrix4x4
+from vtkmodules.vtkCommonTransforms import vtkTransform
+from vtkmodules.vtkFiltersCore import (
+    vtkFeatureEdges,
+    vtkFlyingEdges3D,
+    vtkImplicitPolyDataDistance,
+    vtkMassProperties,
+    vtkPolyDataNormals,
+    vtkQuadricDecimation,
+    vtkReverseSense,
+    vtkTriangleFilter,
+    vtkWindowedSincPolyDataFilter,
+)
+from vtkmodules.vtkFiltersGeneral import vtkTransformPolyDataFilter
+from vtkmodules.vtkIOCore import vtkWriter
+from vtkmodules.vtkIOGeometry import vtkOBJReader, vtkOBJWriter, vtkSTLReader, vtkSTLWriter
+from vtkmodules.vtkIOLegacy import vtkPolyDataReader, vtkPolyDataWriter
+from vtkmodules.vtkIOPLY import vtkPLYReader, vtkPLYWriter
+from vtkmodules.vtkIOXML import vtkXMLPolyDataReader, vtkXMLPolyDataWriter
+from vtkmodules.vtkImagingGeneral import vtkImageGaussianSmooth
 
 from .contract import DISTANCE_ARRAY
 from .errors import SparseImplantError
@@ -26,47 +47,49 @@ COORDINATE_SYSTEMS = ("LPS", "RAS")
 PAD = 3  # zero voxels around the cropped mask: room for the blur, so the surface stays closed
 SMOOTHING_ITERATIONS = 20
 BLUR_SIGMA_VOXELS = 0.6
+DISPLAY_CELL_MM = 1.2  # clustering cell of the whole-skull display meshes (display_mesh)
+DISPLAY_TOLERANCE_MM = 0.8  # the stated bound between a display mesh and its full-resolution surface
 
 # VTK's wheels start with the sequential SMP backend; threads make surface extraction and smoothing
 # faster with identical output (README, Benchmarks). A backend chosen by the host (Slicer's TBB, or the
 # VTK_SMP_BACKEND_IN_USE variable) is left alone.
-if vtk.vtkSMPTools.GetBackend() == "Sequential" and "VTK_SMP_BACKEND_IN_USE" not in os.environ:
-    vtk.vtkSMPTools.SetBackend("STDThread")
+if vtkSMPTools.GetBackend() == "Sequential" and "VTK_SMP_BACKEND_IN_USE" not in os.environ:
+    vtkSMPTools.SetBackend("STDThread")
 
 
-def vtk_matrix(values: np.ndarray) -> vtk.vtkMatrix4x4:
+def vtk_matrix(values: np.ndarray) -> vtkMatrix4x4:
     """A 4x4 numpy matrix as VTK's."""
-    matrix = vtk.vtkMatrix4x4()
+    matrix = vtkMatrix4x4()
     for row in range(4):
         for column in range(4):
             matrix.SetElement(row, column, float(values[row, column]))
     return matrix
 
 
-def transform_polydata(surface: vtk.vtkPolyData, matrix: np.ndarray) -> vtk.vtkPolyData:
+def transform_polydata(surface: vtkPolyData, matrix: np.ndarray) -> vtkPolyData:
     """Apply a 4x4 matrix to the points; cell order is reversed for mirroring matrices so that
     normals keep pointing outwards."""
-    transform = vtk.vtkTransform()
+    transform = vtkTransform()
     transform.SetMatrix(vtk_matrix(matrix))
-    mapper = vtk.vtkTransformPolyDataFilter()
+    mapper = vtkTransformPolyDataFilter()
     mapper.SetTransform(transform)
     mapper.SetInputData(surface)
     mapper.Update()
     output = mapper.GetOutput()
     if np.linalg.det(matrix[:3, :3]) < 0:
-        reverse = vtk.vtkReverseSense()
+        reverse = vtkReverseSense()
         reverse.SetInputData(output)
         reverse.ReverseCellsOn()
         reverse.ReverseNormalsOn()
         reverse.Update()
         output = reverse.GetOutput()
-    result = vtk.vtkPolyData()
+    result = vtkPolyData()
     result.DeepCopy(output)
     return result
 
 
 def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERATIONS, decimate: float = 0.0,
-                      coordinates: str = "LPS", smoothing_sigma_voxels: float = BLUR_SIGMA_VOXELS) -> vtk.vtkPolyData:
+                      coordinates: str = "LPS", smoothing_sigma_voxels: float = BLUR_SIGMA_VOXELS) -> vtkPolyData:
     """Closed triangle surface of the non-zero voxels, in LPS (default) or RAS millimetres.
 
     The 0.5 iso-surface of the mask blurred by ``smoothing_sigma_voxels``, then windowed-sinc smoothed
@@ -75,24 +98,24 @@ def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERAT
     if coordinates not in COORDINATE_SYSTEMS:
         raise ValueError(f"coordinates must be one of {COORDINATE_SYSTEMS}")
     if not np.any(mask.array):
-        return vtk.vtkPolyData()
+        return vtkPolyData()
     box = foreground_box(mask.array != 0, margin=1)
     cropped = np.pad((mask.array[box] != 0).astype(np.uint8), PAD)  # a zero border closes the surface
     start = np.array([s.start for s in box], dtype=float) - PAD
 
-    image = vtk.vtkImageData()
+    image = vtkImageData()
     image.SetDimensions(*cropped.shape)
     scalars = numpy_to_vtk(np.ascontiguousarray(cropped.transpose(2, 1, 0), dtype=np.float32).reshape(-1), deep=True)
     image.GetPointData().SetScalars(scalars)
 
     # Marching cubes on the lightly blurred mask: always closed and manifold (surface nets and discrete
     # marching cubes leave non-manifold edges where voxels touch only along an edge).
-    blur = vtk.vtkImageGaussianSmooth()
+    blur = vtkImageGaussianSmooth()
     blur.SetInputData(image)
     blur.SetDimensionality(3)
     blur.SetStandardDeviations(*(3 * [smoothing_sigma_voxels]))
     blur.SetRadiusFactors(3, 3, 3)
-    contour = vtk.vtkFlyingEdges3D()
+    contour = vtkFlyingEdges3D()
     contour.SetInputConnection(blur.GetOutputPort())
     contour.SetValue(0, 0.5)
     contour.ComputeNormalsOff()
@@ -101,7 +124,7 @@ def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERAT
     contour.Update()
     surface = contour.GetOutput()
     if smoothing_iterations > 0:
-        smoother = vtk.vtkWindowedSincPolyDataFilter()
+        smoother = vtkWindowedSincPolyDataFilter()
         smoother.SetInputData(surface)
         smoother.SetNumberOfIterations(smoothing_iterations)
         smoother.SetPassBand(0.01)  # Slicer's smoothing factor 0.5
@@ -113,7 +136,7 @@ def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERAT
         surface = smoother.GetOutput()
 
     if decimate > 0:
-        decimator = vtk.vtkQuadricDecimation()
+        decimator = vtkQuadricDecimation()
         decimator.SetInputData(surface)
         decimator.SetTargetReduction(float(decimate))
         decimator.VolumePreservationOn()
@@ -129,22 +152,91 @@ def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERAT
     return with_normals(surface)
 
 
-def with_normals(surface: vtk.vtkPolyData) -> vtk.vtkPolyData:
-    """Point normals, oriented outwards, for shading and for signed distances."""
-    normals = vtk.vtkPolyDataNormals()
+def with_normals(surface: vtkPolyData) -> vtkPolyData:
+    """Point normals for shading and for signed distances, from the triangles' own order.
+
+    Marching cubes orders every triangle so that its normal points out of the mask, inner cavities
+    and separate islands included, and ``transform_polydata`` keeps that order under mirroring; a
+    consistency pass with auto-orientation would cost more than the surface itself and turns the
+    walls of cavities inside out."""
+    normals = vtkPolyDataNormals()
     normals.SetInputData(surface)
     normals.ComputePointNormalsOn()
     normals.ComputeCellNormalsOff()
     normals.SplittingOff()
-    normals.ConsistencyOn()
-    normals.AutoOrientNormalsOn()
+    normals.ConsistencyOff()
+    normals.AutoOrientNormalsOff()
     normals.Update()
-    result = vtk.vtkPolyData()
+    result = vtkPolyData()
     result.DeepCopy(normals.GetOutput())
     return result
 
 
-def signed_distance(surface: vtk.vtkPolyData, reference: vtk.vtkPolyData, where: Optional[np.ndarray] = None) -> np.ndarray:
+def display_mesh(surface: vtkPolyData, cell_mm: float = DISPLAY_CELL_MM) -> vtkPolyData:
+    """A lighter copy of a full-resolution surface for looking at: a whole skull in the views, the
+    preview and the distance map (the implant, which is printed, stays at full resolution).
+
+    Vertices are clustered per ``cell_mm`` cube and per normal direction (the axis and sign the
+    normal points along most), so the two sides of thin bone never merge; each cluster becomes its
+    vertex nearest the cluster's mean, with that vertex's point data (normal, signed distance), and
+    triangles left with three distinct clusters are kept once. The copy lies within
+    ``DISPLAY_TOLERANCE_MM`` of the surface both ways (tested on the sample skull); it is for display,
+    not printing (clusters can meet along non-manifold edges)."""
+    if surface.GetNumberOfPoints() == 0:
+        return vtkPolyData()
+    points = vtk_to_numpy(surface.GetPoints().GetData())
+    normals = vtk_to_numpy(surface.GetPointData().GetNormals())
+    triangles = vtk_to_numpy(surface.GetPolys().GetConnectivityArray()).reshape(-1, 3)
+    cells = ((points - points.min(axis=0)) * (1.0 / cell_mm)).astype(np.int64)  # non-negative: truncation floors
+    extent = cells.max(axis=0) + 1
+    axis = np.abs(normals).argmax(axis=1)
+    positive = normals[np.arange(len(normals)), axis] > 0
+    keys = ((cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]) * 6 + axis * 2 + positive
+    order = np.argsort(keys, kind="stable")
+    starts = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1]])
+    count = len(starts)
+    cluster = np.empty(len(keys), dtype=np.int64)
+    cluster[order] = np.repeat(np.arange(count), np.diff(np.r_[starts, len(keys)]))
+    members = np.bincount(cluster, minlength=count)
+    mean = np.stack([np.bincount(cluster, points[:, k], count) for k in range(3)], axis=1) / members[:, None]
+    offset = ((points - mean[cluster]) ** 2).sum(axis=1)
+    nearest = np.empty(count, dtype=np.int64)
+    closest = offset == np.minimum.reduceat(offset[order], starts)[cluster]
+    nearest[cluster[closest]] = np.flatnonzero(closest)  # on a tie, the last such vertex
+    # Surfaces can touch themselves: clusters whose vertices sit at one position become one vertex,
+    # so no zero-area triangle stands in for the surface there.
+    _, first_at, same_place = np.unique(points[nearest], axis=0, return_index=True, return_inverse=True)
+    nearest, cluster = nearest[first_at], same_place.reshape(-1)[cluster]
+    count = len(nearest)
+    merged = cluster[triangles]
+    merged = merged[(merged[:, 0] != merged[:, 1]) & (merged[:, 1] != merged[:, 2]) & (merged[:, 0] != merged[:, 2])]
+    ordered = np.sort(merged, axis=1)
+    _, first = np.unique((ordered[:, 0] * count + ordered[:, 1]) * count + ordered[:, 2], return_index=True)
+    merged = merged[np.sort(first)]
+    used, faces = np.unique(merged, return_inverse=True)
+    kept = nearest[used]
+
+    result = vtkPolyData()
+    result_points = vtkPoints()
+    result_points.SetData(numpy_to_vtk(points[kept], deep=True))
+    result.SetPoints(result_points)
+    polys = vtkCellArray()
+    polys.SetData(numpy_to_vtkIdTypeArray(np.arange(0, 3 * len(merged) + 1, 3, dtype=np.int64), deep=True),
+                  numpy_to_vtkIdTypeArray(faces.astype(np.int64).reshape(-1), deep=True))
+    result.SetPolys(polys)
+    source = surface.GetPointData()
+    for index in range(source.GetNumberOfArrays()):
+        array = numpy_to_vtk(vtk_to_numpy(source.GetArray(index))[kept], deep=True)
+        array.SetName(source.GetArray(index).GetName())
+        result.GetPointData().AddArray(array)
+    if source.GetNormals() is not None:
+        result.GetPointData().SetActiveNormals(source.GetNormals().GetName())
+    if source.GetScalars() is not None:
+        result.GetPointData().SetActiveScalars(source.GetScalars().GetName())
+    return result
+
+
+def signed_distance(surface: vtkPolyData, reference: vtkPolyData, where: Optional[np.ndarray] = None) -> np.ndarray:
     """Distance (mm) from each vertex of ``surface`` to ``reference``: positive outside it, negative inside.
 
     ``where`` (bool per vertex) limits the search to those vertices; the others get 0.
@@ -156,9 +248,9 @@ def signed_distance(surface: vtk.vtkPolyData, reference: vtk.vtkPolyData, where:
         raise SparseImplantError("the reference surface is empty: there is nothing to measure distances to")
     searched = slice(None) if where is None else where
     points = vtk_to_numpy(surface.GetPoints().GetData())[searched]
-    implicit = vtk.vtkImplicitPolyDataDistance()
+    implicit = vtkImplicitPolyDataDistance()
     implicit.SetInput(reference)
-    values = vtk.vtkDoubleArray()
+    values = vtkDoubleArray()
     values.SetNumberOfTuples(len(points))
     implicit.FunctionValue(numpy_to_vtk(np.ascontiguousarray(points, dtype=np.float64), deep=True), values)
     distances[searched] = vtk_to_numpy(values)
@@ -174,11 +266,16 @@ def surface_reach_mm(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERATI
     return float(voxels * mask.spacing.max())
 
 
-def vertices_near_changes(surface: vtk.vtkPolyData, mask: Volume, other: Volume, coordinates: str = "LPS") -> np.ndarray:
-    """For each vertex of ``surface`` (built from ``mask``): whether it lies within ``surface_reach_mm``
-    of a voxel where ``mask`` and ``other`` differ. Elsewhere the two masks' surfaces coincide and
-    their distance is 0, so a distance map needs searching only here (a small part of a skull: README,
-    Benchmarks). Every vertex counts as near when the masks' grids differ."""
+def vertices_near_changes(surface: vtkPolyData, mask: Volume, other: Volume, coordinates: str = "LPS",
+                          block: int = 3) -> np.ndarray:
+    """For each vertex of ``surface`` (built from ``mask``): whether it may lie within
+    ``surface_reach_mm`` of a voxel where ``mask`` and ``other`` differ. Elsewhere the two masks'
+    surfaces coincide and their distance is 0, so a distance map needs searching only here (a small
+    part of a skull: README, Benchmarks). Every vertex counts as near when the masks' grids differ.
+
+    Distances are measured between blocks of ``block``^3 voxels (a block is changed when any voxel
+    in it is), a ``block``^3-th of the voxels to transform; one block diagonal and one voxel diagonal
+    of slack keep the answer conservative: no vertex within the reach is missed."""
     count = surface.GetNumberOfPoints()
     if not mask.same_geometry(other):
         return np.ones(count, dtype=bool)
@@ -186,24 +283,29 @@ def vertices_near_changes(surface: vtk.vtkPolyData, mask: Volume, other: Volume,
     if count == 0 or not changed.any():
         return np.zeros(count, dtype=bool)
     reach = surface_reach_mm(mask)
-    box = foreground_box(changed, margin=math.ceil(reach / mask.spacing.min()) + 1)
-    # Distance (mm) of every voxel in the box to the nearest changed voxel; outside the box it exceeds the reach.
-    distance = ndimage.distance_transform_edt(~changed[box], sampling=mask.spacing)
+    box = foreground_box(changed, margin=math.ceil(reach / mask.spacing.min()) + block + 1)
+    shape = np.array([b.stop - b.start for b in box])
+    blocks = -(-shape // block)
+    padded = np.zeros(tuple(blocks * block), dtype=bool)
+    padded[tuple(slice(0, n) for n in shape)] = changed[box]
+    coarse = padded.reshape(blocks[0], block, blocks[1], block, blocks[2], block).any(axis=(1, 3, 5))
+    # Distance (mm) between block centres; outside the box it exceeds the reach.
+    distance = ndimage.distance_transform_edt(~coarse, sampling=mask.spacing * block)
     to_index = np.linalg.inv(mask.index_to_lps() if coordinates == "LPS" else LPS_TO_RAS @ mask.index_to_lps())
     points = vtk_to_numpy(surface.GetPoints().GetData()).astype(np.float64)
     index = np.rint(points @ to_index[:3, :3].T + to_index[:3, 3]).astype(np.int64) - [b.start for b in box]
-    inside = np.all((index >= 0) & (index < distance.shape), axis=1)
+    inside = np.all((index >= 0) & (index < shape), axis=1)
     near = np.zeros(count, dtype=bool)
-    # Nearest-voxel lookup: one voxel diagonal of slack keeps it conservative.
-    near[inside] = distance[tuple(index[inside].T)] <= reach + float(np.linalg.norm(mask.spacing))
+    slack = float(np.linalg.norm(mask.spacing)) * (block + 1)
+    near[inside] = distance[tuple(index[inside].T // block)] <= reach + slack
     return near
 
 
-def add_signed_distance(surface: vtk.vtkPolyData, reference: vtk.vtkPolyData, name: str = DISTANCE_ARRAY,
-                        where: Optional[np.ndarray] = None) -> vtk.vtkPolyData:
+def add_signed_distance(surface: vtkPolyData, reference: vtkPolyData, name: str = DISTANCE_ARRAY,
+                        where: Optional[np.ndarray] = None) -> vtkPolyData:
     """Copy of ``surface`` with the signed distance to ``reference`` as its active point scalars
     (searched only at the vertices ``where`` is true, when given; 0 elsewhere)."""
-    result = vtk.vtkPolyData()
+    result = vtkPolyData()
     result.DeepCopy(surface)
     array = numpy_to_vtk(signed_distance(surface, reference, where).astype(np.float32), deep=True)
     array.SetName(name)
@@ -225,34 +327,40 @@ def distance_statistics(distances: np.ndarray) -> Dict[str, float]:
     }
 
 
-def _writer(suffix: str) -> vtk.vtkWriter:
+def _writer(suffix: str) -> vtkWriter:
     if suffix == ".stl":
-        writer = vtk.vtkSTLWriter()
+        writer = vtkSTLWriter()
         writer.SetFileTypeToBinary()
     elif suffix == ".obj":
-        writer = vtk.vtkOBJWriter()
+        writer = vtkOBJWriter()
     elif suffix == ".ply":
-        writer = vtk.vtkPLYWriter()
+        writer = vtkPLYWriter()
         writer.SetFileTypeToBinary()
     elif suffix == ".vtk":
-        writer = vtk.vtkPolyDataWriter()
+        writer = vtkPolyDataWriter()
         writer.SetFileTypeToBinary()
+    elif suffix == ".vtp":  # VTK's XML format, zlib-compressed: point arrays at a fraction of legacy .vtk's size
+        writer = vtkXMLPolyDataWriter()
+        writer.SetDataModeToAppended()
+        writer.EncodeAppendedDataOff()
+        writer.SetCompressorTypeToZLib()
+        writer.SetIdTypeToInt32()
     else:
-        raise SparseImplantError(f"cannot export meshes as '{suffix}': use .stl, .obj, .ply or .vtk")
+        raise SparseImplantError(f"cannot export meshes as '{suffix}': use .stl, .obj, .ply, .vtk or .vtp")
     return writer
 
 
-def export_mesh(surface: vtk.vtkPolyData, path: PathLike, coordinates: str = "LPS") -> Path:
-    """Write an LPS surface as STL/OBJ/PLY/VTK (by extension) in LPS or RAS millimetres, atomically.
+def export_mesh(surface: vtkPolyData, path: PathLike, coordinates: str = "LPS") -> Path:
+    """Write an LPS surface as STL/OBJ/PLY/VTK/VTP (by extension) in LPS or RAS millimetres, atomically.
 
-    Only .vtk keeps point arrays such as the signed distance."""
+    Only .vtk and .vtp keep point arrays such as the signed distance."""
     if coordinates not in COORDINATE_SYSTEMS:
         raise SparseImplantError(f"unknown coordinate system '{coordinates}': use LPS or RAS")
     path = Path(path)
     writer = _writer(path.suffix.lower())
     output = transform_polydata(surface, LPS_TO_RAS) if coordinates == "RAS" else surface
     if path.suffix.lower() == ".stl":
-        triangles = vtk.vtkTriangleFilter()
+        triangles = vtkTriangleFilter()
         triangles.SetInputData(output)
         triangles.Update()
         output = triangles.GetOutput()
@@ -266,9 +374,10 @@ def export_mesh(surface: vtk.vtkPolyData, path: PathLike, coordinates: str = "LP
     return atomic_write(path, write)
 
 
-def read_mesh(path: PathLike) -> vtk.vtkPolyData:
+def read_mesh(path: PathLike) -> vtkPolyData:
     """Read a mesh written by ``export_mesh`` (for tests and round trips)."""
-    readers = {".stl": vtk.vtkSTLReader, ".obj": vtk.vtkOBJReader, ".ply": vtk.vtkPLYReader, ".vtk": vtk.vtkPolyDataReader}
+    readers = {".stl": vtkSTLReader, ".obj": vtkOBJReader, ".ply": vtkPLYReader, ".vtk": vtkPolyDataReader,
+               ".vtp": vtkXMLPolyDataReader}
     suffix = Path(path).suffix.lower()
     if suffix not in readers:
         raise SparseImplantError(f"cannot read meshes of type '{suffix}'")
@@ -278,20 +387,20 @@ def read_mesh(path: PathLike) -> vtk.vtkPolyData:
     return reader.GetOutput()
 
 
-def enclosed_volume_mm3(surface: vtk.vtkPolyData) -> float:
-    triangles = vtk.vtkTriangleFilter()
+def enclosed_volume_mm3(surface: vtkPolyData) -> float:
+    triangles = vtkTriangleFilter()
     triangles.SetInputData(surface)
-    properties = vtk.vtkMassProperties()
+    properties = vtkMassProperties()
     properties.SetInputConnection(triangles.GetOutputPort())
     properties.Update()
     return float(properties.GetVolume())
 
 
-def open_edge_counts(surface: vtk.vtkPolyData) -> Dict[str, int]:
+def open_edge_counts(surface: vtkPolyData) -> Dict[str, int]:
     """Boundary and non-manifold edges: both 0 for a closed, manifold (printable) surface."""
     counts = {}
     for name in ("boundary", "non_manifold"):
-        edges = vtk.vtkFeatureEdges()
+        edges = vtkFeatureEdges()
         edges.SetInputData(surface)
         edges.FeatureEdgesOff()
         edges.ManifoldEdgesOff()

@@ -90,7 +90,7 @@ def mask_from_labels(volume: Volume, name: str, label: Optional[int] = None, rem
 
     ``remedy`` is what the user should do with a file that is not binary; by default the options of
     ``generate`` (--label, --threshold), which other commands lack, so they pass their own."""
-    values = np.unique(volume.array)
+    values = _distinct_values(volume.array)
     if label is not None:
         if label == 0:
             raise SparseImplantError(
@@ -115,6 +115,15 @@ def mask_from_labels(volume: Volume, name: str, label: Optional[int] = None, rem
 def _looks_like_intensities(values: np.ndarray) -> bool:
     """Negative, fractional or hundreds of distinct values: an image of intensities, not of labels."""
     return bool(values[0] < 0 or values.size > 255 or not np.array_equal(values, np.round(values)))
+
+
+def _distinct_values(array: np.ndarray) -> np.ndarray:
+    """Sorted distinct values; an integer array spanning at most two neighbouring values (a 0/1 mask,
+    the usual input) is told by its range, without sorting every voxel of a 512x512xZ volume."""
+    low, high = array.min(), array.max()
+    if np.issubdtype(array.dtype, np.integer) and int(high) - int(low) <= 1:
+        return np.unique(np.array([low, high], dtype=array.dtype))
+    return np.unique(array)
 
 
 def mask_from_ct(volume: Volume, threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU) -> Volume:

@@ -56,6 +56,7 @@ class GenerateOptions:
     averaged: bool = True  # average the network over AVERAGED_PASSES (False: one pass, a quarter of the compute)
     refine_model: Optional[str] = "auto"  # super-resolution model: a name, "auto" (the registry's, if any) or "none"
     preview: bool = True  # preview.png; the Slicer module draws its own views and skips it
+    full_resolution_meshes: bool = False  # whole-skull meshes as extracted, not their display copies (geometry.display_mesh)
 
 
 @dataclass
@@ -162,9 +163,15 @@ def _check_options(input_path: Path, output_dir: Path, options: GenerateOptions)
 
 def generate(input_path: Path, output_dir: Path, options: GenerateOptions = GenerateOptions(),
              progress: ProgressCallback = ignore_progress) -> dict:
-    """Run the whole job and return the report (also written as report.json)."""
-    from .geometry import add_signed_distance, distance_statistics, export_mesh, surface_from_mask, vertices_near_changes
-    from .render import render_three_panel
+    """Run the whole job and return the report (also written as report.json).
+
+    The whole skulls are written and shown as display meshes (``geometry.display_mesh``: within
+    ``DISPLAY_TOLERANCE_MM`` of the full-resolution surfaces, a fifth of their triangles) unless
+    ``options.full_resolution_meshes``; the implant mesh, which is printed, is always full resolution.
+    The distance map is the completed skull's display mesh, its vertices measured against the
+    full-resolution reference surface."""
+    from .geometry import (add_signed_distance, display_mesh, distance_statistics, export_mesh,
+                           surface_from_mask, vertices_near_changes)
 
     input_path, output_dir = Path(input_path), Path(output_dir)
     _check_options(input_path, output_dir, options)
@@ -188,25 +195,32 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             completed_surface = surface_from_mask(completed)
             defective_surface = surface_from_mask(defective)
             implant_surface = surface_from_mask(implant) if implant_array.any() else None
+            completed_view, defective_view = display_mesh(completed_surface), display_mesh(defective_surface)
             if reference is not None:
-                truth = defective.with_array(((defective.array > 0) | (reference.array > 0)).astype(np.uint8))
-                distance_surface = add_signed_distance(completed_surface, surface_from_mask(truth),
-                                                       where=vertices_near_changes(completed_surface, completed, truth))
+                against = defective.with_array(((defective.array > 0) | (reference.array > 0)).astype(np.uint8))
+                against_surface = surface_from_mask(against)
             else:
-                distance_surface = add_signed_distance(completed_surface, defective_surface,
-                                                       where=vertices_near_changes(completed_surface, completed, defective))
+                against, against_surface = defective, defective_surface
+            distance_surface = add_signed_distance(completed_view, against_surface,
+                                                   where=vertices_near_changes(completed_view, completed, against))
             distances = distance_statistics(_point_array(distance_surface, contract.DISTANCE_ARRAY))
+        whole_skulls = ((completed_surface, defective_surface) if options.full_resolution_meshes
+                        else (completed_view, defective_view))
+        meshes = dict(zip(contract.MESH_STEMS, (*whole_skulls, implant_surface)))  # the implant at full resolution
         progress(ProgressEvent("write", 0.9, "writing results"))
         with clock.stage("write"):
             write_volume(staging / COMPLETED_FILE, completed)
             write_volume(staging / IMPLANT_FILE, implant)
             for fmt in options.mesh_formats:
-                for stem, surface in zip(contract.MESH_STEMS, (completed_surface, defective_surface, implant_surface)):
+                for stem, surface in meshes.items():
                     if surface is not None:  # no implant mesh for an empty implant
                         export_mesh(surface, staging / contract.mesh_file(stem, fmt))
             export_mesh(distance_surface, staging / contract.DISTANCE_MAP_FILE)
-            if options.preview:
-                render_three_panel(completed_surface, defective_surface, implant_surface, distance_surface,
+        if options.preview:
+            from .render import render_three_panel
+
+            with clock.stage("preview"):
+                render_three_panel(completed_view, defective_view, implant_surface, distance_surface,
                                    staging / contract.PREVIEW_FILE, size=options.preview_size)
         report = {
             "input": str(input_path),
@@ -233,7 +247,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
 
 
 def _point_array(surface, name: str) -> np.ndarray:
-    from vtk.util.numpy_support import vtk_to_numpy
+    from vtkmodules.util.numpy_support import vtk_to_numpy
 
     return vtk_to_numpy(surface.GetPointData().GetArray(name))
 
@@ -244,12 +258,12 @@ def _threads() -> dict:
 
 
 def _versions() -> dict:
-    import vtk
+    from vtkmodules.vtkCommonCore import vtkVersion
 
     return {
         "sparseimplant": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "vtk": vtk.vtkVersion.GetVTKVersion(),
+        "vtk": vtkVersion.GetVTKVersion(),
     }

@@ -9,12 +9,14 @@ solid piece that reaches the defect border.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from .volume import foreground_box
+from .volume import Box, find_foreground_box
+
+BLOCK = 8  # voxels per block edge when grouping the opened difference into separately labelled regions
 
 
 def ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
@@ -35,32 +37,110 @@ def extract_implant(
 
     Components of the opened difference are kept when they touch the defective skull (grown by one
     voxel) and hold at least ``min_fraction_of_largest`` of the largest such component's voxels.
+
+    The result is that of the opening, labelling, restoring and hole filling over the difference's
+    whole bounding box, but only the region around the added bone is worked at full cost: the
+    opening dilates from the few eroded voxels, components are labelled one group of occupied
+    blocks at a time (largest first, stopping once no remaining group can reach the size bound), and
+    the restoring and hole filling run in the box of the kept pieces.
     """
-    completed = completed.astype(bool)
-    defective = defective.astype(bool)
+    completed = np.asarray(completed) != 0
+    if completed.flags.f_contiguous and not completed.flags.c_contiguous:
+        # ITK's volumes are i-fastest: the transposed view is C-ordered, which scipy walks fastest.
+        return extract_implant(completed.T, np.asarray(defective).T, tuple(spacing)[::-1],
+                               opening_radius_mm, min_fraction_of_largest).T
+    defective = np.asarray(defective) != 0
     difference = completed & ~defective
-    if not difference.any():
-        return np.zeros_like(difference)
+    implant = np.zeros_like(difference)
     structure = ball(opening_radius_mm, spacing)
     margin = max(structure.shape) + 2
-    box = foreground_box(difference, margin)
-    opened = ndimage.binary_opening(difference[box], structure=structure)
-    if not opened.any():
-        return np.zeros_like(difference)
-    labels, count = ndimage.label(opened, structure=np.ones((3, 3, 3), bool))
-    border = ndimage.binary_dilation(defective[box], structure=np.ones((3, 3, 3), bool)) & opened
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    touching = np.unique(labels[border])
-    touching = touching[touching > 0]
-    if touching.size == 0:
-        return np.zeros_like(difference)
-    largest = sizes[touching].max()
-    keep = touching[sizes[touching] >= min_fraction_of_largest * largest]
+    box = find_foreground_box(difference, margin)
+    if box is None:
+        return implant
+    added, bone = difference[box], defective[box]
+    opened = _opening(added, structure)
+    seeds = _kept_components(opened, bone, min_fraction_of_largest)
+    if seeds is None:
+        return implant
     # Give the kept pieces back what the opening shaved off their edges (where they meet the defect
     # border), but nothing of the rims further away.
     steps = max(structure.shape) // 2 + 1
-    restored = ndimage.binary_dilation(np.isin(labels, keep), iterations=steps, mask=difference[box])
-    implant_box = ndimage.binary_fill_holes(restored)
-    implant = np.zeros_like(difference)
-    implant[box] = implant_box & ~defective[box]
+    around = find_foreground_box(seeds, steps)
+    restored = ndimage.binary_dilation(seeds[around], iterations=steps, mask=added[around])
+    # Holes are background not connected to the outside, and fill_holes counts everything beyond
+    # the array as outside: so everything beyond the restored pieces' box, as it is.
+    pieces = find_foreground_box(restored)
+    filled = ndimage.binary_fill_holes(restored[pieces])
+    region = _within(box, _within(around, pieces))
+    implant[region] = filled & ~defective[region]
     return implant
+
+
+def _within(outer: Box, inner: Box) -> Box:
+    """``inner`` (relative to ``outer``'s start) as a box of the array ``outer`` indexes."""
+    return tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))  # type: ignore[return-value]
+
+
+def _opening(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_opening``, with the dilation done from the eroded voxels only: the structure
+    is symmetric and eroded voxels lie at least its radius inside the array, so every write is in bounds."""
+    eroded = np.flatnonzero(ndimage.binary_erosion(mask, structure=structure))
+    opened = np.zeros(mask.shape, dtype=bool)
+    offsets = np.argwhere(structure) - np.array(structure.shape) // 2
+    strides = np.array(opened.strides) // opened.itemsize
+    flat = opened.reshape(-1)
+    for step in offsets @ strides:
+        flat[eroded + step] = True
+    return opened
+
+
+def _kept_components(opened: np.ndarray, bone: np.ndarray, min_fraction_of_largest: float,
+                     block: int = BLOCK) -> Optional[np.ndarray]:
+    """The 26-connected components of ``opened`` that touch ``bone`` and hold at least
+    ``min_fraction_of_largest`` of the largest touching one's voxels, as one mask; None when none touches.
+
+    Touching voxels lie in touching blocks of ``block``^3, so each component lies within one group
+    of connected occupied blocks and is labelled there. Groups go largest first: once a group holds
+    fewer voxels than the bound set by the largest touching component so far, neither it nor any
+    group after it holds a component to keep."""
+    cube = np.ones((3, 3, 3), dtype=bool)
+    blocks = tuple(-(-n // block) for n in opened.shape)
+    padded = np.zeros(tuple(n * block for n in blocks), dtype=bool)
+    padded[tuple(slice(0, n) for n in opened.shape)] = opened
+    counts = padded.reshape(blocks[0], block, blocks[1], block, blocks[2], block).sum(axis=(1, 3, 5), dtype=np.int32)
+    groups, group_count = ndimage.label(counts > 0, structure=cube)
+    totals = ndimage.sum_labels(counts, groups, np.arange(1, group_count + 1))
+    extents = ndimage.find_objects(groups)
+    pieces = []  # (region, labels, touching labels, their sizes) per group that has touching components
+    largest = 0
+    for group in np.argsort(totals, kind="stable")[::-1]:
+        if totals[group] < min_fraction_of_largest * largest:
+            break
+        region = tuple(slice(e.start * block, min(e.stop * block, n)) for e, n in zip(extents[group], opened.shape))
+        member = _expand(groups[extents[group]] == group + 1, block)
+        piece = opened[region] & member[tuple(slice(0, r.stop - r.start) for r in region)]
+        labels, count = ndimage.label(piece, structure=cube)
+        grown = tuple(slice(max(r.start - 1, 0), min(r.stop + 1, n)) for r, n in zip(region, opened.shape))
+        near_bone = ndimage.binary_dilation(bone[grown], structure=cube)
+        near_bone = near_bone[tuple(slice(r.start - g.start, r.stop - g.start) for r, g in zip(region, grown))]
+        touching = np.unique(labels[near_bone & piece])
+        touching = touching[touching > 0]
+        if touching.size:
+            sizes = np.bincount(labels.ravel(), minlength=count + 1)[touching]
+            pieces.append((region, labels, touching, sizes))
+            largest = max(largest, int(sizes.max()))
+    if not pieces:
+        return None
+    seeds = np.zeros(opened.shape, dtype=bool)
+    for region, labels, touching, sizes in pieces:
+        keep = touching[sizes >= min_fraction_of_largest * largest]
+        if keep.size:
+            seeds[region] |= np.isin(labels, keep)
+    return seeds
+
+
+def _expand(coarse: np.ndarray, block: int) -> np.ndarray:
+    """Each element of a 3D array repeated as a ``block``^3 cube."""
+    shape = coarse.shape
+    cubes = np.broadcast_to(coarse[:, None, :, None, :, None], (shape[0], block, shape[1], block, shape[2], block))
+    return cubes.reshape(shape[0] * block, shape[1] * block, shape[2] * block)

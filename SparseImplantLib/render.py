@@ -12,8 +12,23 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-import vtk
-from vtk.util.numpy_support import vtk_to_numpy
+import vtkmodules.vtkRenderingFreeType  # noqa: F401  (text of titles and legend)
+import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (the render window's implementation)
+from vtkmodules.vtkCommonCore import vtkLookupTable
+from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPolyData
+from vtkmodules.vtkIOImage import vtkPNGWriter
+from vtkmodules.vtkRenderingAnnotation import vtkScalarBarActor
+from vtkmodules.util.numpy_support import vtk_to_numpy
+from vtkmodules.vtkRenderingCore import (
+    vtkActor,
+    vtkCamera,
+    vtkColorTransferFunction,
+    vtkPolyDataMapper,
+    vtkRenderWindow,
+    vtkRenderer,
+    vtkTextActor,
+    vtkWindowToImageFilter,
+)
 
 from .contract import DISTANCE_ARRAY
 from .io import PathLike, atomic_write
@@ -24,15 +39,15 @@ BACKGROUND = (0.10, 0.11, 0.14)
 TEXT = (0.95, 0.95, 0.95)
 
 
-def diverging_lookup_table(max_abs_mm: float) -> vtk.vtkLookupTable:
+def diverging_lookup_table(max_abs_mm: float) -> vtkLookupTable:
     """Blue (inside, negative) - white (0) - red (outside, positive), symmetric around 0."""
     limit = max(float(max_abs_mm), 1e-3)
-    transfer = vtk.vtkColorTransferFunction()
+    transfer = vtkColorTransferFunction()
     transfer.SetColorSpaceToDiverging()
     transfer.AddRGBPoint(-limit, 0.23, 0.30, 0.75)
     transfer.AddRGBPoint(0.0, 0.87, 0.87, 0.87)
     transfer.AddRGBPoint(limit, 0.71, 0.02, 0.15)
-    table = vtk.vtkLookupTable()
+    table = vtkLookupTable()
     table.SetNumberOfTableValues(256)
     table.SetRange(-limit, limit)
     for index in range(256):
@@ -48,8 +63,8 @@ def color_limit_mm(largest_abs_mm: float) -> float:
     return float(np.ceil(min(largest_abs_mm, 10.0) * 2) / 2) or 0.5
 
 
-def color_legend(table: vtk.vtkLookupTable, title: str) -> vtk.vtkScalarBarActor:
-    legend = vtk.vtkScalarBarActor()
+def color_legend(table: vtkLookupTable, title: str) -> vtkScalarBarActor:
+    legend = vtkScalarBarActor()
     legend.SetLookupTable(table)
     legend.SetTitle(title)
     legend.SetNumberOfLabels(5)
@@ -67,9 +82,9 @@ def color_legend(table: vtk.vtkLookupTable, title: str) -> vtk.vtkScalarBarActor
     return legend
 
 
-def _actor(surface: vtk.vtkPolyData, color: Optional[Tuple[float, float, float]] = None,
-           table: Optional[vtk.vtkLookupTable] = None) -> vtk.vtkActor:
-    mapper = vtk.vtkPolyDataMapper()
+def _actor(surface: vtkPolyData, color: Optional[Tuple[float, float, float]] = None,
+           table: Optional[vtkLookupTable] = None) -> vtkActor:
+    mapper = vtkPolyDataMapper()
     mapper.SetInputData(surface)
     if table is None:
         mapper.ScalarVisibilityOff()
@@ -77,7 +92,7 @@ def _actor(surface: vtk.vtkPolyData, color: Optional[Tuple[float, float, float]]
         mapper.SetLookupTable(table)
         mapper.UseLookupTableScalarRangeOn()
         mapper.SetScalarModeToUsePointData()
-    actor = vtk.vtkActor()
+    actor = vtkActor()
     actor.SetMapper(mapper)
     if color is not None:
         actor.GetProperty().SetColor(*color)
@@ -86,8 +101,8 @@ def _actor(surface: vtk.vtkPolyData, color: Optional[Tuple[float, float, float]]
     return actor
 
 
-def _title(text: str) -> vtk.vtkTextActor:
-    actor = vtk.vtkTextActor()
+def _title(text: str) -> vtkTextActor:
+    actor = vtkTextActor()
     actor.SetInput(text)
     actor.GetTextProperty().SetColor(*TEXT)
     actor.GetTextProperty().SetFontSize(18)
@@ -98,16 +113,16 @@ def _title(text: str) -> vtk.vtkTextActor:
     return actor
 
 
-def _centre(surface: vtk.vtkPolyData) -> np.ndarray:
+def _centre(surface: vtkPolyData) -> np.ndarray:
     bounds = np.array(surface.GetBounds()).reshape(3, 2)
     return bounds.mean(axis=1)
 
 
-def _centroid(surface: vtk.vtkPolyData) -> np.ndarray:
+def _centroid(surface: vtkPolyData) -> np.ndarray:
     return vtk_to_numpy(surface.GetPoints().GetData()).mean(axis=0)
 
 
-def defect_camera(completed: vtk.vtkPolyData, implant: Optional[vtk.vtkPolyData]) -> vtk.vtkCamera:
+def defect_camera(completed: vtkPolyData, implant: Optional[vtkPolyData]) -> vtkCamera:
     """Camera facing the implant: on the line from the skull's centre through the implant's centroid,
     framing the skull, so a defect on the side or the front is seen, not hidden behind the skull.
     Superior (+z) is up, in LPS and RAS alike."""
@@ -120,7 +135,7 @@ def defect_camera(completed: vtk.vtkPolyData, implant: Optional[vtk.vtkPolyData]
     direction = direction / np.linalg.norm(direction)
     bounds = np.array(completed.GetBounds()).reshape(3, 2)
     radius = float(np.linalg.norm(bounds[:, 1] - bounds[:, 0])) / 2
-    camera = vtk.vtkCamera()
+    camera = vtkCamera()
     camera.SetFocalPoint(*centre)
     camera.SetPosition(*(centre + direction * radius * 3.2))
     up = np.array([0.0, 0.0, 1.0])
@@ -137,31 +152,31 @@ def headless_linux() -> bool:
     return sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def offscreen_window(size: Sequence[int]) -> vtk.vtkRenderWindow:
+def offscreen_window(size: Sequence[int]) -> vtkRenderWindow:
     if headless_linux():
         # Without a display VTK would first try X; go straight to EGL (OSMesa remains VTK's fallback).
         os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
-    window = vtk.vtkRenderWindow()
+    window = vtkRenderWindow()
     window.SetOffScreenRendering(1)
     window.SetSize(int(size[0]), int(size[1]))
     window.SetMultiSamples(0)
     return window
 
 
-def capture_window(window: vtk.vtkRenderWindow) -> vtk.vtkImageData:
+def capture_window(window: vtkRenderWindow) -> vtkImageData:
     """A copy of the rendered pixels (the back buffer, which offscreen windows draw into)."""
-    grabber = vtk.vtkWindowToImageFilter()
+    grabber = vtkWindowToImageFilter()
     grabber.SetInput(window)
     grabber.ReadFrontBufferOff()
     grabber.Update()
-    image = vtk.vtkImageData()
+    image = vtkImageData()
     image.DeepCopy(grabber.GetOutput())
     return image
 
 
-def write_png(image: vtk.vtkImageData, path: PathLike) -> Path:
+def write_png(image: vtkImageData, path: PathLike) -> Path:
     """Write ``image`` as a PNG, atomically."""
-    writer = vtk.vtkPNGWriter()
+    writer = vtkPNGWriter()
     writer.SetInputData(image)
 
     def write(temporary: Path) -> None:
@@ -171,8 +186,8 @@ def write_png(image: vtk.vtkImageData, path: PathLike) -> Path:
     return atomic_write(path, write)
 
 
-def render_three_panel(completed: vtk.vtkPolyData, defective: vtk.vtkPolyData, implant: Optional[vtk.vtkPolyData],
-                       distance_surface: vtk.vtkPolyData, path: PathLike, size: Tuple[int, int] = (1800, 600),
+def render_three_panel(completed: vtkPolyData, defective: vtkPolyData, implant: Optional[vtkPolyData],
+                       distance_surface: vtkPolyData, path: PathLike, size: Tuple[int, int] = (1800, 600),
                        title_mm: str = "Signed distance (mm)", distance_array: str = DISTANCE_ARRAY) -> Path:
     """PNG of three linked views; ``implant`` may be None or empty (no bone was added)."""
     window = offscreen_window(size)
@@ -188,7 +203,7 @@ def render_three_panel(completed: vtk.vtkPolyData, defective: vtk.vtkPolyData, i
         (title_mm, [_actor(distance_surface, table=table)]),
     ]
     for index, (title, actors) in enumerate(panels):
-        renderer = vtk.vtkRenderer()
+        renderer = vtkRenderer()
         renderer.SetViewport(index / 3.0, 0.0, (index + 1) / 3.0, 1.0)
         renderer.SetBackground(*BACKGROUND)
         renderer.SetActiveCamera(camera)  # one camera object: the three views stay linked
@@ -198,8 +213,7 @@ def render_three_panel(completed: vtk.vtkPolyData, defective: vtk.vtkPolyData, i
         if index == 2:
             renderer.AddViewProp(color_legend(table, "mm"))
         window.AddRenderer(renderer)
-    window.Render()
-    window.GetRenderers().GetFirstRenderer().ResetCameraClippingRange()
+    window.GetRenderers().GetFirstRenderer().ResetCameraClippingRange()  # before the one render it takes
     window.Render()
 
     result = write_png(capture_window(window), path)

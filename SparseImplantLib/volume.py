@@ -2,7 +2,9 @@
 
 Arrays are indexed ``[i, j, k]`` (the file's index order: i fastest on disk), so sparse-tensor
 coordinates ``[x, y, z]`` are plain voxel indices. Physical coordinates are LPS millimetres, as in
-ITK and NRRD files; ``index_to_ras`` gives Slicer's RAS convention.
+ITK and NRRD files; ``index_to_ras`` gives Slicer's RAS convention. Volumes read from or resampled by
+ITK keep ITK's memory order (i fastest: a Fortran-ordered array), so handing a full-resolution mask
+between numpy, ITK and VTK costs no transposed copy.
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ def undo_reorient(array: np.ndarray, order: Sequence[int], flips: Sequence[bool]
 
 
 def to_sitk(volume: Volume):
-    """SimpleITK image of the volume (SimpleITK arrays are [k, j, i])."""
+    """SimpleITK image of the volume (SimpleITK arrays are [k, j, i]: an i-fastest array goes in
+    without a transposed copy)."""
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(volume.array, (2, 1, 0))))
@@ -97,11 +100,11 @@ def to_sitk(volume: Volume):
 
 
 def from_sitk(image) -> Volume:
+    """The image as a volume whose array keeps ITK's memory order (i fastest), without a copy."""
     import SimpleITK as sitk
 
-    array = np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0))
     return Volume(
-        np.ascontiguousarray(array),
+        np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0)),
         np.array(image.GetSpacing()),
         np.array(image.GetOrigin()),
         np.array(image.GetDirection()).reshape(3, 3),
@@ -134,30 +137,45 @@ def resample_fraction(volume: Volume, reference: Volume, sigma_mm: Sequence[floa
     """Smooth (anti-alias) a float mask (``binary``: a mask whose non-zero voxels count as 1) and
     interpolate it linearly onto ``reference``'s grid.
 
-    Only the part of each grid that can matter is touched: the source is cropped to the reference's
-    extent plus the blur's reach, and only the reference voxels inside the source's extent are
-    interpolated (the rest are 0), so a small grid resampled into a 512x512xZ one costs little."""
+    Only the part of each grid that can matter is touched: the source is cropped to its non-zero
+    voxels plus the blur's reach (4 sigma) and to the reference's extent, and only the reference voxels
+    inside that crop are interpolated (the rest are 0), so a skull resampled onto another grid costs
+    what its bounding box costs, not its field of view. The recursive blur sees the same zeros before
+    the crop's edge as the whole volume has, so the values inside are the same."""
     import SimpleITK as sitk
 
     reach = [int(np.ceil(4 * s / d)) + 2 for s, d in zip(sigma_mm, volume.spacing)]
-    source_box = index_box_of_region(volume, corners_lps(reference), reach)
-    target_box = index_box_of_region(reference, corners_lps(volume), (1, 1, 1))
-    values = np.zeros(reference.shape, np.float32)
-    if source_box is None or target_box is None:
+    values = np.zeros(reference.shape, np.float32, order="F")
+    content = find_foreground_box(volume.array, reach)
+    region = index_box_of_region(volume, corners_lps(reference), reach)
+    source_box = _intersection(content, region) if content is not None and region is not None else None
+    if source_box is None:
+        return values
+    target_box = index_box_of_region(reference, corners_lps(volume, source_box), (1, 1, 1))
+    if target_box is None:
         return values
     source = volume.array[source_box]
     source = (source != 0) if binary else source
     image = to_sitk(crop(volume, source_box, source.astype(np.float32, copy=False)))
     if max(sigma_mm) > 0:
         image = sitk.SmoothingRecursiveGaussian(image, [float(s) for s in sigma_mm])
-    target = crop(reference, target_box, np.zeros(tuple(b.stop - b.start for b in target_box), np.uint8))
+    target_start = np.array([b.start for b in target_box], dtype=np.float64)
     resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(to_sitk(target))
+    resampler.SetSize([int(b.stop - b.start) for b in target_box])
+    resampler.SetOutputSpacing([float(s) for s in reference.spacing])
+    resampler.SetOutputOrigin([float(o) for o in reference.origin + reference.direction @ (target_start * reference.spacing)])
+    resampler.SetOutputDirection([float(d) for d in reference.direction.reshape(-1)])
     resampler.SetInterpolator(sitk.sitkLinear)
     resampler.SetDefaultPixelValue(0.0)
     resampler.SetOutputPixelType(sitk.sitkFloat32)
     values[target_box] = from_sitk(resampler.Execute(image)).array
     return values
+
+
+def _intersection(first: Box, second: Box) -> Optional[Box]:
+    """The voxels two index boxes share; None when they share none."""
+    box = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(first, second))
+    return None if any(s.stop <= s.start for s in box) else box  # type: ignore[return-value]
 
 
 def grid_with_spacing(volume: Volume, spacing: Sequence[float]) -> Volume:

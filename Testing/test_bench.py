@@ -103,3 +103,16 @@ def test_bench_options_reject_unknown_sizes_and_modes(capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(["network", option, value])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_generate_benchmark_table_has_each_stage_the_rest_and_the_ratio():
+    from SparseImplantLib.bench.generate import _rows
+
+    before = {"wall_s": 40.0, "peak_mb": 2000.0, "bytes_written": 370e6, "timings_s": {"read": 5.0, "meshes": 15.0}}
+    after = {"wall_s": 20.0, "peak_mb": 1500.0, "bytes_written": 68e6, "timings_s": {"read": 1.0, "meshes": 9.0, "preview": 1.0}}
+    rows = {row[0]: row[1:] for row in _rows({"before": before, "after": after}, {"seconds": 1.0, "passes": 4, "model": "m"})}
+    assert rows["stage: read"] == ["5.00 s", "1.00 s", "0.20x"]
+    assert rows["stage: preview"] == ["", "1.00 s", ""]
+    assert rows["start-up, imports, exit (the rest)"] == ["20.00 s", "9.00 s", "0.45x"]
+    assert rows["**end to end**"][-1] == "0.50x" and rows["**written**"] == ["**370.0 MB**", "**68.0 MB**", "0.18x"]
+    assert rows["network alone (4 passes, m)"] == ["1.00 s", "", ""]

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from conftest import PROJECT_ROOT, make_registry
 from SparseImplantLib.cli import main
 from SparseImplantLib.errors import SparseImplantError
+from SparseImplantLib.geometry import read_mesh
 from SparseImplantLib.io import read_mask, write_volume
 from SparseImplantLib.outputs import MANIFEST
 from SparseImplantLib.progress import ProgressEvent
@@ -39,7 +40,7 @@ def test_generate_writes_every_output(generated):
     out = generated.output
     names = {p.name for p in out.iterdir()}
     assert {"completed_skull.nrrd", "implant.nrrd", "completed_skull.stl", "completed_skull.obj",
-            "defective_skull.stl", "defective_skull.obj", "distance_map.vtk", "preview.png", "report.json"} <= names
+            "defective_skull.stl", "defective_skull.obj", "distance_map.vtp", "preview.png", "report.json"} <= names
     assert {name for name in names if name.startswith(".")} == {MANIFEST}  # no staging folder left
     assert json.loads((out / MANIFEST).read_text())["files"] == sorted(names - {MANIFEST})
     report = json.loads((out / "report.json").read_text())
@@ -55,6 +56,17 @@ def test_generate_writes_every_output(generated):
     # The completed skull contains the defective one.
     defective = sitk.GetArrayFromImage(source) > 0
     assert (sitk.GetArrayFromImage(completed)[defective] == 1).all()
+
+
+def test_full_resolution_meshes_only_on_request(tmp_path, capsys, skull_file, model_dir):
+    cells = {}
+    for flag in ((), ("--full-resolution-meshes",)):
+        out = tmp_path / ("full" if flag else "display")
+        code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", out, "--model-dir", model_dir, "--device", "cpu",
+                                  "--progress", "none", "--mesh-formats", "vtk", "--single-pass", "--no-preview", *flag)
+        assert code == 0, stderr
+        cells[bool(flag)] = read_mesh(out / "defective_skull.vtk").GetNumberOfCells()
+    assert cells[False] < cells[True]
 
 
 def test_json_progress_lines_through_the_entry_point(tmp_path, skull_file, model_dir):

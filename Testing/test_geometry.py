@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from vtkmodules.vtkCommonDataModel import vtkPolyData
 
 from conftest import oblique_direction, shell_skull
 from SparseImplantLib import geometry
@@ -77,7 +78,7 @@ def test_distance_searched_near_changes_equals_the_full_search():
     assert geometry.vertices_near_changes(complete_surface, complete, elsewhere).all()
 
 
-@pytest.mark.parametrize("suffix", [".stl", ".obj", ".ply", ".vtk"])
+@pytest.mark.parametrize("suffix", [".stl", ".obj", ".ply", ".vtk", ".vtp"])
 def test_export_round_trip_keeps_bounds_and_volume(tmp_path, suffix):
     _, implant = shell_skull()
     volume = oblique_volume(implant)
@@ -92,8 +93,9 @@ def test_export_round_trip_keeps_bounds_and_volume(tmp_path, suffix):
     corners = volume.index_to_lps() @ np.c_[np.argwhere(implant), np.ones(int(implant.sum()))].T
     assert np.allclose(np.array(loaded.GetBounds())[::2], corners[:3].min(axis=1), atol=voxel)
     assert np.allclose(np.array(loaded.GetBounds())[1::2], corners[:3].max(axis=1), atol=voxel)
-    if suffix == ".vtk":
-        assert loaded.GetPointData().GetArray(geometry.DISTANCE_ARRAY) is not None
+    if suffix in (".vtk", ".vtp"):
+        np.testing.assert_array_equal(geometry.vtk_to_numpy(loaded.GetPointData().GetArray(geometry.DISTANCE_ARRAY)),
+                                      geometry.vtk_to_numpy(surface.GetPointData().GetArray(geometry.DISTANCE_ARRAY)))
     assert [p.name for p in tmp_path.iterdir()] == [f"implant{suffix}"]
 
 
@@ -115,3 +117,43 @@ def test_unsupported_export_format(tmp_path):
 
 def test_empty_mask_gives_empty_surface():
     assert geometry.surface_from_mask(oblique_volume(np.zeros((5, 5, 5), np.uint8))).GetNumberOfPoints() == 0
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_normals_point_out_of_the_bone_around_cavities_and_islands(mirrored):
+    grid = np.indices((44, 44, 44)).astype(float)
+    radius = np.sqrt(((grid - 20.0) ** 2).sum(axis=0))
+    mask = (radius < 14) & (radius >= 6)  # a ball with a cavity inside
+    mask |= np.sqrt(((grid - 38.0) ** 2).sum(axis=0)) < 3  # and a separate island
+    direction = np.diag([-1.0, 1.0, 1.0]) if mirrored else oblique_direction(20.0)
+    volume = Volume(mask.astype(np.uint8), spacing=(0.8, 0.6, 1.2), origin=(5.0, -3.0, 2.0), direction=direction)
+    surface = geometry.surface_from_mask(volume)
+    points = geometry.vtk_to_numpy(surface.GetPoints().GetData())
+    normals = geometry.vtk_to_numpy(surface.GetPointData().GetNormals())
+    to_index = np.linalg.inv(volume.index_to_lps())
+    ahead = np.rint((points + 0.8 * normals) @ to_index[:3, :3].T + to_index[:3, 3]).astype(int)
+    behind = np.rint((points - 0.8 * normals) @ to_index[:3, :3].T + to_index[:3, 3]).astype(int)
+    assert not mask[tuple(ahead.T)].any()  # a step along the normal leaves the bone, in the cavity too
+    assert mask[tuple(behind.T)].mean() > 0.97  # and a step back is in it (a few thin spots aside)
+
+
+def test_display_mesh_is_lighter_and_close_and_keeps_both_sides_of_thin_bone():
+    plate = np.zeros((60, 60, 14), np.uint8)
+    plate[4:56, 4:56, 6:8] = 1  # two voxels thick: thinner than a display cell
+    volume = Volume(plate, spacing=(0.5, 0.5, 0.5), origin=(0.0, 0.0, 0.0), direction=oblique_direction(20.0))
+    full = geometry.surface_from_mask(volume)
+    full = geometry.add_signed_distance(full, geometry.surface_from_mask(volume, smoothing_iterations=0))
+    shown = geometry.display_mesh(full)
+    assert shown.GetNumberOfCells() < 0.4 * full.GetNumberOfCells()
+    assert np.abs(geometry.signed_distance(full, shown)).max() <= geometry.DISPLAY_TOLERANCE_MM
+    # Its vertices are vertices of the surface, with their normals and distances.
+    points, shown_points = geometry.vtk_to_numpy(full.GetPoints().GetData()), geometry.vtk_to_numpy(shown.GetPoints().GetData())
+    index = {tuple(point): n for n, point in enumerate(points)}
+    source = np.array([index[tuple(point)] for point in shown_points])
+    for name in (geometry.DISTANCE_ARRAY, "Normals"):
+        np.testing.assert_array_equal(geometry.vtk_to_numpy(shown.GetPointData().GetArray(name)),
+                                      geometry.vtk_to_numpy(full.GetPointData().GetArray(name))[source])
+    # Both faces of the plate are kept: normals point both ways along its thickness.
+    across = geometry.vtk_to_numpy(shown.GetPointData().GetNormals()) @ volume.direction[:, 2]
+    assert (across > 0.9).sum() > 100 and (across < -0.9).sum() > 100
+    assert geometry.display_mesh(vtkPolyData()).GetNumberOfPoints() == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from conftest import shell_skull
@@ -37,3 +38,69 @@ def test_implant_is_cleaned_defect():
 def test_nothing_added_gives_empty_implant():
     defective, _ = shell_skull(defect=False)
     assert not extract_implant(defective, defective, (1.0, 1.0, 1.0)).any()
+
+
+def whole_box_implant(completed, defective, spacing, opening_radius_mm=1.0, min_fraction_of_largest=0.1):
+    """The clean-up done plainly over the difference's whole bounding box: what extract_implant must equal."""
+    from SparseImplantLib.volume import foreground_box
+
+    difference = completed.astype(bool) & ~defective.astype(bool)
+    structure = ball(opening_radius_mm, spacing)
+    box = foreground_box(difference, max(structure.shape) + 2)
+    opened = ndimage.binary_opening(difference[box], structure=structure)
+    labels, count = ndimage.label(opened, structure=np.ones((3, 3, 3), bool))
+    border = ndimage.binary_dilation(defective[box].astype(bool), structure=np.ones((3, 3, 3), bool)) & opened
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    touching = np.unique(labels[border])
+    touching = touching[touching > 0]
+    implant = np.zeros_like(difference)
+    if touching.size == 0:
+        return implant
+    keep = touching[sizes[touching] >= min_fraction_of_largest * sizes[touching].max()]
+    restored = ndimage.binary_dilation(np.isin(labels, keep), iterations=max(structure.shape) // 2 + 1,
+                                       mask=difference[box])
+    implant[box] = ndimage.binary_fill_holes(restored) & ~defective[box].astype(bool)
+    return implant
+
+
+def with_blobs(defective, blobs):
+    """``shell_skull``'s bone with cubes (edge in voxels, azimuth in degrees, gap in voxels, spike in
+    voxels) on the outside of its side: touching the bone at gap 0; a spike is a one-voxel line out of
+    the cube's outer face, thinner than the opening, so only the restoring brings part of it back."""
+    added = np.zeros(defective.shape, dtype=bool)
+    centre = (np.asarray(defective.shape) - 1) / 2
+    for edge, azimuth, gap, spike in blobs:
+        direction = np.array([np.cos(np.radians(azimuth)), np.sin(np.radians(azimuth)), -0.2])
+        direction /= np.linalg.norm(direction)
+        corner = np.rint(centre + direction * (24.0 + edge / 2 + gap) - edge / 2).astype(int)
+        assert np.all(corner >= 0) and np.all(corner + edge <= defective.shape)
+        added[tuple(slice(c, c + edge) for c in corner)] = True
+        axis = int(np.argmax(np.abs(direction)))
+        outwards = int(np.sign(direction[axis]))
+        start = corner + edge // 2
+        start[axis] = corner[axis] + (edge if outwards > 0 else -1)
+        for step in range(spike):
+            point = start.copy()
+            point[axis] += outwards * step
+            added[tuple(point)] = True
+    return added & ~defective.astype(bool)
+
+
+@pytest.mark.parametrize("fraction, spacing", [(0.02, (1.0, 1.0, 1.0)), (0.06, (1.0, 1.0, 1.0)),
+                                               (0.5, (1.0, 1.0, 1.0)), (0.02, (0.5, 0.45, 1.1))])
+def test_restricted_clean_up_equals_whole_box(fraction, spacing):
+    """The restricted clean-up gives exactly the whole-box result: a one-voxel rim all round, pieces
+    touching the bone on either side of the size bound, one apart from it, a hole; C- and
+    Fortran-ordered, cubic and anisotropic voxels."""
+    defective, implant = shell_skull(shape=(70, 64, 52), radius=24.0, thickness=4.0)
+    completed = (defective | implant).astype(bool)
+    rim = np.zeros_like(completed)
+    rim[1:-1, 1:-1, 1:-1] = completed[:-2, 1:-1, 1:-1] | completed[2:, 1:-1, 1:-1]
+    completed |= rim | with_blobs(defective, [(4, 0, 0, 0), (6, 90, 0, 3), (8, 180, 0, 0), (6, 300, 3, 0)])
+    interior = np.argwhere(ndimage.binary_erosion(implant, np.ones((3, 3, 3), bool)))
+    completed[tuple(interior[len(interior) // 2])] = False  # a hole
+    expected = whole_box_implant(completed, defective, spacing, min_fraction_of_largest=fraction)
+    for order in ("C", "F"):
+        result = extract_implant(np.asarray(completed, order=order), np.asarray(defective, order=order), spacing,
+                                 min_fraction_of_largest=fraction)
+        assert np.array_equal(result, expected)

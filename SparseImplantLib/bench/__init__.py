@@ -5,7 +5,8 @@ writes JSON + Markdown (and a plot where it helps) under ``results/bench/``.
   split, this engine versus MinkowskiEngine when it is importable.
 - ``network``: the completion network, sparse versus its dense twin (and ME), on real skulls at the
   paper's grids 64^2xZ/8 .. 512^2xZ: time, peak memory, active voxels, FLOPs, one training step.
-- ``generate``: the main job end to end on a full-resolution SkullFix case.
+- ``generate``: the main job end to end on a full-resolution SkullFix case: each stage's time, the
+  total, the bytes written, beside the network alone; ``--baseline TREE`` adds another version's run.
 
 Peak memory is the process's peak resident set (VmHWM), reset before each measured stage, measured
 in a fresh subprocess per case so one case's allocations never count against another.

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help=f"comma-separated, from {','.join(MODES)}")
     network.add_argument("--channels", default="ch1", choices=("ch1", "ch2"))
     generate = commands.add_parser("generate", help="sparseimplant generate end to end on a full-resolution case")
-    generate.add_argument("--model", help="registry model name (default: the bundled model)")
+    generate.add_argument("--baseline", type=Path, metavar="TREE",
+                          help="a source tree of another version (with SparseImplantLib/): run it too, for a before/after table")
     general = commands.add_parser("generalization",
                                   help="implants for skulls, defects and files unlike SkullFix's: every defect kind, "
                                        "reoriented, rotated and other-source copies of validation skulls")
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.benchmark == "generate":
         from . import generate
 
-        generate.run(args.data, args.case, args.output, args.model, args.timeout)
+        generate.run(args.data, args.case, args.output, args.timeout, args.baseline)
     elif args.benchmark == "generalization":
         from ..data.datasets import parse_case_range
         from . import generalization

@@ -1,20 +1,31 @@
-"""The main job end to end (``sparseimplant generate``) on a full-resolution SkullFix case: wall time,
-stage timings from report.json and the subprocess's peak memory; plus one sparse forward pass at full
-512^2 x Z resolution (issue target: <= 60 s and <= 6 GB on 2 CPU cores)."""
+"""The main job end to end (``sparseimplant generate`` with its defaults, as ``make demo`` runs it) on
+a full-resolution SkullFix case: wall time from process start to exit, each stage's time from
+report.json, the bytes written and the process's peak memory; beside it, the network alone (its
+averaged passes on the case's model grid). Given ``baseline`` (a source tree of another version), the
+same job runs with that tree's package too, in the same benchmark run, for a before/after table.
+
+Issue 24's targets for SkullFix 050 on 2 CPU cores: at most ``TARGET_SECONDS`` end to end and
+``TARGET_MEGABYTES`` written.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Dict, List, Optional
 
 from ..contract import REPORT_FILE
-from .network import _spawn
 from .report import markdown_table, write_results
 
+TARGET_SECONDS = 15.0
+TARGET_MEGABYTES = 80.0
+NETWORK_REPEATS = 3
 
 # Runs the CLI and, at exit, writes the process's own peak RSS (VmHWM) to the file named by argv[1]:
 # ru_maxrss of RUSAGE_CHILDREN cannot be used, Linux carries the parent's peak over into a fresh child.
@@ -25,32 +36,98 @@ _CLI_WITH_PEAK = (
 )
 
 
-def run(data_root: Path, case: str, output_dir: Path, model: str | None, timeout_s: float) -> dict:
-    source = Path(data_root) / "defective_skull" / f"{case}.nrrd"
+def run_job(source: Path, timeout_s: float, package_root: Optional[Path] = None) -> dict:
+    """One ``generate`` in a fresh process (``package_root``: import SparseImplantLib from that tree)."""
+    environment = dict(os.environ)
+    if package_root is not None:
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package_root), environment.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory() as folder:
         peak_file = Path(folder) / "peak_mb.txt"
         results = Path(folder) / "out"
-        command = [sys.executable, "-c", _CLI_WITH_PEAK, str(peak_file), "generate", str(source), "-o", str(results),
-                   "--progress", "none", "--device", "cpu"]
-        reference = Path(data_root) / "implant" / f"{case}.nrrd"
-        if reference.is_file():
-            command += ["--reference", str(reference)]
-        if model:
-            command += ["--model", model]
+        command = [sys.executable, "-c", _CLI_WITH_PEAK, str(peak_file), "generate", str(Path(source).resolve()),
+                   "-o", str(results), "--progress", "none", "--device", "cpu"]
         start = time.perf_counter()
-        subprocess.run(command, check=True, timeout=timeout_s)
+        # Run from the temporary folder: 'python -c' puts the working directory first on the import path,
+        # where a source tree would shadow the package under test.
+        subprocess.run(command, check=True, timeout=timeout_s, env=environment, cwd=folder, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - start
-        peak_mb = float(peak_file.read_text())
+        files = {path.name: path.stat().st_size for path in sorted(results.iterdir())}
         report = json.loads((results / REPORT_FILE).read_text())
-    forward = _spawn("sparse", 512, "inference", data_root, case, "ch1", timeout_s)
-    rows = [["generate (end to end)", round(wall, 1), round(peak_mb)]]
-    rows += [[f"  stage: {stage}", round(seconds, 1), ""] for stage, seconds in report["timings_s"].items()]
-    rows.append(["sparse forward, full 512²xZ, ch1", round(forward.get("seconds", float("nan")), 1),
-                 round(forward.get("peak_mb", float("nan")))])
-    table = markdown_table(["what", "seconds", "peak MB (process)"], rows)
-    notes = (f"SkullFix case {case} ({report['voxels']['defective']:,} input voxels), model {report['model']['name']} at "
-             f"{report['model']['spacing_mm']} mm; full-resolution forward with oracle pruning, "
-             f"{forward.get('max_layer_voxels', 0):,} voxels in its largest layer. Metrics: {report.get('metrics')}.")
-    data = {"case": case, "wall_s": wall, "peak_mb": peak_mb, "report": report, "full_resolution_forward": forward}
+        return {"wall_s": wall, "peak_mb": float(peak_file.read_text()), "timings_s": report["timings_s"],
+                "bytes_written": sum(files.values()), "files": files, "threads": report["threads"]}
+
+
+def network_seconds(source: Path, repeats: int = NETWORK_REPEATS) -> dict:
+    """The completion network alone, as generate runs it (averaged passes, CPU): the median of
+    ``repeats`` timings, on the case's cropped model grid, without reading or resampling."""
+    import torch
+
+    from ..inference import AVERAGED_PASSES, load_networks, model_grid_input, predict_fraction
+    from ..io import read_mask
+
+    device = torch.device("cpu")
+    networks = load_networks(None, "none", device)
+    cropped, _, _ = model_grid_input(read_mask(source), networks.info)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predict_fraction(networks.completion, cropped.array, device, AVERAGED_PASSES)
+        times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "passes": len(AVERAGED_PASSES), "times_s": times,
+            "grid": list(cropped.shape), "model": networks.info.name}
+
+
+def _rows(runs: Dict[str, dict], network: dict) -> List[list]:
+    """Stages, the rest (start-up, imports, exit), total, bytes and peak memory, one column per run
+    (and after/before for two), then the network alone."""
+    stages: List[str] = []
+    for run in runs.values():
+        stages += [stage for stage in run["timings_s"] if stage not in stages]
+    lines = [(f"stage: {stage}", [run["timings_s"].get(stage) for run in runs.values()], _seconds) for stage in stages]
+    lines += [
+        ("start-up, imports, exit (the rest)", [run["wall_s"] - sum(run["timings_s"].values()) for run in runs.values()],
+         _seconds),
+        ("**end to end**", [run["wall_s"] for run in runs.values()], lambda value: f"**{value:.1f} s**"),
+        ("**written**", [run["bytes_written"] for run in runs.values()], lambda value: f"**{value / 1e6:.1f} MB**"),
+        ("peak memory", [run["peak_mb"] for run in runs.values()], lambda value: f"{value:,.0f} MB"),
+    ]
+    rows = []
+    for label, values, shown in lines:
+        row = [label, *("" if value is None else shown(value) for value in values)]
+        if len(values) == 2:
+            row.append(f"{values[1] / values[0]:.2f}x" if values[0] and values[1] is not None else "")
+        rows.append(row)
+    rows.append([f"network alone ({network['passes']} passes, {network['model']})", _seconds(network["seconds"]),
+                 *([""] * (len(runs) - 1 + (len(runs) == 2)))])
+    return rows
+
+
+def _seconds(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.2f} s"
+
+
+def run(data_root: Path, case: str, output_dir: Path, timeout_s: float, baseline: Optional[Path] = None) -> dict:
+    source = Path(data_root) / "defective_skull" / f"{case}.nrrd"
+    runs: Dict[str, dict] = {}
+    if baseline is not None:
+        runs["before"] = run_job(source, timeout_s, Path(baseline))
+    runs["after" if baseline is not None else "this version"] = run_job(source, timeout_s)
+    network = network_seconds(source)
+    current = list(runs.values())[-1]
+    headers = ["what", *runs, *(["after/before"] if baseline else [])]
+    table = markdown_table(headers, _rows(runs, network))
+    met = [f"end to end {current['wall_s']:.1f} s (target <= {TARGET_SECONDS:.0f} s: "
+           f"{'met' if current['wall_s'] <= TARGET_SECONDS else 'missed'})",
+           f"written {current['bytes_written'] / 1e6:.1f} MB (target <= {TARGET_MEGABYTES:.0f} MB: "
+           f"{'met' if current['bytes_written'] <= TARGET_MEGABYTES * 1e6 else 'missed'})"]
+    compared = f"before: the package in {baseline}; after: this one; " if baseline else ""
+    waiting = current["threads"].get("omp_wait_policy", "default")
+    notes = (f"`sparseimplant generate` with its defaults on SkullFix case {case}, CPU ({current['threads']['torch']} "
+             f"torch threads, OMP_WAIT_POLICY {waiting}), {compared}one run of each in this benchmark run; stage times "
+             f"from report.json, end to end from process start to exit. "
+             f"{'; '.join(met)}. Files written by this version: "
+             + ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in current["files"].items()) + ".")
+    data = {"case": case, "runs": runs, "network_alone": network,
+            "targets": {"seconds": TARGET_SECONDS, "megabytes": TARGET_MEGABYTES}}
     write_results(output_dir, "generate", data, table, notes)
     return data

@@ -1,0 +1,59 @@
+"""Issue 24 on the sample skull: the default outputs stay under the size bound, the implant mesh is
+the full-resolution one, and the whole skulls' display meshes (as written) stay within their stated
+distance of the full-resolution surfaces, both ways."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from vtkmodules.vtkFiltersCore import vtkCellCenters
+
+from conftest import SAMPLE_DEFECTIVE
+from SparseImplantLib import geometry
+from SparseImplantLib.bench.generate import TARGET_MEGABYTES
+from SparseImplantLib.cli import build_parser
+from SparseImplantLib.io import read_mask, read_volume
+from SparseImplantLib.pipeline import GenerateOptions, generate, output_names
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sample_outputs(tmp_path_factory):
+    """``generate`` on the sample with the defaults (STL meshes, preview), as ``make demo`` runs it."""
+    folder = tmp_path_factory.mktemp("sample") / "out"
+    generate(SAMPLE_DEFECTIVE, folder, GenerateOptions(device="cpu"))
+    return folder
+
+
+def test_default_outputs_stay_under_the_size_bound(sample_outputs):
+    sizes = {path.name: path.stat().st_size for path in sample_outputs.iterdir()}
+    assert set(sizes) == set(output_names(("stl",)))
+    assert sum(sizes.values()) <= TARGET_MEGABYTES * 1e6, sizes
+
+
+def test_implant_mesh_is_full_resolution(sample_outputs):
+    written = geometry.read_mesh(sample_outputs / "implant.stl")
+    full = geometry.surface_from_mask(read_volume(sample_outputs / "implant.nrrd"))
+    assert written.GetNumberOfCells() == full.GetNumberOfCells()
+
+
+@pytest.mark.parametrize("mesh, mask", [("completed_skull.stl", "completed_skull.nrrd"), ("defective_skull.stl", None)])
+def test_display_meshes_stay_within_their_stated_distance(sample_outputs, mesh, mask):
+    full = geometry.surface_from_mask(read_mask(sample_outputs / mask) if mask else read_mask(SAMPLE_DEFECTIVE))
+    shown = geometry.read_mesh(sample_outputs / mesh)
+    assert shown.GetNumberOfCells() < 0.25 * full.GetNumberOfCells()
+    # Every full-resolution vertex lies near the display mesh, and every display triangle (its vertices
+    # are full-resolution vertices; its centre is the point of a triangle that strays furthest) near the surface.
+    assert np.abs(geometry.signed_distance(full, shown)).max() <= geometry.DISPLAY_TOLERANCE_MM
+    centres = vtkCellCenters()
+    centres.SetInputData(shown)
+    centres.Update()
+    assert np.abs(geometry.signed_distance(centres.GetOutput(), full)).max() <= geometry.DISPLAY_TOLERANCE_MM
+    assert np.abs(geometry.signed_distance(shown, full)).max() <= 1e-3
+
+
+def test_full_resolution_meshes_option_states_the_bound():
+    generate_parser = build_parser()._subparsers._group_actions[0].choices["generate"]
+    option = next(action for action in generate_parser._actions if "--full-resolution-meshes" in action.option_strings)
+    assert f"within {geometry.DISPLAY_TOLERANCE_MM} mm" in option.help
