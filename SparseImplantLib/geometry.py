@@ -213,6 +213,7 @@ def display_mesh(surface: vtkPolyData, cell_mm: float = DISPLAY_CELL_MM) -> vtkP
     ordered = np.sort(merged, axis=1)
     _, first = np.unique((ordered[:, 0] * count + ordered[:, 1]) * count + ordered[:, 2], return_index=True)
     merged = merged[np.sort(first)]
+    merged = merged[_has_area(points[nearest], merged)]  # clusters on one line leave no surface
     used, faces = np.unique(merged, return_inverse=True)
     kept = nearest[used]
 
@@ -220,10 +221,7 @@ def display_mesh(surface: vtkPolyData, cell_mm: float = DISPLAY_CELL_MM) -> vtkP
     result_points = vtkPoints()
     result_points.SetData(numpy_to_vtk(points[kept], deep=True))
     result.SetPoints(result_points)
-    polys = vtkCellArray()
-    polys.SetData(numpy_to_vtkIdTypeArray(np.arange(0, 3 * len(merged) + 1, 3, dtype=np.int64), deep=True),
-                  numpy_to_vtkIdTypeArray(faces.astype(np.int64).reshape(-1), deep=True))
-    result.SetPolys(polys)
+    result.SetPolys(_triangle_cells(faces.reshape(-1, 3)))
     source = surface.GetPointData()
     for index in range(source.GetNumberOfArrays()):
         array = numpy_to_vtk(vtk_to_numpy(source.GetArray(index))[kept], deep=True)
@@ -240,6 +238,10 @@ def signed_distance(surface: vtkPolyData, reference: vtkPolyData, where: Optiona
     """Distance (mm) from each vertex of ``surface`` to ``reference``: positive outside it, negative inside.
 
     ``where`` (bool per vertex) limits the search to those vertices; the others get 0.
+
+    The search runs on VTK's sequential backend (it is serial either way) and against the reference
+    without its zero-area triangles (a triangle with no normal gives VTK's sign test nothing to work
+    with); both guard against a crash seen once in CI and never reproduced here.
     """
     distances = np.zeros(surface.GetNumberOfPoints())
     if surface.GetNumberOfPoints() == 0:
@@ -248,13 +250,56 @@ def signed_distance(surface: vtkPolyData, reference: vtkPolyData, where: Optiona
         raise SparseImplantError("the reference surface is empty: there is nothing to measure distances to")
     searched = slice(None) if where is None else where
     points = vtk_to_numpy(surface.GetPoints().GetData())[searched]
-    implicit = vtkImplicitPolyDataDistance()
-    implicit.SetInput(reference)
-    values = vtkDoubleArray()
-    values.SetNumberOfTuples(len(points))
-    implicit.FunctionValue(numpy_to_vtk(np.ascontiguousarray(points, dtype=np.float64), deep=True), values)
+    backend = vtkSMPTools.GetBackend()
+    vtkSMPTools.SetBackend("Sequential")
+    try:
+        implicit = vtkImplicitPolyDataDistance()
+        implicit.SetInput(without_zero_area_triangles(reference))
+        values = vtkDoubleArray()
+        values.SetNumberOfTuples(len(points))
+        implicit.FunctionValue(numpy_to_vtk(np.ascontiguousarray(points, dtype=np.float64), deep=True), values)
+    finally:
+        vtkSMPTools.SetBackend(backend)
     distances[searched] = vtk_to_numpy(values)
     return distances
+
+
+def _has_area(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Per triangle: whether its corners span an area (sine of its widest angle above 1e-6)."""
+    corners = points[triangles].astype(np.float64)
+    edges = corners[:, 1:] - corners[:, :1]
+    cross = np.linalg.norm(np.cross(edges[:, 0], edges[:, 1]), axis=1)
+    longest = np.maximum((edges ** 2).sum(axis=2).max(axis=1), np.finfo(np.float64).tiny)
+    return cross > 1e-6 * longest
+
+
+def without_zero_area_triangles(surface: vtkPolyData) -> vtkPolyData:
+    """``surface`` triangulated, without triangles whose corners lie on one line (they cover no area:
+    their edges are their neighbours' edges, so distances to the surface do not change)."""
+    triangulate = vtkTriangleFilter()
+    triangulate.SetInputData(surface)
+    triangulate.PassVertsOff()
+    triangulate.PassLinesOff()
+    triangulate.Update()
+    triangulated = triangulate.GetOutput()
+    if triangulated.GetNumberOfCells() == 0:
+        return triangulated
+    triangles = vtk_to_numpy(triangulated.GetPolys().GetConnectivityArray()).reshape(-1, 3)
+    keep = _has_area(vtk_to_numpy(triangulated.GetPoints().GetData()), triangles)
+    if keep.all():
+        return triangulated
+    result = vtkPolyData()
+    result.SetPoints(triangulated.GetPoints())
+    result.GetPointData().ShallowCopy(triangulated.GetPointData())
+    result.SetPolys(_triangle_cells(triangles[keep]))
+    return result
+
+
+def _triangle_cells(triangles: np.ndarray) -> vtkCellArray:
+    polys = vtkCellArray()
+    polys.SetData(numpy_to_vtkIdTypeArray(np.arange(0, 3 * len(triangles) + 1, 3, dtype=np.int64), deep=True),
+                  numpy_to_vtkIdTypeArray(np.ascontiguousarray(triangles, dtype=np.int64).reshape(-1), deep=True))
+    return polys
 
 
 def surface_reach_mm(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERATIONS,

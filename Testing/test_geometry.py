@@ -59,6 +59,32 @@ def test_signed_distance_sign_and_size():
     assert with_array.GetPointData().GetScalars().GetName() == geometry.DISTANCE_ARRAY
 
 
+def triangle_areas(surface: vtkPolyData) -> np.ndarray:
+    points = geometry.vtk_to_numpy(surface.GetPoints().GetData()).astype(np.float64)
+    corners = points[geometry.vtk_to_numpy(surface.GetPolys().GetConnectivityArray()).reshape(-1, 3)]
+    return 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
+
+
+def test_zero_area_triangles_leave_the_distances_unchanged():
+    """A reference with triangles whose corners lie on one line (the display meshes had some) gives
+    the distances of the same surface without them."""
+    outer = geometry.surface_from_mask(oblique_volume(box_mask()), smoothing_iterations=0)
+    inner = geometry.surface_from_mask(oblique_volume(box_mask(low=(10, 9, 8), high=(18, 17, 14))), smoothing_iterations=0)
+    points = geometry.vtk_to_numpy(outer.GetPoints().GetData())
+    triangles = geometry.vtk_to_numpy(outer.GetPolys().GetConnectivityArray()).reshape(-1, 3)
+    a, b = triangles[0, 0], triangles[0, 1]
+    midpoint = len(points)  # a new vertex halfway along an edge: triangles (a, midpoint, b) have no area
+    with_slivers = vtkPolyData()
+    with_slivers.SetPoints(geometry.vtkPoints())
+    with_slivers.GetPoints().SetData(geometry.numpy_to_vtk(np.vstack([points, (points[a] + points[b]) / 2]), deep=True))
+    slivers = np.tile([a, midpoint, b], (5, 1))
+    with_slivers.SetPolys(geometry._triangle_cells(np.vstack([triangles, slivers])))
+    assert (triangle_areas(with_slivers) < 1e-9).sum() == 5
+    cleaned = geometry.without_zero_area_triangles(with_slivers)
+    assert cleaned.GetNumberOfCells() == len(triangles)
+    np.testing.assert_allclose(geometry.signed_distance(inner, with_slivers), geometry.signed_distance(inner, outer), atol=1e-9)
+
+
 def test_distance_searched_near_changes_equals_the_full_search():
     # A plate larger than twice the surfaces' reach (about 38 voxels), with a hole cut near one corner.
     plate = np.zeros((130, 130, 12), np.uint8)
@@ -145,6 +171,7 @@ def test_display_mesh_is_lighter_and_close_and_keeps_both_sides_of_thin_bone():
     full = geometry.add_signed_distance(full, geometry.surface_from_mask(volume, smoothing_iterations=0))
     shown = geometry.display_mesh(full)
     assert shown.GetNumberOfCells() < 0.4 * full.GetNumberOfCells()
+    assert triangle_areas(shown).min() > 1e-6
     assert np.abs(geometry.signed_distance(full, shown)).max() <= geometry.DISPLAY_TOLERANCE_MM
     # Its vertices are vertices of the surface, with their normals and distances.
     points, shown_points = geometry.vtk_to_numpy(full.GetPoints().GetData()), geometry.vtk_to_numpy(shown.GetPoints().GetData())

@@ -13,6 +13,7 @@ from SparseImplantLib import geometry
 from SparseImplantLib.bench.generate import TARGET_MEGABYTES
 from SparseImplantLib.cli import build_parser
 from SparseImplantLib.io import read_mask, read_volume
+from SparseImplantLib.outputs import MANIFEST
 from SparseImplantLib.pipeline import GenerateOptions, generate, output_names
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ def sample_outputs(tmp_path_factory):
 
 def test_default_outputs_stay_under_the_size_bound(sample_outputs):
     sizes = {path.name: path.stat().st_size for path in sample_outputs.iterdir()}
-    assert set(sizes) == set(output_names(("stl",)))
+    assert set(sizes) == set(output_names(("stl",))) | {MANIFEST}
     assert sum(sizes.values()) <= TARGET_MEGABYTES * 1e6, sizes
 
 
@@ -43,6 +44,7 @@ def test_display_meshes_stay_within_their_stated_distance(sample_outputs, mesh, 
     full = geometry.surface_from_mask(read_mask(sample_outputs / mask) if mask else read_mask(SAMPLE_DEFECTIVE))
     shown = geometry.read_mesh(sample_outputs / mesh)
     assert shown.GetNumberOfCells() < 0.25 * full.GetNumberOfCells()
+    assert geometry.without_zero_area_triangles(shown).GetNumberOfCells() == shown.GetNumberOfCells()
     # Every full-resolution vertex lies near the display mesh, and every display triangle (its vertices
     # are full-resolution vertices; its centre is the point of a triangle that strays furthest) near the surface.
     assert np.abs(geometry.signed_distance(full, shown)).max() <= geometry.DISPLAY_TOLERANCE_MM
