@@ -76,6 +76,9 @@ def _add_network_choices(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--single-pass", action="store_true",
                         help="one network pass instead of the average of four (left-right flip x grid shift): "
                              "a quarter of the network's compute for a slightly lower implant DSC (README, Bundled model)")
+    parser.add_argument("--as-it-lies", action="store_true",
+                        help="give the network the skull on L, P, S axes as it lies, without first levelling the plane where "
+                             "the scan ends below the skull and turning the head to face forward (README, Generalisation)")
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -95,6 +98,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         refine_model=args.refine_model,
         preview=not args.no_preview,
         full_resolution_meshes=args.full_resolution_meshes,
+        straighten=not args.as_it_lies,
     )
     if args.progress == "bar":
         with TerminalProgress() as bar:
@@ -139,7 +143,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     cases = parse_case_range(args.cases) if args.cases else None
     with TerminalProgress() as bar:
         records = predict_cases(args.data, args.output, cases, args.model, args.device, args.model_dir, args.overwrite, bar,
-                                keep_logit=args.keep_logit, averaged=not args.single_pass,
+                                keep_logit=args.keep_logit, averaged=not args.single_pass, straighten=not args.as_it_lies,
                                 refine_model=args.refine_model)
     for record in records:
         print(f"{record['case']}: {sum(record['timings_s'].values()):.1f} s on {record['device']}")

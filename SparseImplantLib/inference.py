@@ -95,8 +95,9 @@ class ModelInput:
     grid: Volume
 
 
-def model_grid_input(defective: Volume, info: ModelInfo) -> ModelInput:
-    grid = canonical_grid(defective, info.spacing_mm, info.crop_margin_mm)
+def model_grid_input(defective: Volume, info: ModelInfo, axes: Optional[np.ndarray] = None) -> ModelInput:
+    """``axes``: the grid's axes (columns, LPS) when the scan's bottom cut is levelled (``pose.Cut``); default L, P, S."""
+    grid = canonical_grid(defective, info.spacing_mm, info.crop_margin_mm, axes)
     on_grid = resample_mask(defective, grid)
     if not on_grid.array.any():
         raise SparseImplantError(

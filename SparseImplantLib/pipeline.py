@@ -37,6 +37,7 @@ from .inference import (
 )
 from .io import read_mask, write_volume
 from .outputs import check_output, staged_output
+from .pose import pose_doubts, straighten
 from .postprocess import extract_implant
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
 from .volume import Volume, resample_mask, resample_soft_mask
@@ -57,6 +58,7 @@ class GenerateOptions:
     refine_model: Optional[str] = "auto"  # super-resolution model: a name, "auto" (the registry's, if any) or "none"
     preview: bool = True  # preview.png; the Slicer module draws its own views and skips it
     full_resolution_meshes: bool = False  # whole-skull meshes as extracted, not their display copies (geometry.display_mesh)
+    straighten: bool = True  # lay the network's grid with the scan's bottom cut level and the head facing forward (pose)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Design:
     implant: Volume
     device: torch.device
     warnings: List[str] = field(default_factory=list)
+    pose: Optional[dict] = None  # the scan's bottom cut and the head's turn as the network saw it (pose)
 
     @property
     def implant_ml(self) -> float:
@@ -89,11 +92,16 @@ class Design:
 
 def design_implant(defective: Volume, networks: Networks, device: torch.device,
                    progress: ProgressCallback = ignore_progress, clock: Optional[StageClock] = None,
-                   averaged: bool = True) -> Design:
-    """Complete the skull and cut the implant; every doubt is also issued as a warning."""
+                   averaged: bool = True, straighten_skull: bool = True) -> Design:
+    """Complete the skull and cut the implant; every doubt is also issued as a warning. With
+    ``straighten_skull``, the network sees the skull with the scan's bottom cut level and the head
+    facing forward, as it saw its training skulls (``pose.straighten``)."""
     clock = clock or StageClock()
+    with clock.stage("pose"):
+        progress(ProgressEvent("pose", 0.15, "finding the scan's bottom cut and the head's pose"))
+        straightened = straighten(defective, straighten_skull)
     with clock.stage("network"):
-        model_input = model_grid_input(defective, networks.info)
+        model_input = model_grid_input(defective, networks.info, straightened.axes)
         skull, device = coarse_skull(model_input, networks, device, progress, averaged)
     last_stage, resample = "network", resample_soft_mask  # the coarse skull is a share of passes per voxel
     if networks.refiner is not None:
@@ -108,8 +116,8 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
         implant_array = extract_implant(completed_raw.array, defective.array, defective.spacing)
     implant = defective.with_array(implant_array.astype(np.uint8))
     completed = defective.with_array(((defective.array > 0) | implant_array).astype(np.uint8))
-    design = Design(completed, implant, device)
-    design.warnings = doubts(model_input.cropped, design.implant_ml)
+    design = Design(completed, implant, device, pose=straightened.report())
+    design.warnings = doubts(model_input.cropped, design.implant_ml) + pose_doubts(straightened.pose)
     if not implant_array.any():
         design.warnings.append("the network added no bone: the implant is empty (is the skull already complete?)")
     for message in design.warnings:
@@ -120,10 +128,10 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
 def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[str]] = None, model: Optional[str] = None,
                   device: str = "auto", model_dir: Optional[Path] = None, overwrite: bool = False,
                   progress: ProgressCallback = ignore_progress, keep_logit: Optional[float] = None,
-                  averaged: bool = True, refine_model: Optional[str] = "auto") -> list[dict]:
+                  averaged: bool = True, refine_model: Optional[str] = "auto", straighten: bool = True) -> list[dict]:
     """Batch prediction over a SkullFix/SkullBreak folder: OUTDIR/<case>/{completed_skull,implant}.nrrd,
     the layout ``evaluate`` reads. ``keep_logit`` overrides the completion model's pruning threshold
-    (tuning); ``averaged`` and ``refine_model`` as in ``GenerateOptions``.
+    (tuning); ``averaged``, ``refine_model`` and ``straighten`` as in ``GenerateOptions``.
     Returns one timing record per case."""
     from .data.datasets import NOT_BINARY_REMEDY, list_cases
 
@@ -141,12 +149,12 @@ def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[st
         with staged_output(Path(output_dir) / files.key, [COMPLETED_FILE, IMPLANT_FILE], overwrite) as staging:
             with clock.stage("read"):
                 defective = read_mask(files.defective_path, remedy=NOT_BINARY_REMEDY)
-            design = design_implant(defective, networks, chosen, clock=clock, averaged=averaged)
+            design = design_implant(defective, networks, chosen, clock=clock, averaged=averaged, straighten_skull=straighten)
             with clock.stage("write"):
                 write_volume(staging / COMPLETED_FILE, design.completed)
                 write_volume(staging / IMPLANT_FILE, design.implant)
         records.append({"case": files.key, "device": design.device.type, "timings_s": clock.timings,
-                        "warnings": design.warnings,
+                        "warnings": design.warnings, "pose": design.pose,
                         "refinement": networks.refiner_info.name if networks.refiner_info else None})
     progress(ProgressEvent("done", 1.0, f"{len(selected)} case(s) in {output_dir}"))
     return records
@@ -187,7 +195,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             device = select_device(options.device)
             networks = load_networks(options.model, options.refine_model, device, options.model_dir)
         progress(ProgressEvent("network", 0.1, f"model {networks.info.name} on {device.type}"))
-        design = design_implant(defective, networks, device, progress, clock, options.averaged)
+        design = design_implant(defective, networks, device, progress, clock, options.averaged, options.straighten)
         completed, implant, device = design.completed, design.implant, design.device
         implant_array = implant.array > 0
         progress(ProgressEvent("meshes", 0.8, "surfaces and distances"))
@@ -236,6 +244,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             },
             "implant_volume_ml": round(design.implant_ml, 3),
             "warnings": design.warnings,
+            "pose": design.pose,
             "distance": distances,
             "versions": _versions(),
         }

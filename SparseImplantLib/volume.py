@@ -188,16 +188,18 @@ def grid_with_spacing(volume: Volume, spacing: Sequence[float]) -> Volume:
     return Volume(np.zeros(tuple(shape), np.uint8), spacing, origin, volume.direction.copy())
 
 
-def canonical_grid(mask: Volume, spacing: Sequence[float], margin_mm: float) -> Volume:
+def canonical_grid(mask: Volume, spacing: Sequence[float], margin_mm: float, axes: Optional[np.ndarray] = None) -> Volume:
     """An empty grid with axes along L, P and S (identity direction) and ``spacing``, covering the
     mask's foreground plus ``margin_mm``: the frame the network sees, whatever the file's axis order,
-    flips or obliquity. The same physical skull stored another way gets the same grid."""
+    flips or obliquity. The same physical skull stored another way gets the same grid. ``axes``
+    (a rotation; columns in LPS) turns the grid with the head (``pose``)."""
+    axes = np.eye(3) if axes is None else np.asarray(axes, dtype=np.float64)
     box = foreground_box(mask.array != 0, 0)
-    corners = corners_lps(mask, box)
+    corners = corners_lps(mask, box) @ axes  # positions along the grid's axes
     spacing = np.asarray(spacing, dtype=np.float64)
     low = corners.min(axis=0) - margin_mm
     shape = np.maximum(1, np.ceil((corners.max(axis=0) + margin_mm - low) / spacing - 1e-6)).astype(int)
-    return Volume(np.zeros(tuple(shape), np.uint8), spacing, low + spacing / 2, np.eye(3))
+    return Volume(np.zeros(tuple(shape), np.uint8), spacing, axes @ (low + spacing / 2), axes)
 
 
 def resample_mask(mask: Volume, reference: Volume, smoothing: float = 0.4) -> Volume:

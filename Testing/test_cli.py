@@ -46,8 +46,10 @@ def test_generate_writes_every_output(generated):
     report = json.loads((out / "report.json").read_text())
     assert report["device"] == "cpu" and report["model"]["name"] == "tiny"
     assert set(report["metrics"]) == {"dsc", "bdsc", "hd95_mm", "skull_dsc"}
-    assert {"read", "network", "implant", "meshes", "write"} <= set(report["timings_s"])
+    assert {"read", "pose", "network", "implant", "meshes", "write"} <= set(report["timings_s"])
     assert report["network_passes"] == 4
+    assert set(report["pose"]) == {"straightened", "cut_tilt_deg", "cut_area_cm2", "yaw_undone_deg", "turn_deg",
+                                   "about_left_right_deg", "about_front_back_deg", "about_vertical_deg", "template_match"}
     completed = sitk.ReadImage(str(out / "completed_skull.nrrd"))
     source = sitk.ReadImage(str(generated.source))
     assert completed.GetSize() == source.GetSize()
@@ -67,6 +69,16 @@ def test_full_resolution_meshes_only_on_request(tmp_path, capsys, skull_file, mo
         assert code == 0, stderr
         cells[bool(flag)] = read_mesh(out / "defective_skull.vtk").GetNumberOfCells()
     assert cells[False] < cells[True]
+
+
+def test_as_it_lies_leaves_the_skull_unstraightened(tmp_path, capsys, skull_file, model_dir):
+    out = tmp_path / "kept"
+    code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", out, "--model-dir", model_dir, "--device", "cpu",
+                              "--progress", "none", "--single-pass", "--no-preview", "--as-it-lies")
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["pose"]["straightened"] is False and report["pose"]["cut_tilt_deg"] is None
+    assert report["pose"]["yaw_undone_deg"] == 0
 
 
 def test_json_progress_lines_through_the_entry_point(tmp_path, skull_file, model_dir):

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import shell_skull
 from SparseImplantLib.bench import generalization
+from SparseImplantLib.errors import SparseImplantError
 from SparseImplantLib.volume import Volume, reorient
 
 
@@ -73,3 +74,24 @@ def test_summary_counts_failures_per_variant_and_group():
     summary = {(s["group"], s["name"]): s for s in generalization.summarise(rows)}
     assert summary[("defect", "wedge")]["failures"] == 1 and summary[("defect", "wedge")]["dsc"] == pytest.approx(0.7)
     assert summary[("defect", "all")]["n"] == 3 and summary[("defect", "all")]["failures"] == 1
+
+
+def test_a_cases_rotations_do_not_depend_on_the_cases_chosen_with_it(tiny_skullfix):
+    alone = [v.name for v in generalization.build_suite(tiny_skullfix, ["001"], ["rotation"])]
+    together = [v.name for v in generalization.build_suite(tiny_skullfix, ["000", "001"], ["rotation"]) if v.case == "001"]
+    assert alone == together
+
+
+def test_runs_over_parts_of_the_suite_merge_into_one_report(tmp_path):
+    def part(case, dsc, **settings):
+        return {"model": "m", "keep_logit": -0.5, "straighten": True, "device": "cpu", "groups": ["defect"],
+                "cases": [case], **settings,
+                "rows": [{"case": case, "group": "defect", "name": "wedge", "dsc": dsc, "bdsc": dsc, "hd95_mm": 1.0}]}
+
+    merged = generalization.merge([part("051", 0.5), part("050", 0.9)], tmp_path)
+    assert merged["cases"] == ["050", "051"] and [row["case"] for row in merged["rows"]] == ["050", "051"]
+    wedge = next(s for s in merged["summary"] if s["name"] == "wedge")
+    assert wedge["n"] == 2 and wedge["failures"] == 1 and wedge["dsc"] == pytest.approx(0.7)
+    assert (tmp_path / "generalization.md").is_file()
+    with pytest.raises(SparseImplantError, match="different settings"):
+        generalization.merge([part("050", 0.9), part("051", 0.5, straighten=False)], tmp_path)

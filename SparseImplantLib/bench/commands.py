@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     general.add_argument("--keep-logit", type=float,
                          help="override the model's pruning threshold (to tune it on training cases, never on 050-059)")
     general.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    general.add_argument("--as-it-lies", action="store_true", help="do not straighten the skulls (as generate --as-it-lies)")
+    general.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                         help="join the generalization.json of runs over different cases (run side by side) into one report")
     for sub in (network, generate):
         sub.add_argument("--data", type=Path, default=DEFAULT_DATA, help="SkullFix folder (default: ../shared/data/skullfix)")
         sub.add_argument("--case", default="050")
@@ -89,8 +92,11 @@ def run(args: argparse.Namespace) -> int:
         from ..data.datasets import parse_case_range
         from . import generalization
 
+        if args.merge:
+            generalization.merge([json.loads(path.read_text(encoding="utf-8")) for path in args.merge], args.output)
+            return 0
         generalization.run(args.data, parse_case_range(args.cases), args.output, args.model, args.groups, args.device,
-                           args.model_dir, args.keep_logit)
+                           args.model_dir, args.keep_logit, straighten=not args.as_it_lies)
     else:
         from .network import worker
 

@@ -36,6 +36,7 @@ from ..data.defects import (
     CraniotomyDefect,
     cut_defect,
 )
+from ..errors import SparseImplantError
 from ..volume import Volume, corners_lps, find_foreground_box, reorient, resample_mask, undo_reorient
 from .commands import GENERALIZATION_GROUPS as GROUPS
 from .report import markdown_table, write_results
@@ -138,8 +139,9 @@ def build_suite(data_root: Path, cases: Sequence[str], groups: Sequence[str] = G
     from ..data.datasets import list_cases
 
     variants: List[Variant] = []
-    for index, files in enumerate(list_cases(data_root, cases=cases)):
+    for position, files in enumerate(list_cases(data_root, cases=cases)):
         case = files.key
+        index = int(case) if case.isdigit() else position  # a case's rotations do not depend on the others chosen
         cache: Dict[str, object] = {}
 
         def own(files=files, cache=cache) -> Pair:
@@ -174,7 +176,8 @@ def build_suite(data_root: Path, cases: Sequence[str], groups: Sequence[str] = G
     return variants
 
 
-def run_variant(variant: Variant, networks, device, baseline: Optional[np.ndarray] = None) -> Tuple[dict, np.ndarray]:
+def run_variant(variant: Variant, networks, device, baseline: Optional[np.ndarray] = None,
+                straighten: bool = True) -> Tuple[dict, np.ndarray]:
     """Design the implant for one variant and score it; ``baseline`` (the stored file's implant) adds
     the agreement of a stored-otherwise copy with it. Returns the row and the implant array."""
     from ..evaluate import evaluate_case
@@ -183,12 +186,12 @@ def run_variant(variant: Variant, networks, device, baseline: Optional[np.ndarra
 
     defective, truth = variant.make()
     started = time.perf_counter()
-    design = design_implant(defective, networks, device)
+    design = design_implant(defective, networks, device, straighten_skull=straighten)
     seconds = time.perf_counter() - started
     completed, implant = design.completed, design.implant
     row = {"case": variant.case, "group": variant.group, "name": variant.name, "seconds": round(seconds, 1),
            "true_ml": round(float(truth.array.sum()) * truth.voxel_volume_mm3 / 1000, 2),
-           "implant_ml": round(design.implant_ml, 2), "warnings": design.warnings,
+           "implant_ml": round(design.implant_ml, 2), "warnings": design.warnings, "pose": design.pose,
            **evaluate_case(implant, truth, defective, completed, case=variant.case)}
     if variant.undo is not None and baseline is not None:
         row["agreement_dsc"] = dice(variant.undo(implant.array), baseline)
@@ -222,7 +225,8 @@ def _cell(value: Optional[float], digits: int = 3) -> str:
 
 
 def run(data_root: Path, cases: Sequence[str], output_dir: Path, model: Optional[str], groups: Sequence[str],
-        device_name: str = "cpu", model_dir: Optional[Path] = None, keep_logit: Optional[float] = None) -> dict:
+        device_name: str = "cpu", model_dir: Optional[Path] = None, keep_logit: Optional[float] = None,
+        straighten: bool = True) -> dict:
     from ..inference import load_networks, select_device
 
     device = select_device(device_name)
@@ -234,24 +238,45 @@ def run(data_root: Path, cases: Sequence[str], output_dir: Path, model: Optional
     for variant in build_suite(data_root, cases, groups):
         if variant.undo is not None and baseline[0] != variant.case:
             stored = next(v for v in build_suite(data_root, [variant.case], ["skullfix"]))
-            baseline = (variant.case, run_variant(stored, networks, device)[1])
-        row, implant = run_variant(variant, networks, device, baseline[1] if baseline[0] == variant.case else None)
+            baseline = (variant.case, run_variant(stored, networks, device, straighten=straighten)[1])
+        row, implant = run_variant(variant, networks, device, baseline[1] if baseline[0] == variant.case else None,
+                                   straighten)
         if variant.group == "skullfix":
             baseline = (variant.case, implant)
         rows.append(row)
         print(f"{row['case']} {row['group']:<12} {row['name']:<22} DSC {row['dsc']:.3f}  bDSC {row['bdsc']:.3f}  "
               f"HD95 {_cell(row['hd95_mm'], 2)} mm  implant {row['implant_ml']:.1f} / {row['true_ml']:.1f} ml"
-              + (f"  agreement {row['agreement_dsc']:.3f}" if "agreement_dsc" in row else ""), flush=True)
-    summary = summarise(rows)
+              + (f"  agreement {row['agreement_dsc']:.3f}" if "agreement_dsc" in row else "")
+              + f"  cut tilt {_cell(row['pose']['cut_tilt_deg'], 1)}°, yaw {row['pose']['yaw_undone_deg']:.0f}°, "
+                f"turn {_cell(row['pose']['turn_deg'], 0)}°",
+              flush=True)
+    data = {"model": networks.info.name, "keep_logit": networks.completion.keep_logit, "straighten": straighten,
+            "device": device.type, "cases": list(cases), "groups": list(groups), "rows": rows}
+    return write_report(data, output_dir)
+
+
+def write_report(data: dict, output_dir: Path) -> dict:
+    """Summarise ``data["rows"]`` into the per-group table and write JSON and Markdown under ``output_dir``;
+    also joins runs over parts of the suite (``merge``)."""
+    data = {**data, "summary": summarise(data["rows"])}
     table = markdown_table(
         ["group", "variant", "n", "implant DSC", "border DSC", "HD95 (mm)", "failures (DSC < 0.6)", "agreement DSC"],
         [[s["group"], s["name"], s["n"], _cell(s["dsc"]), _cell(s["bdsc"]), _cell(s["hd95_mm"], 2), s["failures"],
-          _cell(s["agreement_dsc"])] for s in summary])
-    notes = (f"Model {networks.info.name} (pruning threshold {networks.completion.keep_logit:g}), cases "
-             f"{','.join(cases)}, device {device.type}. Defects cut at full "
+          _cell(s["agreement_dsc"])] for s in data["summary"]])
+    notes = (f"Model {data['model']} (pruning threshold {data['keep_logit']:g}), skulls "
+             f"{'straightened (bottom cut levelled, facing forward)' if data['straighten'] else 'as they lie (--as-it-lies)'}"
+             f", cases {','.join(data['cases'])}, device {data['device']}. Defects cut at full "
              f"resolution with seeded random position and size; rotations of {ROTATION_DEG:g} degrees; agreement: "
              "the implant of a stored-otherwise copy against the stored file's, in the file's index order.")
-    data = {"model": networks.info.name, "keep_logit": networks.completion.keep_logit, "cases": list(cases),
-            "groups": list(groups), "summary": summary, "rows": rows}
     write_results(output_dir, "generalization", data, table, notes)
     return data
+
+
+def merge(parts: Sequence[dict], output_dir: Path) -> dict:
+    """One report from runs over disjoint cases of one suite (the same model, threshold and straightening)."""
+    settings = {key: parts[0][key] for key in ("model", "keep_logit", "straighten", "device", "groups")}
+    if any({key: part[key] for key in settings} != settings for part in parts):
+        raise SparseImplantError("these generalization results come from different settings: run them alike to merge")
+    cases = sorted(case for part in parts for case in part["cases"])
+    rows = sorted((row for part in parts for row in part["rows"]), key=lambda row: row["case"])
+    return write_report({**settings, "cases": cases, "rows": rows}, output_dir)

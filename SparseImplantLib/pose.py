@@ -1,0 +1,291 @@
+"""Head pose: level the scan's bottom cut before the network sees the skull, and say when the head lies
+turned further than any training head.
+
+The canonical frame (``volume.canonical_grid``) undoes the file's axis order and flips, and puts an
+oblique (gantry-tilted) image in L, P, S axes. A CT of the head ends at a plane, usually above the
+chin: the bone there is cut flat. The bundled network learnt SkullFix skulls on grids whose slices
+lie in that plane, and fails when the cut is tilted (a reformatted or gantry-tilted scan turned into
+L, P, S; README, Generalisation). ``find_cut`` finds the plane that the most bone voxels lie flat
+against at the bottom of the skull; the network's grid is then built with that plane level
+(``model_grid_input``), and its result goes back onto the input grid as before.
+
+The head's own turn (chin down, head to one side) is measured against the mean of the training
+skulls (``Resources/Models/pose-template.npz``, made by ``Utilities/make_pose_template.py`` from
+cases 000-044), at 4 mm: a search over turns of up to ``SEARCH_DEG`` about each axis, then a local
+refinement of the turn and a shift. Turning heads upright onto that mean did not help the network
+(it fills each training head as it lay), so the turn is only reported, with a warning beyond the
+training heads' spread.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+from scipy import ndimage, optimize
+from scipy.spatial.transform import Rotation
+
+from .errors import SparseImplantError
+from .models.registry import default_model_dir
+from .volume import Volume, canonical_grid, resample_fraction
+
+TEMPLATE_FILE = "pose-template.npz"
+TEMPLATE_SPACING_MM = 4.0
+SEARCH_DEG = 30.0  # the coarse search covers turns up to this about each axis
+SEARCH_STEP_DEG = 10.0
+# SkullFix's training heads lie within 23° of their mean but one (40°); median 8.4°, nine in ten
+# within 17.7° (Utilities/make_pose_template.py prints the spread).
+TRAINING_TURN_DEG = 25.0
+POOR_MATCH = 0.3  # the training skulls' defective skulls match 0.39 to 0.56 (Utilities/make_pose_template.py)
+CUT_SPACING_MM = 2.0
+CUT_SEARCH_DEG = 60.0  # the cut's normal is sought within this of straight down (gantry tilt and head pose together)
+CUT_DEPTH_MM = 2.5  # bone within this of the lowest plane lies on the cut
+LEAST_CUT_AREA_CM2 = 6.0  # less bone flat on the lowest plane is a skull that ends naturally, not a cut
+# A cut is flat: tipping the plane by 5° leaves a small share of its bone on it (SkullFix cases 040,
+# 041, 009, upright and pitched by 25°: 4.2-7.9 times less), a rounded skull base much of it (2.1 times
+# less on a closed egg-shaped shell; Testing/test_pose.py).
+LEAST_SHARPNESS = 3.0
+CUT_CANDIDATES = 8
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The plane where the scan ends below the skull: its outward normal (LPS, pointing down) and the
+    area of bone lying flat on it."""
+
+    normal: np.ndarray
+    area_cm2: float
+
+    @property
+    def tilt_deg(self) -> float:
+        return float(np.degrees(np.arccos(np.clip(-self.normal[2], -1.0, 1.0))))
+
+    def levelling(self) -> np.ndarray:
+        """Grid axes (columns, LPS) on which the cut is level: the smallest turn taking S to -normal."""
+        rotation, _ = Rotation.align_vectors([-self.normal], [[0.0, 0.0, 1.0]])
+        return rotation.as_matrix()
+
+
+def _downward_directions(limit_deg: float, step_deg: float, about: Optional[np.ndarray] = None) -> np.ndarray:
+    """Unit vectors tilted from straight down (or from ``about``) by up to ``limit_deg`` along L and P."""
+    angles = np.deg2rad(np.arange(-limit_deg, limit_deg + 1e-9, step_deg))
+    first, second = (grid.ravel() for grid in np.meshgrid(angles, angles, indexing="ij"))
+    directions = np.stack([np.sin(second), np.sin(first) * np.cos(second), -np.cos(first) * np.cos(second)], axis=1)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    if about is not None:
+        directions = Rotation.align_vectors([about], [[0.0, 0.0, -1.0]])[0].apply(directions)
+    return directions
+
+
+def _flat_counts(points: np.ndarray, directions: np.ndarray, depth_mm: float = CUT_DEPTH_MM) -> np.ndarray:
+    """Per direction: how many points lie within ``depth_mm`` of the furthest plane facing it."""
+    counts = []
+    for chunk in np.array_split(directions, max(1, len(directions) // 64)):
+        heights = points @ chunk.T
+        counts.append((heights > heights.max(axis=0) - depth_mm).sum(axis=0))
+    return np.concatenate(counts)
+
+
+def _separate_peaks(directions: np.ndarray, counts: np.ndarray, count: int, apart_deg: float) -> np.ndarray:
+    """The ``count`` directions with the highest counts that lie ``apart_deg`` or more from each other."""
+    kept: List[np.ndarray] = []
+    for index in np.argsort(counts)[::-1]:
+        if all(directions[index] @ other < np.cos(np.radians(apart_deg)) for other in kept):
+            kept.append(directions[index])
+            if len(kept) == count:
+                break
+    return np.array(kept)
+
+
+def find_cut(mask: Volume) -> Optional[Cut]:
+    """The scan's bottom cut: of the planes below the skull that hold at least ``LEAST_CUT_AREA_CM2`` of
+    bone and are flat (``LEAST_SHARPNESS``), the one holding the most; None when there is none.
+
+    The side of a skull turned far can hold as much bone as a cut on a plane tilted as far (though
+    never as flat), so the best few separate planes are refined and tested, not only the first."""
+    points = skull_points(mask, CUT_SPACING_MM)
+    if len(points) == 0:
+        return None
+    # A plane 1° off a cut misses much of it, so the coarse search steps by 1°, on every fourth voxel.
+    coarse = _downward_directions(CUT_SEARCH_DEG, 1.0)
+    best: Optional[Cut] = None
+    for candidate in _separate_peaks(coarse, _flat_counts(points[::4], coarse), CUT_CANDIDATES, 5.0):
+        fine = _downward_directions(1.0, 0.25, about=candidate)
+        counts = _flat_counts(points, fine)
+        normal, count = fine[counts.argmax()], int(counts.max())
+        tipped = _downward_directions(5.0, 5.0, about=normal)
+        tipped = tipped[tipped @ normal < 0.9999]  # the eight planes tipped by about 5°
+        area_cm2 = count * CUT_SPACING_MM ** 2 / 100.0
+        flat = count >= LEAST_SHARPNESS * max(float(np.median(_flat_counts(points, tipped))), 1.0)
+        if area_cm2 >= LEAST_CUT_AREA_CM2 and flat and (best is None or area_cm2 > best.area_cm2):
+            best = Cut(normal, area_cm2)
+    return best
+
+
+@dataclass(frozen=True)
+class Template:
+    """Mean training skull (share of skulls with bone per voxel, blurred) on a grid with axes L, P, S,
+    centred on its centroid: voxel ``i`` lies at ``(i - centre) * spacing`` mm from it."""
+
+    fraction: np.ndarray
+    spacing: float
+    centre: np.ndarray
+
+    def sample(self, offsets_mm: np.ndarray) -> np.ndarray:
+        """Template values at points given as offsets (mm) from its centroid, 0 outside."""
+        index = offsets_mm / self.spacing + self.centre
+        return ndimage.map_coordinates(self.fraction, index.T, order=1, mode="constant", cval=0.0)
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, fraction=np.rint(self.fraction * 255).astype(np.uint8),
+                            spacing=self.spacing, centre=self.centre)
+
+
+@dataclass(frozen=True)
+class Pose:
+    """How far the skull, as the network sees it, lies turned from the mean training skull."""
+
+    rotation: np.ndarray  # columns: the skull's own axes on the network's grid
+    turn_deg: float
+    match: float  # mean template value at the skull's voxels once turned back (1: every voxel where all skulls have bone)
+
+    @property
+    def yaw_deg(self) -> float:
+        """The turn about the grid's vertical axis (the head facing left or right of straight ahead)."""
+        return float(Rotation.from_matrix(self.rotation).as_euler("ZYX", degrees=True)[0])
+
+    def facing_forward(self) -> "Pose":
+        """This pose with its turn about the vertical removed: what the network sees on grid axes
+        turned by ``vertical_turn(yaw_deg)``."""
+        rotation = vertical_turn(self.yaw_deg).T @ self.rotation
+        return Pose(rotation, float(np.degrees(Rotation.from_matrix(rotation).magnitude())), self.match)
+
+    def describe(self) -> dict:
+        pitch, roll, yaw = Rotation.from_matrix(self.rotation).as_euler("xyz", degrees=True)
+        return {"turn_deg": round(self.turn_deg, 1), "about_left_right_deg": round(float(pitch), 1),
+                "about_front_back_deg": round(float(roll), 1), "about_vertical_deg": round(float(yaw), 1),
+                "template_match": round(self.match, 3)}
+
+
+def vertical_turn(degrees: float) -> np.ndarray:
+    return Rotation.from_euler("z", degrees, degrees=True).as_matrix()
+
+
+def skull_points(mask: Volume, spacing: float = TEMPLATE_SPACING_MM) -> np.ndarray:
+    """LPS positions (mm) of the skull's voxels on a canonical grid of ``spacing``, as (N, 3)."""
+    grid = canonical_grid(mask, [spacing] * 3, 2 * spacing)
+    fraction = resample_fraction(mask, grid, 0.5 * np.maximum(mask.spacing, spacing), binary=True)
+    index = np.argwhere(fraction >= 0.5)
+    return grid.origin + index * spacing
+
+
+@lru_cache(maxsize=2)
+def load_template(path: Optional[Path] = None) -> Template:
+    path = Path(path) if path else default_model_dir() / TEMPLATE_FILE
+    if not path.is_file():
+        raise SparseImplantError(f"the head-pose template {path} is missing: reinstall the extension")
+    with np.load(path) as stored:
+        return Template(stored["fraction"].astype(np.float32) / 255, float(stored["spacing"]),
+                        np.asarray(stored["centre"], dtype=np.float64))
+
+
+def _turned(angles_deg: np.ndarray) -> np.ndarray:
+    return Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()
+
+
+def estimate_pose(mask: Volume, template: Optional[Template] = None, axes: Optional[np.ndarray] = None) -> Optional[Pose]:
+    """The rotation R that best lays the skull onto the template: the skull's points p, seen as
+    R^T (p - centroid) + shift, fall where the training skulls have bone. With ``axes`` (the network's
+    grid axes), p are taken along those axes: the turn is the one the network sees. None when the
+    skull is too small or thin to show at the template's 4 mm (``checks.doubts`` says so about its size)."""
+    template = template or load_template()
+    points = skull_points(mask, template.spacing)
+    if len(points) < 4:
+        return None
+    return pose_of_points(points if axes is None else points @ axes, template)
+
+
+def pose_of_points(points: np.ndarray, template: Template) -> Pose:
+    """``estimate_pose`` for the skull's voxel positions (mm, LPS) at the template's spacing."""
+    offsets = points - points.mean(axis=0)
+
+    def mismatch(parameters: np.ndarray) -> float:
+        rotation = _turned(parameters[:3])
+        return -float(template.sample(offsets @ rotation + parameters[3:]).mean())
+
+    steps = np.arange(-SEARCH_DEG, SEARCH_DEG + 1e-9, SEARCH_STEP_DEG)
+    start = min((np.array([*angles, 0.0, 0.0, 0.0]) for angles in itertools.product(steps, repeat=3)), key=mismatch)
+    refined = optimize.minimize(mismatch, start, method="Powell",
+                                options={"xtol": 0.2, "ftol": 1e-5, "maxfev": 2000})
+    rotation = _turned(refined.x[:3])
+    turn = float(np.degrees(Rotation.from_matrix(rotation).magnitude()))
+    return Pose(rotation, turn, -float(refined.fun))
+
+
+@dataclass(frozen=True)
+class Straightening:
+    """How the network's grid is laid along the skull: the scan's bottom cut levelled (``cut``), then
+    turned about the vertical so that the head faces forward (``yaw_deg``); ``pose`` is the head's
+    remaining turn from the mean training skull, as the network sees it."""
+
+    axes: Optional[np.ndarray]
+    cut: Optional[Cut]
+    yaw_deg: float
+    pose: Optional[Pose]
+
+    def report(self) -> dict:
+        """For ``report.json``: the same keys always, None where there is nothing to say."""
+        turn = self.pose.describe() if self.pose else dict.fromkeys(
+            ["turn_deg", "about_left_right_deg", "about_front_back_deg", "about_vertical_deg", "template_match"])
+        return {"straightened": self.axes is not None, "cut_tilt_deg": round(self.cut.tilt_deg, 1) if self.cut else None,
+                "cut_area_cm2": round(self.cut.area_cm2, 1) if self.cut else None,
+                "yaw_undone_deg": round(self.yaw_deg, 1), **turn}
+
+
+def straighten(mask: Volume, enabled: bool = True, template: Optional[Template] = None) -> Straightening:
+    """Level the scan's bottom cut and turn the head to face forward (``enabled``), and measure the
+    head's remaining turn; without ``enabled``, only measure it on L, P, S axes."""
+    cut = find_cut(mask) if enabled else None
+    axes = cut.levelling() if cut is not None else np.eye(3)
+    pose = estimate_pose(mask, template, axes=axes)
+    yaw = 0.0
+    if enabled and pose is not None:
+        yaw = pose.yaw_deg
+        axes, pose = axes @ vertical_turn(yaw), pose.facing_forward()
+    return Straightening(axes if enabled else None, cut, yaw, pose)
+
+
+def pose_doubts(pose: Optional[Pose]) -> List[str]:
+    """Plain-language warnings about the head's pose (``checks.doubts`` covers the rest)."""
+    if pose is None:
+        return []
+    if pose.turn_deg > TRAINING_TURN_DEG:
+        return [f"the head lies turned by about {pose.turn_deg:.0f}° from the mean training skull, further than the "
+                f"training heads ({TRAINING_TURN_DEG:.0f}°): the implant may be incomplete or misplaced; check the "
+                "file's orientation, and review the implant before use"]
+    if pose.match < POOR_MATCH:
+        return [f"the skull matches the training skulls poorly (template match {pose.match:.2f}, training skulls "
+                f"{POOR_MATCH:.2f} or more): it may be incomplete, cut off, or not a skull; review the implant before use"]
+    return []
+
+
+def build_template(clouds: Sequence[np.ndarray], spacing: float = TEMPLATE_SPACING_MM,
+                   rotations: Optional[Sequence[np.ndarray]] = None) -> Template:
+    """Mean of complete skulls given as voxel positions (``skull_points``), each centred on its
+    centroid and, with ``rotations``, turned upright (R^T p), blurred by one voxel."""
+    rotations = rotations if rotations is not None else [np.eye(3)] * len(clouds)
+    centred = [(cloud - cloud.mean(axis=0)) @ rotation for cloud, rotation in zip(clouds, rotations)]
+    reach = max(np.abs(cloud).max() for cloud in centred) + 3 * spacing
+    size = int(np.ceil(2 * reach / spacing)) + 1
+    centre = np.full(3, (size - 1) / 2)
+    counts = np.zeros((size, size, size), dtype=np.float32)
+    for cloud in centred:
+        occupied = np.zeros_like(counts, dtype=bool)
+        occupied[tuple(np.rint(cloud / spacing + centre).astype(int).T)] = True
+        counts += occupied
+    fraction = ndimage.gaussian_filter(counts / len(centred), sigma=1.0)
+    return Template(fraction / fraction.max(), spacing, centre)

@@ -1,0 +1,136 @@
+"""Head pose: the scan's bottom cut is found and levelled for the network, and the head's turn is measured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from conftest import SAMPLE_DEFECTIVE, SAMPLE_IMPLANT
+from SparseImplantLib import pose
+from SparseImplantLib.bench.generalization import rotated
+from SparseImplantLib.inference import model_grid_input
+from SparseImplantLib.io import read_mask
+from SparseImplantLib.models.registry import ModelInfo
+from SparseImplantLib.train.augment import rotation_matrix
+from SparseImplantLib.volume import Volume, canonical_grid
+
+CUT_SLOPE = 0.25  # the ovoid's base is cut by the plane up = -30 + 0.25 * back (mm): tilted 14° about L
+
+
+def ovoid_skull(spacing: float = 2.0, cut: bool = True) -> tuple[Volume, Volume]:
+    """An egg-shaped shell of a real skull's size (wider at the back), cut flat at the base by a
+    tilted plane (or, without ``cut``, closed), with a cap cut off the top as its defect."""
+    shape = (100, 120, 90)
+    grid = (np.indices(shape).T * spacing - np.array(shape) * spacing / 2).T
+    left, back, up = grid
+    radius_ap = np.where(back > 0, 95.0, 80.0)
+    level = (left / 70.0) ** 2 + (back / radius_ap) ** 2 + (up / 65.0) ** 2
+    shell = (level <= 1.0) & (level > 0.8)
+    if cut:
+        shell &= up > -30.0 + CUT_SLOPE * back
+    cap = (up > 45.0) & (back < 10.0)
+    geometry = dict(spacing=(spacing,) * 3, origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    return Volume((shell & ~cap).astype(np.uint8), **geometry), Volume((shell & cap).astype(np.uint8), **geometry)
+
+
+def angle_deg(first: np.ndarray, second: np.ndarray) -> float:
+    return float(np.degrees(np.arccos(np.clip(first @ second / np.linalg.norm(first) / np.linalg.norm(second), -1, 1))))
+
+
+def turn_between_deg(first: np.ndarray, second: np.ndarray) -> float:
+    return float(np.degrees(Rotation.from_matrix(first.T @ second).magnitude()))
+
+
+@pytest.fixture(scope="module")
+def ovoid():
+    return ovoid_skull()
+
+
+@pytest.fixture(scope="module")
+def template(ovoid):
+    defective, implant = ovoid
+    return pose.build_template([pose.skull_points(defective.with_array(defective.array | implant.array))])
+
+
+def test_the_cut_is_found_and_levelled(ovoid):
+    cut = pose.find_cut(ovoid[0])
+    expected = np.array([0.0, CUT_SLOPE, -1.0])
+    assert angle_deg(cut.normal, expected) < 1.0
+    assert cut.tilt_deg == pytest.approx(np.degrees(np.arctan(CUT_SLOPE)), abs=1.0)
+    assert cut.area_cm2 > 3 * pose.LEAST_CUT_AREA_CM2
+    np.testing.assert_allclose(cut.levelling().T @ cut.normal, [0.0, 0.0, -1.0], atol=1e-9)
+
+
+@pytest.mark.parametrize("angles", [(25.0, 0.0, 0.0), (0.0, -25.0, 0.0), (-20.0, 10.0, 15.0)])
+def test_the_cut_turns_with_the_head(ovoid, angles):
+    upright, turned = pose.find_cut(ovoid[0]), pose.find_cut(rotated(ovoid, angles)[0])
+    assert angle_deg(turned.normal, rotation_matrix(*angles) @ upright.normal) < 1.5
+
+
+def test_a_skull_that_ends_naturally_has_no_cut():
+    assert pose.find_cut(ovoid_skull(cut=False)[0]) is None
+
+
+def test_the_network_sees_a_tilted_scan_as_the_upright_one(ovoid):
+    """Levelled, the pitched copy's grid holds the skull in a box of the upright one's shape; as it lies, it does not."""
+    info = ModelInfo(name="grid", kind="completion", channels=[1] * 7, spacing_mm=[4.0] * 3, file="none")
+    upright = model_grid_input(ovoid[0], info, pose.find_cut(ovoid[0]).levelling()).cropped
+    turned = rotated(ovoid, (25.0, 0.0, 0.0))[0]
+    levelled = model_grid_input(turned, info, pose.find_cut(turned).levelling()).cropped
+    as_it_lies = model_grid_input(turned, info).cropped
+    assert np.abs(np.array(levelled.shape) - upright.shape).max() <= 1
+    assert np.abs(np.array(as_it_lies.shape) - upright.shape).max() >= 4
+
+
+def test_the_grid_follows_the_axes_and_covers_the_skull(ovoid):
+    defective = ovoid[0]
+    axes = rotation_matrix(20.0, -10.0, 5.0)
+    grid = canonical_grid(defective, [2.0] * 3, 10.0, axes)
+    np.testing.assert_allclose(grid.direction, axes)
+    # Every bone voxel lies inside the turned grid (grid index coordinates), with the margin to spare.
+    positions = (np.argwhere(defective.array) * 2.0 - grid.origin) @ axes / 2.0
+    margin_voxels = 10.0 / 2.0 - 1
+    assert (positions.min(axis=0) >= margin_voxels).all()
+    assert (np.array(grid.shape) - 1 - positions.max(axis=0) >= margin_voxels).all()
+    np.testing.assert_array_equal(canonical_grid(defective, [2.0] * 3, 10.0).direction, np.eye(3))
+
+
+def test_the_heads_turn_is_measured(ovoid, template):
+    assert pose.estimate_pose(ovoid[0], template).turn_deg < 3.0
+    angles = (-20.0, 10.0, 0.0)
+    turned = rotated(ovoid, angles)[0]
+    found = pose.estimate_pose(turned, template)
+    assert turn_between_deg(found.rotation, rotation_matrix(*angles)) < 4.0 and found.match > 0.5
+    # Seen along the axes that undo the turn, the head is upright.
+    assert pose.estimate_pose(turned, template, axes=rotation_matrix(*angles)).turn_deg < 3.0
+
+
+@pytest.mark.parametrize("angles", [(-25.0, 0.0, 0.0), (0.0, 25.0, 0.0), (0.0, 0.0, -25.0), (-20.0, 10.0, 15.0)])
+def test_straightening_lays_the_grid_along_the_same_skull(ovoid, template, angles):
+    """Tilted and turned, the skull gets the grid axes of the upright one, turned with it: the network sees one skull."""
+    upright = pose.straighten(ovoid[0], template=template)
+    turned = pose.straighten(rotated(ovoid, angles)[0], template=template)
+    assert turn_between_deg(turned.axes, rotation_matrix(*angles) @ upright.axes) < 3.0
+    assert turned.report()["straightened"] and turned.pose.turn_deg == pytest.approx(upright.pose.turn_deg, abs=3.0)
+    as_it_lies = pose.straighten(rotated(ovoid, angles)[0], enabled=False, template=template)
+    assert as_it_lies.axes is None and as_it_lies.cut is None and as_it_lies.yaw_deg == 0.0
+
+
+def test_large_turns_and_poor_matches_are_said():
+    turned = pose.Pose(rotation_matrix(35.0, 0.0, 0.0), 35.0, 0.5)
+    assert "turned by about 35°" in pose.pose_doubts(turned)[0]
+    unlike = pose.Pose(np.eye(3), 2.0, pose.POOR_MATCH / 2)
+    assert "matches the training skulls poorly" in pose.pose_doubts(unlike)[0]
+    assert pose.pose_doubts(pose.Pose(np.eye(3), 2.0, 0.5)) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("angles", [(-25.0, 0.0, 0.0), (0.0, 25.0, 0.0)])
+def test_the_sample_scans_cut_and_turn_follow_a_tilt(angles):
+    """The sample skull (SkullFix 050) tilted by 25°: its cut and its turn (bundled template) follow."""
+    pair = (read_mask(SAMPLE_DEFECTIVE), read_mask(SAMPLE_IMPLANT))
+    turned = rotated(pair, angles)[0]
+    rotation = rotation_matrix(*angles)
+    assert angle_deg(pose.find_cut(turned).normal, rotation @ pose.find_cut(pair[0]).normal) < 2.0
+    assert turn_between_deg(pose.estimate_pose(turned).rotation, rotation @ pose.estimate_pose(pair[0]).rotation) < 3.0
