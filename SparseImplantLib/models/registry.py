@@ -244,6 +244,13 @@ def write_registry(models: Sequence[ModelInfo], model_dir: Optional[Path] = None
     return atomic_write(model_dir / REGISTRY_NAME, lambda tmp: tmp.write_text(text))
 
 
+def generalization_metrics(bench: dict) -> Dict[str, Any]:
+    """The model card's per-group table from ``bench generalization``'s JSON."""
+    return {"cases": bench["cases"], "keep_logit": bench.get("keep_logit"),
+            "groups": [{key: (round(value, 4) if isinstance(value, float) else value) for key, value in line.items()}
+                       for line in bench["summary"]]}
+
+
 def register_trained_model(run_dir: Path, model_dir: Optional[Path] = None, evaluation: Optional[Path] = None,
                            keep_logit: Optional[float] = None, generalization: Optional[Path] = None) -> ModelInfo:
     """Copy a training run's weights (``model.json`` + weights) into a model folder and its registry,
@@ -276,11 +283,7 @@ def register_trained_model(run_dir: Path, model_dir: Optional[Path] = None, eval
                                                  for key, value in case.items() if value is not None}
                                                 for case in report["cases"]]}
     if generalization is not None:
-        bench = json.loads(Path(generalization).read_text())
-        bundled.metrics["generalization"] = {
-            "cases": bench["cases"], "keep_logit": bench.get("keep_logit"),
-            "groups": [{key: (round(value, 4) if isinstance(value, float) else value) for key, value in line.items()}
-                       for line in bench["summary"]]}
+        bundled.metrics["generalization"] = generalization_metrics(json.loads(Path(generalization).read_text()))
     existing = load_registry(target_dir) if (target_dir / REGISTRY_NAME).is_file() else []
     write_registry([model for model in existing if model.name != bundled.name] + [bundled], target_dir)
     return bundled
