@@ -96,7 +96,7 @@ class ModelInput:
 
 
 def model_grid_input(defective: Volume, info: ModelInfo, axes: Optional[np.ndarray] = None) -> ModelInput:
-    """``axes``: the grid's axes (columns, LPS) when the scan's bottom cut is levelled (``pose.Cut``); default L, P, S."""
+    """``axes``: the grid's axes (columns, LPS) when the skull is straightened (``pose.straighten``); default L, P, S."""
     grid = canonical_grid(defective, info.spacing_mm, info.crop_margin_mm, axes)
     on_grid = resample_mask(defective, grid)
     if not on_grid.array.any():

@@ -1,20 +1,20 @@
-"""Head pose: level the scan's bottom cut before the network sees the skull, and say when the head lies
-turned further than any training head.
+"""Head pose: lay the network's grid along the skull (the scan's bottom cut level, the head facing
+forward), and say when the head lies turned further than any training head.
 
 The canonical frame (``volume.canonical_grid``) undoes the file's axis order and flips, and puts an
 oblique (gantry-tilted) image in L, P, S axes. A CT of the head ends at a plane, usually above the
 chin: the bone there is cut flat. The bundled network learnt SkullFix skulls on grids whose slices
-lie in that plane, and fails when the cut is tilted (a reformatted or gantry-tilted scan turned into
-L, P, S; README, Generalisation). ``find_cut`` finds the plane that the most bone voxels lie flat
-against at the bottom of the skull; the network's grid is then built with that plane level
-(``model_grid_input``), and its result goes back onto the input grid as before.
+lie in that plane, and fails when the cut is tilted (a tilted head or gantry turned into L, P, S;
+README, Generalisation). ``find_cut`` finds the plane that the most bone voxels lie flat against at
+the bottom of the skull, and the grid is built with that plane level (``model_grid_input``); the
+network's result goes back onto the input grid as before.
 
-The head's own turn (chin down, head to one side) is measured against the mean of the training
-skulls (``Resources/Models/pose-template.npz``, made by ``Utilities/make_pose_template.py`` from
-cases 000-044), at 4 mm: a search over turns of up to ``SEARCH_DEG`` about each axis, then a local
-refinement of the turn and a shift. Turning heads upright onto that mean did not help the network
-(it fills each training head as it lay), so the turn is only reported, with a warning beyond the
-training heads' spread.
+The head's turn is measured against the mean of the training skulls
+(``Resources/Models/pose-template.npz``, made by ``Utilities/make_pose_template.py`` from cases
+000-044), at 4 mm: a search over turns of up to ``SEARCH_DEG`` about each axis, then a local
+refinement of the turn and a shift. Its turn about the vertical is undone (the head faces forward);
+the rest is only reported, with a warning beyond the training heads' spread: turning heads fully
+upright onto the mean hurt (the network fills each training head as it lay, pitched as it was).
 """
 
 from __future__ import annotations
@@ -81,12 +81,12 @@ def _downward_directions(limit_deg: float, step_deg: float, about: Optional[np.n
     return directions
 
 
-def _flat_counts(points: np.ndarray, directions: np.ndarray, depth_mm: float = CUT_DEPTH_MM) -> np.ndarray:
-    """Per direction: how many points lie within ``depth_mm`` of the furthest plane facing it."""
+def _flat_counts(points: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Per direction: how many points lie within ``CUT_DEPTH_MM`` of the furthest plane facing it."""
     counts = []
     for chunk in np.array_split(directions, max(1, len(directions) // 64)):
         heights = points @ chunk.T
-        counts.append((heights > heights.max(axis=0) - depth_mm).sum(axis=0))
+        counts.append((heights > heights.max(axis=0) - CUT_DEPTH_MM).sum(axis=0))
     return np.concatenate(counts)
 
 
