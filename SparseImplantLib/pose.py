@@ -66,8 +66,17 @@ class Cut:
 
     def levelling(self) -> np.ndarray:
         """Grid axes (columns, LPS) on which the cut is level: the smallest turn taking S to -normal."""
-        rotation, _ = Rotation.align_vectors([-self.normal], [[0.0, 0.0, 1.0]])
-        return rotation.as_matrix()
+        return _smallest_turn(np.array([0.0, 0.0, 1.0]), -self.normal).as_matrix()
+
+
+def _smallest_turn(source: np.ndarray, target: np.ndarray) -> Rotation:
+    """The rotation by the smallest angle taking unit vector ``source`` to ``target`` (scipy's
+    ``align_vectors`` leaves the turn about the vector open for one pair, and says so, before 1.13)."""
+    axis = np.cross(source, target)
+    angle = float(np.arctan2(np.linalg.norm(axis), source @ target))
+    if np.linalg.norm(axis) < 1e-12:
+        axis = np.cross(source, [1.0, 0.0, 0.0] if abs(source[0]) < 0.9 else [0.0, 1.0, 0.0])
+    return Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle)
 
 
 def _downward_directions(limit_deg: float, step_deg: float, about: Optional[np.ndarray] = None) -> np.ndarray:
@@ -77,7 +86,7 @@ def _downward_directions(limit_deg: float, step_deg: float, about: Optional[np.n
     directions = np.stack([np.sin(second), np.sin(first) * np.cos(second), -np.cos(first) * np.cos(second)], axis=1)
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     if about is not None:
-        directions = Rotation.align_vectors([about], [[0.0, 0.0, -1.0]])[0].apply(directions)
+        directions = _smallest_turn(np.array([0.0, 0.0, -1.0]), about).apply(directions)
     return directions
 
 

@@ -134,3 +134,12 @@ def test_the_sample_scans_cut_and_turn_follow_a_tilt(angles):
     rotation = rotation_matrix(*angles)
     assert angle_deg(pose.find_cut(turned).normal, rotation @ pose.find_cut(pair[0]).normal) < 2.0
     assert turn_between_deg(pose.estimate_pose(turned).rotation, rotation @ pose.estimate_pose(pair[0]).rotation) < 3.0
+
+
+@pytest.mark.parametrize("target", [(0.0, -0.5, -1.0), (0.3, 0.2, 1.0), (0.0, 0.0, 1.0), (0.0, 0.0, -1.0)])
+def test_the_smallest_turn_takes_one_vector_to_another_without_spin(target):
+    source = np.array([0.0, 0.0, 1.0])
+    target = np.array(target) / np.linalg.norm(target)
+    turn = pose._smallest_turn(source, target)
+    np.testing.assert_allclose(turn.apply(source), target, atol=1e-12)
+    assert turn.magnitude() == pytest.approx(np.arccos(np.clip(source @ target, -1, 1)), abs=1e-9)
