@@ -31,7 +31,7 @@ from scipy.spatial.transform import Rotation
 
 from .errors import SparseImplantError
 from .models.registry import default_model_dir
-from .volume import Volume, canonical_grid, resample_fraction
+from .volume import Volume, canonical_grid, resample_mask
 
 TEMPLATE_FILE = "pose-template.npz"
 TEMPLATE_SPACING_MM = 4.0
@@ -186,10 +186,8 @@ def vertical_turn(degrees: float) -> np.ndarray:
 
 def skull_points(mask: Volume, spacing: float = TEMPLATE_SPACING_MM) -> np.ndarray:
     """LPS positions (mm) of the skull's voxels on a canonical grid of ``spacing``, as (N, 3)."""
-    grid = canonical_grid(mask, [spacing] * 3, 2 * spacing)
-    fraction = resample_fraction(mask, grid, 0.5 * np.maximum(mask.spacing, spacing), binary=True)
-    index = np.argwhere(fraction >= 0.5)
-    return grid.origin + index * spacing
+    grid = resample_mask(mask, canonical_grid(mask, [spacing] * 3, 2 * spacing), smoothing=0.5)
+    return grid.origin + np.argwhere(grid.array) * spacing
 
 
 @lru_cache(maxsize=2)
