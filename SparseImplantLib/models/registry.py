@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # torch is imported only to load or save weights: the Slicer 
     from .completion import CompletionNet
 
 MODEL_KINDS = ("completion", "super_resolution")
+PRIOR_CHANNELS = ("mirror", "fitted")  # a completion model's optional input channels (``priors``), in this order
 REGISTRY_NAME = "registry.json"
 
 
@@ -48,6 +49,7 @@ class ModelInfo:
     crop_margin_mm: float = 20.0
     keep_logit: float = 0.0
     in_channels: int = 1
+    priors: List[str] = field(default_factory=list)  # completion: the priors (``priors.PRIOR_CHANNELS``) after the skull channel
     input_spacing_mm: Optional[List[float]] = None
     training: Dict[str, Any] = field(default_factory=dict)
     metrics: Dict[str, Any] = field(default_factory=dict)
@@ -102,6 +104,9 @@ def _check_entry(info: ModelInfo, registry: Path) -> None:
         ("keep_logit", _number(info.keep_logit), "a number"),
         ("crop_margin_mm", _number(info.crop_margin_mm) and info.crop_margin_mm >= 0, "a number >= 0"),
         ("in_channels", _whole(info.in_channels) and info.in_channels > 0, "a positive whole number"),
+        ("priors", isinstance(info.priors, list) and list(info.priors) in ([], list(PRIOR_CHANNELS))
+         and (info.kind != "completion" or info.in_channels == 1 + len(info.priors)),
+         f"[] or {list(PRIOR_CHANNELS)}, one input channel each after the skull's"),
         ("file", _inside_folder(info.file), "a file name inside the model folder"),
         ("sha256", isinstance(info.sha256, str), "a text"),
         ("training", isinstance(info.training, dict), "an object"),

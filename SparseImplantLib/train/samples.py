@@ -51,6 +51,13 @@ class CaseSource:
         return corners_lps(self.grid(), box)
 
 
+def source_points(source: CaseSource, soft: np.ndarray, spacing: float) -> np.ndarray:
+    """LPS mm of the bone voxels (soft mask >= 0.5) of one of ``source``'s masks, on every
+    ``spacing / source.spacing``-th voxel: a cloud with about ``spacing`` between points."""
+    step = max(1, int(round(spacing / source.spacing)))
+    return np.argwhere(soft[::step, ::step, ::step] >= SCALE / 2) * (step * source.spacing) + source.origin
+
+
 def source_spacing(model_spacing: Sequence[float]) -> float:
     return min(SOURCE_SPACING_MM, float(min(model_spacing)))
 

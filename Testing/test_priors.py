@@ -1,0 +1,117 @@
+"""Priors: the symmetry plane and the mean-skull fit are found despite an opening, and feed the network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from SparseImplantLib.metrics import dice
+from SparseImplantLib.models.completion import CompletionNet
+from SparseImplantLib.priors import (
+    FITTED_SITE,
+    Priors,
+    build_shape_template,
+    channel_input,
+    estimate_symmetry,
+    fit_points,
+    mirrored_mask,
+)
+from SparseImplantLib.sparse import from_mask, to_mask
+from SparseImplantLib.superres import batch_input
+
+SPACING = 2.0
+SHAPE = (90, 100, 80)
+CENTRE_MM = np.array(SHAPE) * SPACING / 2
+
+
+def shell(semi_axes=(60.0, 75.0, 55.0), turn: np.ndarray = np.eye(3), shift=(0.0, 0.0, 0.0), thickness=5.0) -> np.ndarray:
+    """An ellipsoidal shell (a skull's vault, roughly) on the test grid, turned and shifted (mm)."""
+    points = np.indices(SHAPE).reshape(3, -1).T * SPACING - CENTRE_MM - np.asarray(shift)
+    local = points @ turn  # the shell's own axes
+    radius = np.sqrt(np.sum((local / np.asarray(semi_axes)) ** 2, axis=1)) * min(semi_axes)
+    return ((radius <= min(semi_axes)) & (radius > min(semi_axes) - thickness)).reshape(SHAPE)
+
+
+def opening(mask: np.ndarray, towards_mm, radius_mm: float) -> np.ndarray:
+    """``mask`` without the bone within ``radius_mm`` of the point ``towards_mm`` (from the grid's centre)."""
+    points = np.indices(SHAPE).reshape(3, -1).T * SPACING - CENTRE_MM
+    near = np.linalg.norm(points - np.asarray(towards_mm), axis=1).reshape(SHAPE) < radius_mm
+    return mask & ~near
+
+
+def yaw(degrees: float) -> np.ndarray:
+    return Rotation.from_euler("z", degrees, degrees=True).as_matrix()
+
+
+def test_symmetry_plane_ignores_a_lateral_opening_and_the_mirror_fills_it():
+    turn = yaw(12.0)
+    complete = shell(turn=turn, shift=(4.0, 0.0, 0.0))
+    defective = opening(complete, turn @ np.array([58.0, 10.0, 20.0]) + [4.0, 0.0, 0.0], 35.0)
+    plane = estimate_symmetry(defective, SPACING)
+    true_normal = turn @ np.array([1.0, 0.0, 0.0])
+    assert np.degrees(np.arccos(abs(plane.normal @ true_normal))) < 1.5
+    true_offset = true_normal @ (CENTRE_MM + [4.0, 0.0, 0.0])
+    assert abs(np.sign(plane.normal @ true_normal) * plane.offset_mm - true_offset) < 1.5
+    assert plane.residual_mm < 1.0 and 12.0 - 2 < plane.tilt_deg < 12.0 + 2
+
+    mirror = mirrored_mask(defective, SPACING, plane)
+    missing = complete & ~defective
+    assert dice(mirror & missing, missing) > 0.8  # the healthy side, mirrored, fills the opening
+    baseline = Priors(mirror, np.zeros(SHAPE, np.float32), plane, None).completed(defective, "mirror")
+    assert dice(baseline, complete) > 0.9
+
+
+def test_mean_shape_fit_recovers_scale_and_turn_despite_an_opening():
+    clouds = [np.argwhere(shell(semi_axes=(60.0 * s, 75.0 * s, 55.0 * s))) * SPACING for s in (0.95, 1.0, 1.05)]
+    template = build_shape_template(clouds, SPACING)
+    turn = Rotation.from_euler("xyz", [6.0, -4.0, 10.0], degrees=True).as_matrix()
+    complete = shell(semi_axes=(66.0, 71.0, 55.0), turn=turn, shift=(6.0, -4.0, 3.0))
+    defective = opening(complete, turn @ np.array([0.0, -30.0, 50.0]), 40.0)  # across the midline, on top
+    fit = fit_points(np.argwhere(defective) * SPACING, template)
+    assert fit.residual_mm < 1.0
+    assert np.allclose(np.sort(fit.scales), np.sort([66 / 60, 71 / 75, 1.0]), atol=0.04)
+
+    from SparseImplantLib.priors import fitted_share
+
+    fitted = fitted_share(SHAPE, SPACING, fit, template) >= FITTED_SITE
+    missing = complete & ~defective
+    assert dice(fitted & missing, missing) > 0.6  # the mean shape, laid on, covers the opening
+
+
+def test_channel_input_is_the_union_of_skull_and_priors():
+    skull = np.zeros((6, 6, 6), bool)
+    skull[1, 1, 1] = True
+    mirror = np.zeros_like(skull)
+    mirror[4, 1, 1] = True
+    fitted = np.zeros(skull.shape, np.float32)
+    fitted[1, 1, 1], fitted[2, 2, 2] = 0.9, 0.6
+    voxels, features = channel_input(skull, Priors(mirror, fitted, None, None))
+    rows = {tuple(v): tuple(f) for v, f in zip(voxels, features)}
+    assert rows == {(1, 1, 1): (1.0, 0.0, pytest.approx(0.9)), (2, 2, 2): (0.0, 0.0, pytest.approx(0.6)),
+                    (4, 1, 1): (0.0, 1.0, 0.0)}
+    voxels, features = channel_input(skull, None)
+    assert voxels.tolist() == [[1, 1, 1]] and features.tolist() == [[1.0]]
+
+
+@torch.no_grad()
+def test_widened_network_starts_from_the_skull_channel_behaviour():
+    from SparseImplantLib.train.loop import widen_input
+
+    torch.manual_seed(3)
+    network = CompletionNet([4, 4, 8, 8, 8, 8, 8]).eval()
+    for module in network.modules():  # non-trivial batch-norm statistics, as after training
+        if hasattr(module, "running_mean"):
+            module.running_mean.uniform_(-0.2, 0.2)
+    wider = widen_input(network, 3).eval()
+    skull = shell()[20:50, 20:50, 20:50]
+    rng = np.random.default_rng(0)
+    priors = Priors(rng.random(skull.shape) < 0.3, rng.random(skull.shape).astype(np.float32), None, None)
+    voxels, features = channel_input(skull, priors)
+    on_skull = np.argwhere(skull)
+    features = features[np.isin(np.ravel_multi_index(voxels.T, skull.shape), np.ravel_multi_index(on_skull.T, skull.shape))]
+    # On the skull's own sites the prior channels, whatever their values, change nothing yet.
+    widened = wider(batch_input([(on_skull, features)], torch.device("cpu"))).output
+    original = network(from_mask(skull)).output
+    assert np.array_equal(to_mask(widened, skull.shape), to_mask(original, skull.shape))
