@@ -19,9 +19,10 @@ import torch
 from .errors import SparseImplantError
 from .models.completion import CompletionNet
 from .models.registry import ModelInfo, find_model, find_refiner, load_network
+from .priors import Priors, channel_input
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
-from .sparse import from_mask, to_mask
-from .superres import refine_skull
+from .sparse import to_mask
+from .superres import batch_input, refine_skull
 from .volume import Box, Volume, canonical_grid, crop, foreground_box, paste, resample_mask
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -88,11 +89,13 @@ def network_passes(averaged: bool) -> Tuple[Tuple[bool, int], ...]:
 @dataclass
 class ModelInput:
     """The defective skull on the model's canonical grid (``grid``), and cropped to the skull plus the
-    model's margin for missing bone (``cropped``, at ``box`` of the grid): what the network sees."""
+    model's margin for missing bone (``cropped``, at ``box`` of the grid): what the network sees,
+    with the priors on the cropped grid when the model takes them (``priors.estimate_priors``)."""
 
     cropped: Volume
     box: Box
     grid: Volume
+    priors: Optional[Priors] = None
 
 
 def model_grid_input(defective: Volume, info: ModelInfo, axes: Optional[np.ndarray] = None) -> ModelInput:
@@ -109,22 +112,31 @@ def model_grid_input(defective: Volume, info: ModelInfo, axes: Optional[np.ndarr
 
 
 @torch.no_grad()
-def predict_mask(network: CompletionNet, mask: np.ndarray, device: torch.device) -> np.ndarray:
-    """Run the network on one binary mask; voxels it generates outside the array are dropped.
+def predict_mask(network: CompletionNet, mask: np.ndarray, device: torch.device,
+                 priors: Optional[Priors] = None) -> np.ndarray:
+    """Run the network on one binary mask (and its priors, for a model that takes them); voxels it
+    generates outside the array are dropped.
 
     Each kernel map of the network is used once, so none is cached: that keeps the peak memory of a
     forward pass near its features' (results/bench/network.md)."""
-    result = network(from_mask(mask.astype(bool), device=device, cache_maps=False))
+    result = network(batch_input([channel_input(mask, priors)], device, cache_maps=False))
     return to_mask(result.output, mask.shape)
 
 
+def _pass_view(array: np.ndarray, flip: bool, shift: int) -> np.ndarray:
+    return np.pad(array[::-1] if flip else array, [(shift, 0)] * 3)
+
+
 def predict_fraction(network: CompletionNet, mask: np.ndarray, device: torch.device,
-                     passes: Sequence[Tuple[bool, int]] = AVERAGED_PASSES) -> np.ndarray:
+                     passes: Sequence[Tuple[bool, int]] = AVERAGED_PASSES, priors: Optional[Priors] = None) -> np.ndarray:
     """Share of the (flip, shift) passes whose prediction keeps each voxel, as float32 in [0, 1]."""
     kept = np.zeros(mask.shape, dtype=np.float32)
     for flip, shift in passes:
-        view = mask[::-1] if flip else mask
-        predicted = predict_mask(network, np.pad(view, [(shift, 0)] * 3), device)[shift:, shift:, shift:]
+        view_priors = None
+        if priors is not None:
+            view_priors = Priors(_pass_view(priors.mirror, flip, shift), _pass_view(priors.fitted, flip, shift),
+                                 priors.plane, priors.fit)
+        predicted = predict_mask(network, _pass_view(mask, flip, shift), device, view_priors)[shift:, shift:, shift:]
         kept += predicted[::-1] if flip else predicted
     return kept / len(passes)
 
@@ -158,8 +170,9 @@ def coarse_skull(model_input: ModelInput, networks: Networks, device: torch.devi
     stage = ProgressEvent("network", 0.2, f"{int(cropped.array.sum())} voxels on a {cropped.shape} grid, "
                                           f"{len(passes)} pass(es)")
     progress(stage)
-    fraction, device = with_cpu_fallback(lambda on: predict_fraction(networks.completion, cropped.array, on, passes),
-                                         networks, device, progress, stage)
+    fraction, device = with_cpu_fallback(
+        lambda on: predict_fraction(networks.completion, cropped.array, on, passes, model_input.priors),
+        networks, device, progress, stage)
     return grid.with_array(paste(fraction, model_input.box, grid.shape)), device
 
 

@@ -39,8 +39,11 @@ from .io import read_mask, write_volume
 from .outputs import check_output, staged_output
 from .pose import pose_doubts, straighten
 from .postprocess import extract_implant
+from .priors import estimate_priors
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
-from .volume import Volume, resample_mask, resample_soft_mask
+from .volume import Volume, paste, resample_mask, resample_soft_mask
+
+METHODS = ("network", "mirror", "fitted")  # how the skull is completed: the network, or one prior alone (baselines)
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Design:
     device: torch.device
     warnings: List[str] = field(default_factory=list)
     pose: Optional[dict] = None  # the scan's bottom cut and the head's turn as the network saw it (pose)
+    priors: Optional[dict] = None  # the symmetry plane and the mean skull's fit, for a model that takes priors
 
     @property
     def implant_ml(self) -> float:
@@ -92,19 +96,33 @@ class Design:
 
 def design_implant(defective: Volume, networks: Networks, device: torch.device,
                    progress: ProgressCallback = ignore_progress, clock: Optional[StageClock] = None,
-                   averaged: bool = True, straighten_skull: bool = True) -> Design:
+                   averaged: bool = True, straighten_skull: bool = True, method: str = "network") -> Design:
     """Complete the skull and cut the implant; every doubt is also issued as a warning. With
     ``straighten_skull``, the network sees the skull with the scan's bottom cut level and the head
-    facing forward, as it saw its training skulls (``pose.straighten``)."""
+    facing forward, as it saw its training skulls (``pose.straighten``). ``method`` (``METHODS``): the
+    network, or one prior alone, the baselines ``bench generalization`` sets beside it."""
+    if method not in METHODS:
+        raise SparseImplantError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
     clock = clock or StageClock()
     with clock.stage("pose"):
-        progress(ProgressEvent("pose", 0.15, "finding the scan's bottom cut and the head's pose"))
+        progress(ProgressEvent("pose", 0.1, "finding the scan's bottom cut and the head's pose"))
         straightened = straighten(defective, straighten_skull)
     with clock.stage("network"):
         model_input = model_grid_input(defective, networks.info, straightened.axes)
-        skull, device = coarse_skull(model_input, networks, device, progress, averaged)
+    prior_doubts: List[str] = []
+    if networks.info.priors or method != "network":
+        with clock.stage("priors"):
+            progress(ProgressEvent("priors", 0.15, "mirroring the skull and fitting the mean skull"))
+            model_input.priors = estimate_priors(model_input.cropped.array, model_input.cropped.spacing[0])
+            prior_doubts = model_input.priors.doubts()
     last_stage, resample = "network", resample_soft_mask  # the coarse skull is a share of passes per voxel
-    if networks.refiner is not None:
+    if method != "network":
+        completed_on_grid = model_input.priors.completed(model_input.cropped.array, method).astype(np.float32)
+        skull = model_input.grid.with_array(paste(completed_on_grid, model_input.box, model_input.grid.shape))
+    else:
+        with clock.stage("network"):
+            skull, device = coarse_skull(model_input, networks, device, progress, averaged)
+    if networks.refiner is not None and method == "network":
         with clock.stage("refine"):
             skull, device = refined_skull(skull, defective, networks, device, progress)
         last_stage, resample = "refine", resample_mask
@@ -116,8 +134,9 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
         implant_array = extract_implant(completed_raw.array, defective.array, defective.spacing)
     implant = defective.with_array(implant_array.astype(np.uint8))
     completed = defective.with_array(((defective.array > 0) | implant_array).astype(np.uint8))
-    design = Design(completed, implant, device, pose=straightened.report())
-    design.warnings = doubts(model_input.cropped, design.implant_ml) + pose_doubts(straightened.pose)
+    design = Design(completed, implant, device, pose=straightened.report(),
+                    priors=model_input.priors.report(model_input.grid.direction) if model_input.priors else None)
+    design.warnings = doubts(model_input.cropped, design.implant_ml) + pose_doubts(straightened.pose) + prior_doubts
     if not implant_array.any():
         design.warnings.append("the network added no bone: the implant is empty (is the skull already complete?)")
     for message in design.warnings:
@@ -194,7 +213,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
                 raise SparseImplantError("the reference implant's geometry differs from the input's: resample it onto the input")
             device = select_device(options.device)
             networks = load_networks(options.model, options.refine_model, device, options.model_dir)
-        progress(ProgressEvent("network", 0.1, f"model {networks.info.name} on {device.type}"))
+        progress(ProgressEvent("read", 0.05, f"model {networks.info.name} on {device.type}"))
         design = design_implant(defective, networks, device, progress, clock, options.averaged, options.straighten)
         completed, implant, device = design.completed, design.implant, design.device
         implant_array = implant.array > 0
@@ -245,6 +264,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             "implant_volume_ml": round(design.implant_ml, 3),
             "warnings": design.warnings,
             "pose": design.pose,
+            "priors": design.priors,
             "distance": distances,
             "versions": _versions(),
         }

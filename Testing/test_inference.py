@@ -12,6 +12,7 @@ from SparseImplantLib import inference
 from SparseImplantLib.io import read_mask
 from SparseImplantLib.models.completion import CompletionNet
 from SparseImplantLib.models.registry import ModelInfo
+from SparseImplantLib.priors import Priors
 from SparseImplantLib.progress import ProgressEvent
 from SparseImplantLib.volume import Volume, reorient, undo_reorient
 
@@ -20,10 +21,17 @@ def test_averaged_passes_undo_their_flip_and_shift(monkeypatch):
     rng = np.random.default_rng(0)
     mask = (rng.random((10, 7, 9)) > 0.6).astype(np.uint8)
 
-    monkeypatch.setattr(inference, "predict_mask", lambda network, view, device: view.copy())
+    monkeypatch.setattr(inference, "predict_mask", lambda network, view, device, priors=None: view.copy())
     np.testing.assert_array_equal(inference.predict_fraction(None, mask, "cpu"), mask)  # identity stays identity
 
-    def keep_even_rows(network, view, device):  # depends on where a voxel sits in the pass's own frame
+    # The priors go through each pass's flip and shift with the skull: a network that returns the
+    # mirror prior gives it back in place.
+    mirror = (rng.random(mask.shape) > 0.5)
+    priors = Priors(mirror, np.zeros(mask.shape, np.float32), None, None)
+    monkeypatch.setattr(inference, "predict_mask", lambda network, view, device, priors=None: priors.mirror.copy())
+    np.testing.assert_array_equal(inference.predict_fraction(None, mask, "cpu", priors=priors), mirror)
+
+    def keep_even_rows(network, view, device, priors=None):  # depends on where a voxel sits in the pass's own frame
         return view * (np.arange(view.shape[0]) % 2 == 0)[:, None, None]
 
     monkeypatch.setattr(inference, "predict_mask", keep_even_rows)

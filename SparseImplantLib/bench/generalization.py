@@ -12,11 +12,16 @@ challenge metrics at full resolution against its own ground truth:
 - ``rotation:<axes>``: the head turned by 25 degrees (pitch, roll or yaw, either way), resampled;
 - ``source:<name>``: another skull source: 1 mm voxels, 3 mm slices, bone one voxel thinner or thicker.
 
+The SkullFix and defect groups also run the two baselines the network must beat (``pipeline.METHODS``):
+the defective skull completed by its own mirror image alone, and by the fitted mean skull alone, cut
+into an implant by the same post-processing.
+
 Failures are cases with implant DSC below 0.6. Results: a per-group table, JSON with every case.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -42,6 +47,7 @@ from .commands import GENERALIZATION_GROUPS as GROUPS
 from .report import markdown_table, write_results
 
 FAILURE_DSC = 0.6
+BASELINE_GROUPS = ("skullfix", "defect")  # where the prior-only baselines run beside the network
 ROTATION_DEG = 25.0
 CRANIOTOMY_SIZES = {"small": (20.0, 40.0), "medium": (50.0, 90.0), "large": (100.0, 140.0)}
 ORIENTATIONS = {  # name: (axis order, flips)
@@ -177,19 +183,21 @@ def build_suite(data_root: Path, cases: Sequence[str], groups: Sequence[str] = G
 
 
 def run_variant(variant: Variant, networks, device, baseline: Optional[np.ndarray] = None,
-                straighten: bool = True) -> Tuple[dict, np.ndarray]:
-    """Design the implant for one variant and score it; ``baseline`` (the stored file's implant) adds
-    the agreement of a stored-otherwise copy with it. Returns the row and the implant array."""
+                straighten: bool = True, method: str = "network", pair: Optional[Pair] = None) -> Tuple[dict, np.ndarray]:
+    """Design the implant for one variant by ``method`` and score it; ``baseline`` (the stored file's
+    implant) adds the agreement of a stored-otherwise copy with it; ``pair``: the variant's pair when
+    already made. Returns the row and the implant array."""
     from ..evaluate import evaluate_case
     from ..metrics import dice
     from ..pipeline import design_implant
 
-    defective, truth = variant.make()
+    defective, truth = pair or variant.make()
     started = time.perf_counter()
-    design = design_implant(defective, networks, device, straighten_skull=straighten)
+    design = design_implant(defective, networks, device, straighten_skull=straighten, method=method)
     seconds = time.perf_counter() - started
     completed, implant = design.completed, design.implant
-    row = {"case": variant.case, "group": variant.group, "name": variant.name, "seconds": round(seconds, 1),
+    row = {"case": variant.case, "group": variant.group, "name": variant.name, "method": method,
+           "seconds": round(seconds, 1),
            "true_ml": round(float(truth.array.sum()) * truth.voxel_volume_mm3 / 1000, 2),
            "implant_ml": round(design.implant_ml, 2), "warnings": design.warnings, "pose": design.pose,
            **evaluate_case(implant, truth, defective, completed, case=variant.case)}
@@ -199,16 +207,19 @@ def run_variant(variant: Variant, networks, device, baseline: Optional[np.ndarra
 
 
 def summarise(rows: Sequence[dict]) -> List[dict]:
-    """One line per (group, name) and per group: n, mean DSC, bDSC, HD95, failures."""
+    """One line per (group, name, method) and per (group, method): n, mean DSC, bDSC, HD95, failures."""
+    from ..pipeline import METHODS
+
     lines = []
     keys = sorted({(row["group"], row["name"]) for row in rows}, key=lambda k: (GROUPS.index(k[0]), k[1]))
     for group in GROUPS:
         members = [k for k in keys if k[0] == group]
-        for key in members + ([(group, "all")] if len(members) > 1 else []):
-            chosen = [r for r in rows if r["group"] == group and (key[1] == "all" or r["name"] == key[1])]
+        for key, method in itertools.product(members + ([(group, "all")] if len(members) > 1 else []), METHODS):
+            chosen = [r for r in rows if r["group"] == group and (key[1] == "all" or r["name"] == key[1])
+                      and r.get("method", "network") == method]
             if not chosen:
                 continue
-            line = {"group": group, "name": key[1], "n": len(chosen),
+            line = {"group": group, "name": key[1], "method": method, "n": len(chosen),
                     "failures": sum(1 for r in chosen if r["dsc"] < FAILURE_DSC)}
             for metric in ("dsc", "bdsc", "hd95_mm", "agreement_dsc"):
                 values = [r[metric] for r in chosen if r.get(metric) is not None]
@@ -239,20 +250,29 @@ def run(data_root: Path, cases: Sequence[str], output_dir: Path, model: Optional
         if variant.undo is not None and baseline[0] != variant.case:
             stored = next(v for v in build_suite(data_root, [variant.case], ["skullfix"]))
             baseline = (variant.case, run_variant(stored, networks, device, straighten=straighten)[1])
+        pair = variant.make()
         row, implant = run_variant(variant, networks, device, baseline[1] if baseline[0] == variant.case else None,
-                                   straighten)
+                                   straighten, pair=pair)
         if variant.group == "skullfix":
             baseline = (variant.case, implant)
         rows.append(row)
-        print(f"{row['case']} {row['group']:<12} {row['name']:<22} DSC {row['dsc']:.3f}  bDSC {row['bdsc']:.3f}  "
-              f"HD95 {_cell(row['hd95_mm'], 2)} mm  implant {row['implant_ml']:.1f} / {row['true_ml']:.1f} ml"
-              + (f"  agreement {row['agreement_dsc']:.3f}" if "agreement_dsc" in row else "")
-              + f"  cut tilt {_cell(row['pose']['cut_tilt_deg'], 1)}°, yaw {row['pose']['yaw_undone_deg']:.0f}°, "
-                f"turn {_cell(row['pose']['turn_deg'], 0)}°",
-              flush=True)
+        baselines = [run_variant(variant, networks, device, straighten=straighten, method=method, pair=pair)[0]
+                     for method in ("mirror", "fitted")] if variant.group in BASELINE_GROUPS else []
+        rows.extend(baselines)
+        _print_row(row, baselines)
     data = {"model": networks.info.name, "keep_logit": networks.completion.keep_logit, "straighten": straighten,
             "device": device.type, "cases": list(cases), "groups": list(groups), "rows": rows}
     return write_report(data, output_dir)
+
+
+def _print_row(row: dict, baselines: Sequence[dict]) -> None:
+    also = "".join(f"  {baseline['method']} {baseline['dsc']:.3f}" for baseline in baselines)
+    print(f"{row['case']} {row['group']:<12} {row['name']:<22} DSC {row['dsc']:.3f}  bDSC {row['bdsc']:.3f}  "
+              f"HD95 {_cell(row['hd95_mm'], 2)} mm  implant {row['implant_ml']:.1f} / {row['true_ml']:.1f} ml"
+              + (f"  agreement {row['agreement_dsc']:.3f}" if "agreement_dsc" in row else "")
+              + f"  cut tilt {_cell(row['pose']['cut_tilt_deg'], 1)}°, yaw {row['pose']['yaw_undone_deg']:.0f}°, "
+                f"turn {_cell(row['pose']['turn_deg'], 0)}°" + also,
+              flush=True)
 
 
 def write_report(data: dict, output_dir: Path) -> dict:
@@ -260,9 +280,10 @@ def write_report(data: dict, output_dir: Path) -> dict:
     also joins runs over parts of the suite (``merge``)."""
     data = {**data, "summary": summarise(data["rows"])}
     table = markdown_table(
-        ["group", "variant", "n", "implant DSC", "border DSC", "HD95 (mm)", "failures (DSC < 0.6)", "agreement DSC"],
-        [[s["group"], s["name"], s["n"], _cell(s["dsc"]), _cell(s["bdsc"]), _cell(s["hd95_mm"], 2), s["failures"],
-          _cell(s["agreement_dsc"])] for s in data["summary"]])
+        ["group", "variant", "method", "n", "implant DSC", "border DSC", "HD95 (mm)", "failures (DSC < 0.6)",
+         "agreement DSC"],
+        [[s["group"], s["name"], s["method"], s["n"], _cell(s["dsc"]), _cell(s["bdsc"]), _cell(s["hd95_mm"], 2),
+          s["failures"], _cell(s["agreement_dsc"])] for s in data["summary"]])
     notes = (f"Model {data['model']} (pruning threshold {data['keep_logit']:g}), skulls "
              f"{'straightened (bottom cut levelled, facing forward)' if data['straighten'] else 'as they lie (--as-it-lies)'}"
              f", cases {','.join(data['cases'])}, device {data['device']}. Defects cut at full "
