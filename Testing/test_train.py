@@ -173,3 +173,65 @@ def test_super_resolution_learns_from_a_completion_models_predictions(tmp_path, 
         assert main([*args[:args.index("-o")], "-o", str(refused), *args[args.index("-o") + 2:], *wrong]) != 0
         assert message in capsys.readouterr().err
         assert not refused.exists()
+
+
+def test_schedule_continues_on_resume_and_never_restarts_when_extended():
+    from SparseImplantLib.errors import SparseImplantError
+    from SparseImplantLib.train.schedule import FLOOR_SHARE, Schedule
+
+    planned = Schedule.cosine(1e-3, 100)
+    assert planned.rate(0) == pytest.approx(1e-3) and planned.rate(100) == pytest.approx(1e-3 * FLOOR_SHARE)
+    same, note = planned.resized(100, 40)
+    assert same is planned and note is None
+    for done in (40, 100):  # mid-run and after the run finished
+        longer, note = planned.resized(250, done)
+        rates = [longer.rate(i) for i in range(250)]
+        assert rates[:done] == [planned.rate(i) for i in range(done)]  # what was done stays as it was
+        assert all(b <= a + 1e-15 for a, b in zip(rates[done - 1:], rates[done:]))  # never rises
+        assert longer.rate(250) == pytest.approx(1e-3 * FLOOR_SHARE) and "does not restart" in note
+        assert Schedule.from_json(longer.to_json()) == longer
+    with pytest.raises(SparseImplantError, match="cut its schedule short"):
+        planned.resized(80, 40)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path, tiny_skullfix, monkeypatch):
+    from SparseImplantLib.train import loop
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(train_args(tiny_skullfix, straight, 10, "--val-cases", "", "--checkpoint-every", "4")) == 0
+    calls = []
+
+    def interrupted_loss(result):
+        calls.append(1)
+        if len(calls) == 10:  # the session ends during iteration 10, after the checkpoint of iteration 8
+            raise KeyboardInterrupt
+        return original_loss(result)
+
+    original_loss = loop.completion_loss
+    monkeypatch.setattr(loop, "completion_loss", interrupted_loss)
+    assert main(train_args(tiny_skullfix, split, 10, "--val-cases", "", "--checkpoint-every", "4")) != 0  # Ctrl-C
+    monkeypatch.setattr(loop, "completion_loss", original_loss)
+    assert main(train_args(tiny_skullfix, split, 10, "--val-cases", "", "--checkpoint-every", "4", "--resume")) == 0
+    finished = [json.loads((folder / "training_summary.json").read_text()) for folder in (straight, split)]
+    assert finished[0]["rank_weight_checksums"] == finished[1]["rank_weight_checksums"]
+
+
+@pytest.mark.slow
+def test_training_with_priors_widens_a_one_channel_model(tmp_path, tiny_skullfix):
+    import torch
+
+    from SparseImplantLib.models.completion import CompletionNet
+    from SparseImplantLib.models.registry import PRIOR_CHANNELS, save_network, write_registry
+
+    start = ModelInfo(name="start", kind="completion", channels=[4, 4, 8, 8, 8, 8, 8], spacing_mm=[1.5] * 3,
+                      file="start.safetensors", licence="test", directory=tmp_path / "models")
+    save_network(CompletionNet(start.channels), start)
+    write_registry([start], start.directory)
+    output = tmp_path / "run"
+    assert main(train_args(tiny_skullfix, output, 2, "--init-model", "start", "--model-dir", str(start.directory),
+                           "--priors", "--lr", "0")) == 0
+    info = ModelInfo(**json.loads((output / "model.json").read_text()), directory=output)
+    assert info.in_channels == 3 and info.priors == list(PRIOR_CHANNELS)
+    kernel, original = (load_network(m).state_dict()["enc_block_s1.0.kernel"] for m in (info, start))
+    assert kernel.shape[1] == 3 and torch.equal(kernel[:, :1], original) and not kernel[:, 1:].any()

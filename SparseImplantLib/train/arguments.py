@@ -16,6 +16,13 @@ def _share(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="SkullFix root (complete_skull/, defective_skull/, implant/)")
     parser.add_argument("--train-cases", default="000-044", help="case ids, e.g. 000-044")
@@ -32,13 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coarse-model", metavar="NAME",
                         help="super_resolution: learn to refine this registered completion model's predictions of "
                              "each case's own defect (generated defects pair with the target through the coarse grid)")
+    parser.add_argument("--priors", action="store_true",
+                        help="completion: also give the network the skull's mirror image and the fitted mean skull "
+                             "(priors); with --init-model of a model without them, their weights start at zero")
     parser.add_argument("--channels", help="ch1 (default), ch2 or 7 comma-separated widths")
     parser.add_argument("--init-model", metavar="NAME",
                         help="fine-tune this registered model (its weights and channels; new optimiser and schedule)")
     parser.add_argument("--model-dir", type=Path, help="folder with registry.json for --init-model and --coarse-model (default: Resources/Models)")
     parser.add_argument("--spacing", type=float, default=2.0, help="isotropic working grid spacing in mm")
     parser.add_argument("--margin-mm", type=float, default=20.0, help="crop margin around the defective skull")
-    parser.add_argument("--iterations", type=int, default=20000)
+    parser.add_argument("--iterations", type=_positive, default=20000,
+                        help="the run's planned length: the learning rate decays over it (resume with more to extend it)")
     parser.add_argument("--batch-size", type=int, default=1, help="skulls per process and iteration")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--augmentation", choices=AUGMENTATION_PRESETS, default="full",

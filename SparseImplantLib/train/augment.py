@@ -79,6 +79,8 @@ class Draw:
     kind: str
     spacing: float
     predicted: Optional[np.ndarray] = None
+    pose: Optional["Pose"] = None  # how the case was turned onto the grid
+    origin: Optional[np.ndarray] = None  # LPS mm of the arrays' first voxel
 
 
 @dataclass(frozen=True)
@@ -247,4 +249,5 @@ def _draw_once(source: CaseSource, spacing: float, margin_mm: float, rng: np.ran
     predicted = None
     if with_predicted and kind == OWN_DEFECT and source.predicted is not None:
         predicted = (sample_posed(source.predicted, source, pose, grid) >= 0.5)[box].astype(np.uint8)
-    return Draw(defective[box].astype(np.uint8), complete[box].astype(np.uint8), kind, spacing, predicted)
+    origin = grid.origin + spacing * np.array([s.start for s in box])
+    return Draw(defective[box].astype(np.uint8), complete[box].astype(np.uint8), kind, spacing, predicted, pose, origin)

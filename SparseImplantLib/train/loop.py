@@ -23,13 +23,16 @@ from ..inference import OUTPUT_SMOOTHING, Networks, coarse_skull, load_networks,
 from ..io import atomic_write
 from ..metrics import dice
 from ..models.completion import CHANNEL_PRESETS, CompletionNet, completion_loss
-from ..models.registry import MODEL_KINDS, ModelInfo, find_model, load_network, save_network
+from ..models.registry import MODEL_KINDS, PRIOR_CHANNELS, ModelInfo, find_model, load_network, save_network
+from ..priors import Priors, channel_input, estimate_priors, load_shape_template
 from ..sparse import SparseTensor, batch_coordinates
 from ..superres import INPUT_CHANNELS, batch_input, input_voxels, refine_box, upsample_coarse
 from ..volume import Volume, canonical_grid, resample_mask
 from .augment import OWN_DEFECT, Augmentation, Draw, draw
 from .distributed import Distributed
+from .draw_priors import case_priors, draw_priors
 from .samples import CaseSource, load_sources, soft_on_grid
+from .schedule import Schedule
 
 COMPLETION, SUPER_RESOLUTION = MODEL_KINDS
 DATA_LICENCE = "CC BY-NC-SA 4.0 (trained on SkullFix, derived from CQ500): non-commercial use only"
@@ -58,16 +61,16 @@ def _through_coarse_grid(mask: np.ndarray, spacing: float, input_spacing: Sequen
 
 
 def make_example(pair: Draw, input_spacing: Optional[Sequence[float]] = None,
-                 rng: Optional[np.random.Generator] = None, shift_voxels: int = 0) -> Example:
-    """The network's view of a draw: the defective skull for completion; for super-resolution (an
-    ``input_spacing``) the box ``superres.refine_box`` cuts from the coarse skull (the completion
-    model's prediction where the draw has one, else the target through the coarse grid) and the
-    defective skull. With ``rng``, shifted at random by up to ``shift_voxels``."""
+                 rng: Optional[np.random.Generator] = None, shift_voxels: int = 0, priors: Optional[Priors] = None) -> Example:
+    """The network's view of a draw: the defective skull (and its ``priors``, for a model that takes
+    them) for completion; for super-resolution (an ``input_spacing``) the box ``superres.refine_box``
+    cuts from the coarse skull (the completion model's prediction where the draw has one, else the
+    target through the coarse grid) and the defective skull. With ``rng``, shifted at random by up to
+    ``shift_voxels``."""
     defective, complete = pair.defective, pair.complete
     if input_spacing is None:
-        voxels = np.argwhere(defective)
-        features = np.ones((len(voxels), 1), np.float32)
-        defective_voxels, complete_voxels = voxels, np.argwhere(complete)
+        voxels, features = channel_input(defective, priors)
+        defective_voxels, complete_voxels = np.argwhere(defective), np.argwhere(complete)
     else:
         coarse = pair.predicted if pair.predicted is not None else _through_coarse_grid(complete, pair.spacing, input_spacing)
         box = refine_box(coarse, defective, [pair.spacing] * 3) or tuple(slice(0, n) for n in defective.shape)
@@ -98,15 +101,15 @@ def validation_draws(sources: Sequence[CaseSource], spacing: float, margin_mm: f
 
 @torch.no_grad()
 def validate(network: CompletionNet, draws: Sequence[Draw], input_spacing: Optional[Sequence[float]],
-             device: torch.device) -> Dict[str, float]:
+             device: torch.device, priors: Optional[Sequence[Priors]] = None) -> Dict[str, float]:
     """Implant and completed-skull DSC on the model grid (within the refined box for super-resolution),
-    overall and per defect kind."""
+    overall and per defect kind; ``priors``, one per draw, as inference estimates them."""
     was_training = network.training
     network.eval()
     implant_by_kind: Dict[str, List[float]] = {}
     complete_scores = []
-    for pair in draws:
-        example = make_example(pair, input_spacing)
+    for index, pair in enumerate(draws):
+        example = make_example(pair, input_spacing, priors=priors[index] if priors else None)
         result = network(network_input([example], device))
         shape = np.maximum.reduce([example.complete.max(axis=0), example.defective.max(axis=0)]) + 1
         predicted = np.zeros(shape, bool)
@@ -221,6 +224,52 @@ def add_predictions(sources: Sequence[CaseSource], data_root: Path, networks: Ne
         source.predicted = np.load(cached)
 
 
+def widen_input(network: CompletionNet, in_channels: int) -> CompletionNet:
+    """``network`` with ``in_channels`` input channels: the first ones keep their weights, the added
+    ones start at zero, so the widened network starts from the same behaviour on the skull channel."""
+    wider = CompletionNet(network.channels, in_channels).to(next(network.parameters()).device)
+    state = network.state_dict()
+    kernel = state["enc_block_s1.0.kernel"]  # (kernel volume, in, out)
+    padded = kernel.new_zeros((kernel.shape[0], in_channels, kernel.shape[2]))
+    padded[:, :kernel.shape[1]] = kernel
+    state["enc_block_s1.0.kernel"] = padded
+    wider.load_state_dict(state)
+    wider.keep_logit = network.keep_logit
+    return wider
+
+
+def _start_network(initial: Optional[ModelInfo], channels: Sequence[int], in_channels: int,
+                   device: torch.device) -> CompletionNet:
+    if initial is None:
+        return CompletionNet(channels, in_channels).to(device)
+    network = load_network(initial, device).train()
+    if network.in_channels == in_channels:
+        return network
+    if network.in_channels == 1 and in_channels > 1:
+        return widen_input(network, in_channels).train()
+    raise SparseImplantError(f"model '{initial.name}' takes {network.in_channels} input channels, this run "
+                             f"{in_channels}: fine-tune a model of the same kind and inputs")
+
+
+def _load_network_state(network: CompletionNet, state: dict, checkpoint_path: Path) -> None:
+    """The checkpoint's weights, or a one-line error when the run was made with other channels or inputs."""
+    stored = (state.get("channels"), state.get("in_channels"))
+    try:
+        network.load_state_dict(state["network"])
+    except RuntimeError:
+        made = f" (channels {stored[0]}, {stored[1]} input channel(s))" if stored[0] else ""
+        raise SparseImplantError(f"{checkpoint_path} was made by a run with other channels or inputs{made} than "
+                                 "these options ask for: resume with the run's own --channels, --priors and --kind") from None
+
+
+def _stored_schedule(state: dict) -> Schedule:
+    """The run's schedule; a checkpoint from before schedules were kept holds PyTorch's cosine state."""
+    if "schedule" in state:
+        return Schedule.from_json(state["schedule"])
+    cosine = state["scheduler"]
+    return Schedule.cosine(float(cosine["base_lrs"][0]), int(cosine["T_max"]))
+
+
 def train(args: argparse.Namespace) -> dict:
     """Train and return the summary (also written as training_summary.json)."""
     from ..data.datasets import parse_case_range
@@ -248,51 +297,67 @@ def train(args: argparse.Namespace) -> dict:
         for sources in (train_sources, val_sources):
             add_predictions(sources, Path(args.data), coarse_networks, spacing, cache)
     val_draws = validation_draws(val_sources, spacing[0], args.margin_mm, augmentation, coarse_model is not None)
-    in_channels = INPUT_CHANNELS if input_spacing else 1
-    network = (load_network(initial, cluster.device).train() if initial
-               else CompletionNet(channels, in_channels).to(cluster.device))
+    uses_priors = bool(getattr(args, "priors", False) or (initial and initial.priors))
+    template = load_shape_template() if uses_priors else None
+    train_priors = [case_priors(source, template, cache) for source in train_sources] if uses_priors else None
+    val_priors = [estimate_priors(pair.defective, pair.spacing) for pair in val_draws] if uses_priors else None
+    in_channels = INPUT_CHANNELS if input_spacing else 1 + (len(PRIOR_CHANNELS) if uses_priors else 0)
+    network = _start_network(initial, channels, in_channels, cluster.device)
     network.keep_logit = 0.0  # train with the paper's pruning; the inference threshold is tuned at registration
     model: torch.nn.Module = network
     if cluster.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(network, device_ids=[cluster.device.index] if cluster.device.type == "cuda" else None)
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.iterations, eta_min=args.lr * 0.02)
+    schedule = Schedule.cosine(args.lr, args.iterations)
     start, seconds_before = 0, 0.0
+    rng = np.random.default_rng([args.seed, cluster.rank])
     log_path = output / "train_log.jsonl"
     if args.resume:
         state = torch.load(checkpoint_path, map_location=cluster.device, weights_only=False)
-        network.load_state_dict(state["network"])
+        _load_network_state(network, state, checkpoint_path)
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         start, seconds_before = int(state["iteration"]), float(state.get("seconds", 0.0))
+        schedule, note = _stored_schedule(state).resized(args.iterations, start)
+        if note and cluster.is_main:
+            print(note, flush=True)
+        if "rng" in state and cluster.rank == 0:
+            rng.bit_generator.state = state["rng"]
+        else:  # another process of a torchrun run, or a run from before the state was kept: seeded by position
+            rng = np.random.default_rng([args.seed, cluster.rank, start])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
         if cluster.is_main:
             _truncate_log(log_path, start)
-    rng = np.random.default_rng([args.seed, cluster.rank, start])
     network.train()
     started = time.perf_counter() - seconds_before  # the log and summary count the whole run's training time
     for iteration in range(start, args.iterations):
-        batch = [make_example(draw(train_sources[i], spacing[0], args.margin_mm, rng, augmentation,
-                                   with_predicted=coarse_model is not None), input_spacing, rng, augmentation.shift_voxels)
-                 for i in rng.integers(0, len(train_sources), size=args.batch_size)]
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.rate(iteration)
+        batch = []
+        for i in rng.integers(0, len(train_sources), size=args.batch_size):
+            pair = draw(train_sources[i], spacing[0], args.margin_mm, rng, augmentation,
+                        with_predicted=coarse_model is not None)
+            priors = draw_priors(pair, train_priors[i], template, rng) if train_priors else None
+            batch.append(make_example(pair, input_spacing, rng, augmentation.shift_voxels, priors))
         result = model(network_input(batch, cluster.device), batch_coordinates([e.complete for e in batch], cluster.device))
         loss = completion_loss(result)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        scheduler.step()
         done = iteration + 1
         if cluster.is_main and (done % args.log_every == 0 or done == args.iterations):
-            entry = {"iteration": done, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
+            entry = {"iteration": done, "loss": round(loss.item(), 5), "lr": round(schedule.rate(iteration), 8),
                      "output_voxels": len(result.output), "seconds": round(time.perf_counter() - started, 1)}
             if val_draws and (done % args.val_every == 0 or done == args.iterations):
-                entry.update(validate(network, val_draws, input_spacing, cluster.device))
+                entry.update(validate(network, val_draws, input_spacing, cluster.device, val_priors))
             with open(log_path, "a") as log:
                 log.write(json.dumps(entry) + "\n")
             print(json.dumps(entry), flush=True)
         if cluster.is_main and (done % args.checkpoint_every == 0 or done == args.iterations):
             state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "iteration": done,
-                     "seconds": time.perf_counter() - started}
+                     "schedule": schedule.to_json(), "iteration": done, "seconds": time.perf_counter() - started,
+                     "channels": list(channels), "in_channels": in_channels,
+                     "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
             atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     cluster.share_buffers(network)
@@ -303,6 +368,7 @@ def train(args: argparse.Namespace) -> dict:
         info = ModelInfo(name=args.name, kind=args.kind, channels=list(channels), spacing_mm=spacing,
                          file="model.safetensors", licence=DATA_LICENCE, crop_margin_mm=args.margin_mm,
                          in_channels=in_channels, input_spacing_mm=input_spacing,
+                         priors=list(PRIOR_CHANNELS) if uses_priors and not input_spacing else [],
                          training={"data": str(args.data), "cases": args.train_cases, "iterations": args.iterations,
                                    "batch_size": args.batch_size * cluster.world_size, "lr": args.lr, "seed": args.seed,
                                    "frame": "canonical (L, P, S)", "augmentation": args.augmentation,
