@@ -6,7 +6,9 @@ of the network, and compare with what the network added:
 
 - the opening: rays from the vault's centre through the upper skull that meet no bone mark the missing
   vault; their solid angle times the skull's radius squared and its bone thickness gives a rough volume;
-- the skull's size and proportions against the range of adult skulls the model was trained on.
+- the skull's size and proportions against the range of adult skulls the model was trained on;
+- the priors (``priors``): how much bone the mirror image and the fitted mean skull expect missing,
+  against how much the implant adds, and where.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ INNER_SHARE = 0.35  # bone nearer the centre than this share of the skull's half
 EXTENT_RANGE_MM = {"left-right": (100.0, 185.0), "anterior-posterior": (140.0, 250.0), "superior-inferior": (90.0, 260.0)}
 LITTLE_BONE_ML = 5.0
 LARGE_OPENING_ML = 10.0
+# The priors' view (``priors.Priors.missing``): an implant of less than this share of the bone they expect
+# missing, or that overlaps it less than this (DSC on the model grid), is doubtful.
+UNFILLED_SHARE = 0.5
+LOW_AGREEMENT_DSC = 0.3
 
 
 @dataclass(frozen=True)
@@ -95,3 +101,18 @@ def doubts(skull_on_grid: Volume, implant_ml: float) -> List[str]:
                         f"({opening.area_cm2:.0f} cm²) seem to be missing from the vault: the implant is likely "
                         "incomplete; check the segmentation and the file's orientation, and do not use it unreviewed")
     return messages
+
+
+def result_doubts(expected_ml: float, implant_ml: float, agreement_dsc: float) -> List[str]:
+    """Warnings when the implant disagrees with the bone the skull's mirror image and the fitted mean
+    skull expect missing (``expected_ml``), wherever the opening is (front, side, low temporal)."""
+    if expected_ml < LARGE_OPENING_ML:
+        return []
+    if implant_ml < UNFILLED_SHARE * expected_ml:
+        return [f"the implant adds {implant_ml:.1f} ml of bone, but the skull's mirror image and the fitted mean skull "
+                f"expect about {expected_ml:.0f} ml missing: the implant is likely incomplete; check the segmentation, "
+                "and do not use it unreviewed"]
+    if agreement_dsc < LOW_AGREEMENT_DSC:
+        return [f"the implant lies elsewhere than the bone the skull's mirror image and the fitted mean skull expect "
+                f"missing (overlap DSC {agreement_dsc:.2f}): review its shape and place before use"]
+    return []

@@ -24,7 +24,8 @@ from . import __version__, contract
 from .contract import COMPLETED_FILE, IMPLANT_FILE, MESH_FORMATS, output_names
 from .errors import SparseImplantError
 from .evaluate import evaluate_case
-from .checks import doubts
+from .checks import doubts, result_doubts
+from .metrics import dice
 from .inference import (
     OUTPUT_SMOOTHING,
     Networks,
@@ -87,7 +88,7 @@ class Design:
     device: torch.device
     warnings: List[str] = field(default_factory=list)
     pose: Optional[dict] = None  # the scan's bottom cut and the head's turn as the network saw it (pose)
-    priors: Optional[dict] = None  # the symmetry plane and the mean skull's fit, for a model that takes priors
+    priors: Optional[dict] = None  # the symmetry plane, the mean skull's fit and what they expect missing
 
     @property
     def implant_ml(self) -> float:
@@ -109,19 +110,19 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
         straightened = straighten(defective, straighten_skull)
     with clock.stage("network"):
         model_input = model_grid_input(defective, networks.info, straightened.axes)
-    prior_doubts: List[str] = []
-    if networks.info.priors or method != "network":
-        with clock.stage("priors"):
-            progress(ProgressEvent("priors", 0.15, "mirroring the skull and fitting the mean skull"))
-            model_input.priors = estimate_priors(model_input.cropped.array, model_input.cropped.spacing[0])
-            prior_doubts = model_input.priors.doubts()
+    with clock.stage("priors"):  # the network's guides when it takes them, and a check on its result always
+        progress(ProgressEvent("priors", 0.15, "mirroring the skull and fitting the mean skull"))
+        priors = estimate_priors(model_input.cropped.array, model_input.cropped.spacing[0])
+    if networks.info.priors:
+        model_input.priors = priors
     last_stage, resample = "network", resample_soft_mask  # the coarse skull is a share of passes per voxel
     if method != "network":
-        completed_on_grid = model_input.priors.completed(model_input.cropped.array, method).astype(np.float32)
+        completed_on_grid = priors.completed(model_input.cropped.array, method).astype(np.float32)
         skull = model_input.grid.with_array(paste(completed_on_grid, model_input.box, model_input.grid.shape))
     else:
         with clock.stage("network"):
             skull, device = coarse_skull(model_input, networks, device, progress, averaged)
+    skull_on_model_grid = skull
     if networks.refiner is not None and method == "network":
         with clock.stage("refine"):
             skull, device = refined_skull(skull, defective, networks, device, progress)
@@ -134,9 +135,15 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
         implant_array = extract_implant(completed_raw.array, defective.array, defective.spacing)
     implant = defective.with_array(implant_array.astype(np.uint8))
     completed = defective.with_array(((defective.array > 0) | implant_array).astype(np.uint8))
+    expected = priors.missing(model_input.cropped.array)
+    added = (skull_on_model_grid.array[model_input.box] >= 0.5) & ~(model_input.cropped.array > 0)
+    agreement = dice(added, expected) if expected.any() or added.any() else 1.0
+    expected_ml = float(expected.sum()) * model_input.cropped.voxel_volume_mm3 / 1000.0
     design = Design(completed, implant, device, pose=straightened.report(),
-                    priors=model_input.priors.report(model_input.grid.direction) if model_input.priors else None)
-    design.warnings = doubts(model_input.cropped, design.implant_ml) + pose_doubts(straightened.pose) + prior_doubts
+                    priors={**priors.report(model_input.grid.direction), "expected_missing_ml": round(expected_ml, 1),
+                            "agreement_dsc": round(agreement, 3)})
+    design.warnings = (doubts(model_input.cropped, design.implant_ml) + pose_doubts(straightened.pose)
+                       + priors.doubts() + result_doubts(expected_ml, design.implant_ml, agreement))
     if not implant_array.any():
         design.warnings.append("the network added no bone: the implant is empty (is the skull already complete?)")
     for message in design.warnings:

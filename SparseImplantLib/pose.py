@@ -41,6 +41,9 @@ SEARCH_STEP_DEG = 10.0
 # within 17.7° (Utilities/make_pose_template.py prints the spread).
 TRAINING_TURN_DEG = 25.0
 POOR_MATCH = 0.3  # the training skulls' defective skulls match 0.39 to 0.56 (Utilities/make_pose_template.py)
+GROSS_LOCAL_DEG = 30.0  # each quarter-turn frame is tried turned by up to this about each axis (in 15° steps)
+GROSS_MARGIN = 0.05  # another frame must match the mean skull this much better than L, P, S to be taken
+GROSS_POINTS = 1500
 CUT_SPACING_MM = 2.0
 CUT_SEARCH_DEG = 60.0  # the cut's normal is sought within this of straight down (gantry tilt and head pose together)
 CUT_DEPTH_MM = 2.5  # bone within this of the lowest plane lies on the cut
@@ -64,9 +67,11 @@ class Cut:
     def tilt_deg(self) -> float:
         return float(np.degrees(np.arccos(np.clip(-self.normal[2], -1.0, 1.0))))
 
-    def levelling(self) -> np.ndarray:
-        """Grid axes (columns, LPS) on which the cut is level: the smallest turn taking S to -normal."""
-        return _smallest_turn(np.array([0.0, 0.0, 1.0]), -self.normal).as_matrix()
+    def levelling(self, axes: Optional[np.ndarray] = None) -> np.ndarray:
+        """Grid axes (columns, LPS) on which the cut is level: ``axes`` (default L, P, S) turned by the
+        smallest turn taking their third axis to -normal."""
+        axes = np.eye(3) if axes is None else axes
+        return _smallest_turn(axes[:, 2], -self.normal).as_matrix() @ axes
 
 
 def _smallest_turn(source: np.ndarray, target: np.ndarray) -> Rotation:
@@ -110,9 +115,10 @@ def _separate_peaks(directions: np.ndarray, counts: np.ndarray, count: int, apar
     return np.array(kept)
 
 
-def find_cut(mask: Volume) -> Optional[Cut]:
-    """The scan's bottom cut: of the planes below the skull that hold at least ``LEAST_CUT_AREA_CM2`` of
-    bone and are flat (``LEAST_SHARPNESS``), the one holding the most; None when there is none.
+def find_cut(mask: Volume, down: Optional[np.ndarray] = None) -> Optional[Cut]:
+    """The scan's bottom cut: of the planes below the skull (around ``down``, default -S) that hold at
+    least ``LEAST_CUT_AREA_CM2`` of bone and are flat (``LEAST_SHARPNESS``), the one holding the most;
+    None when there is none.
 
     The side of a skull turned far can hold as much bone as a cut on a plane tilted as far (though
     never as flat), so the best few separate planes are refined and tested, not only the first."""
@@ -120,7 +126,7 @@ def find_cut(mask: Volume) -> Optional[Cut]:
     if len(points) == 0:
         return None
     # A plane 1° off a cut misses much of it, so the coarse search steps by 1°, on every fourth voxel.
-    coarse = _downward_directions(CUT_SEARCH_DEG, 1.0)
+    coarse = _downward_directions(CUT_SEARCH_DEG, 1.0, about=down)
     best: Optional[Cut] = None
     for candidate in _separate_peaks(coarse, _flat_counts(points[::4], coarse), CUT_CANDIDATES, 5.0):
         fine = _downward_directions(1.0, 0.25, about=candidate)
@@ -253,11 +259,53 @@ class Straightening:
                 "yaw_undone_deg": round(self.yaw_deg, 1), **turn}
 
 
+def _cube_turns() -> List[np.ndarray]:
+    """The 24 turns that take the L, P, S axes onto each other (signed permutations with determinant 1)."""
+    turns = []
+    for order in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            turn = np.zeros((3, 3))
+            turn[list(order), range(3)] = signs
+            if np.linalg.det(turn) > 0:
+                turns.append(turn)
+    return turns
+
+
+def upright_axes(mask: Volume, template: Optional[Template] = None) -> np.ndarray:
+    """Grid axes (columns, LPS) on which the head lies within about 45° of upright: of the 24 quarter-turn
+    frames, the one where the skull, turned by up to ``GROSS_LOCAL_DEG`` more, best matches the mean
+    training skull; L, P, S unless another beats them by ``GROSS_MARGIN`` (a header that says the head
+    lies on its side or upside down, or a prone scan stored as supine)."""
+    template = template or load_template()
+    points = skull_points(mask, template.spacing)
+    if len(points) < 4:
+        return np.eye(3)
+    offsets = spread_points(points - points.mean(axis=0), GROSS_POINTS)
+    steps = np.arange(-GROSS_LOCAL_DEG, GROSS_LOCAL_DEG + 1e-9, GROSS_LOCAL_DEG / 2)
+    local = [_turned(np.array(angles)) for angles in itertools.product(steps, repeat=3)]
+
+    def match(axes: np.ndarray) -> float:
+        seen = offsets @ axes
+        return max(float(template.sample(seen @ turn).mean()) for turn in local)
+
+    scores = [(match(axes), index, axes) for index, axes in enumerate(_cube_turns())]
+    upright = match(np.eye(3))
+    best = max(scores, key=lambda score: score[0])
+    return best[2] if best[0] > upright + GROSS_MARGIN else np.eye(3)
+
+
+def spread_points(points: np.ndarray, count: int) -> np.ndarray:
+    """An evenly spaced, deterministic subset of at most ``count`` rows."""
+    return points if len(points) <= count else points[np.linspace(0, len(points) - 1, count).astype(int)]
+
+
 def straighten(mask: Volume, enabled: bool = True, template: Optional[Template] = None) -> Straightening:
-    """Level the scan's bottom cut and turn the head to face forward (``enabled``), and measure the
-    head's remaining turn; without ``enabled``, only measure it on L, P, S axes."""
-    cut = find_cut(mask) if enabled else None
-    axes = cut.levelling() if cut is not None else np.eye(3)
+    """Turn a head lying on its side or upside down upright (``upright_axes``), level the scan's bottom
+    cut and turn the head to face forward (``enabled``), and measure the head's remaining turn; without
+    ``enabled``, only measure it on L, P, S axes."""
+    axes = upright_axes(mask, template) if enabled else np.eye(3)
+    cut = find_cut(mask, down=-axes[:, 2]) if enabled else None
+    axes = cut.levelling(axes) if cut is not None else axes
     pose = estimate_pose(mask, template, axes=axes)
     yaw = 0.0
     if enabled and pose is not None:

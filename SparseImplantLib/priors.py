@@ -40,7 +40,8 @@ MIRROR_OFFSET_MM = 15.0  # ... and its offset within this of the skull's middle
 FIT_SEARCH_DEG = 30.0  # the mean skull's turn is sought within this about each axis (training heads lie within 25)
 FIT_SCALE_LIMIT = 0.2  # per-axis scale within exp(+-this): 0.82-1.22, wider than adult skulls differ
 FITTED_SITE = 0.5  # grid voxels where the fitted mean skull has at least this share of skulls hold a site
-SAMPLE_POINTS = 4000  # skull voxels the fits look at (a fixed, evenly spread subset)
+SAMPLE_POINTS = 4000
+FIELD_MARGIN = 5  # grid voxels above the skull's lowest slice where missing bone is not looked for  # skull voxels the fits look at (a fixed, evenly spread subset)
 # A fit is poor when its residual (median distance of the skull's voxels to the other surface) exceeds
 # these: the mirrored skull on the skull, the skull on the fitted mean skull's bone.
 POOR_MIRROR_MM = 2.0
@@ -299,9 +300,17 @@ class Priors:
         return (np.asarray(defective) != 0) | prior
 
     def missing(self, defective: np.ndarray) -> np.ndarray:
-        """Where the priors say bone belongs but the skull has none (and no bone within one voxel)."""
-        expected = self.mirror | (self.fitted >= FITTED_SITE)
-        return expected & ~ndimage.binary_dilation(np.asarray(defective) != 0, iterations=1)
+        """Where the priors say bone belongs but the skull has none (and no bone within one voxel), between
+        the skull's lowest slice (plus ``FIELD_MARGIN`` voxels) and its top: below, a scan's field of view
+        may end anywhere, which no prior can tell from missing bone."""
+        skull = np.asarray(defective) != 0
+        expected = (self.mirror | (self.fitted >= FITTED_SITE)) & ~ndimage.binary_dilation(skull, iterations=1)
+        levels = np.flatnonzero(skull.any(axis=(0, 1)))
+        if levels.size == 0:
+            return expected
+        expected[:, :, :levels[0] + FIELD_MARGIN] = False
+        expected[:, :, levels[-1] + 1:] = False
+        return expected
 
 
 def estimate_priors(defective: np.ndarray, spacing: float, rotation: Optional[np.ndarray] = None,

@@ -45,3 +45,12 @@ def test_a_skull_of_the_wrong_size_or_sideways_is_doubted(head):
     assert any("outside the" in message and "check the spacing" in message for message in tiny)
     sideways = complete[:, :70, :]  # 176 mm wide, 140 mm long
     assert any("wider left-right" in message for message in doubts(on_grid(sideways), implant_ml=0.0))
+
+
+def test_an_implant_far_from_what_the_priors_expect_is_doubted():
+    from SparseImplantLib.checks import result_doubts
+
+    assert result_doubts(expected_ml=60.0, implant_ml=55.0, agreement_dsc=0.7) == []
+    assert "likely incomplete" in result_doubts(60.0, 12.0, 0.7)[0]
+    assert "lies elsewhere" in result_doubts(60.0, 55.0, 0.1)[0]
+    assert result_doubts(expected_ml=4.0, implant_ml=0.0, agreement_dsc=0.0) == []  # nothing much missing

@@ -143,3 +143,16 @@ def test_the_smallest_turn_takes_one_vector_to_another_without_spin(target):
     turn = pose._smallest_turn(source, target)
     np.testing.assert_allclose(turn.apply(source), target, atol=1e-12)
     assert turn.magnitude() == pytest.approx(np.arccos(np.clip(source @ target, -1, 1)), abs=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("header_turn", [("x", 180.0), ("y", 90.0), ("z", 180.0)],
+                         ids=["upside down", "on its side", "facing backwards"])
+def test_a_head_lying_far_from_upright_is_turned_upright(header_turn):
+    """A header that turns the head far (lying on its side, upside down, prone stored as supine) gives
+    the same grid, in the head's own frame, as the upright file."""
+    upright = read_mask(SAMPLE_DEFECTIVE)
+    turn = Rotation.from_euler(header_turn[0], header_turn[1], degrees=True).as_matrix()
+    turned = Volume(upright.array, upright.spacing, turn @ upright.origin, turn @ upright.direction)
+    expected, found = pose.straighten(upright).axes, turn.T @ pose.straighten(turned).axes
+    assert np.degrees(Rotation.from_matrix(found @ expected.T).magnitude()) < 2.0
