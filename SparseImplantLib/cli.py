@@ -8,16 +8,19 @@ its staging folder is removed on the way out.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import signal
 import sys
 import threading
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
 from .contract import ERROR_PREFIX, MESH_FORMATS, WARNING_PREFIX
 from .errors import SparseImplantError
+from .progress import PROGRESS_PREFIX, ProgressCallback, ProgressEvent, TerminalProgress
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -30,6 +33,26 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
+
+
+class ProgressBar:
+    """A terminal bar drawn from the first progress event on: a run refused while its inputs are
+    checked (before any event) ends with its one-line error alone, not below an empty 0 % bar."""
+
+    def __init__(self) -> None:
+        self._bar: Optional[TerminalProgress] = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self._bar is None:
+            self._bar = TerminalProgress()
+        self._bar(event)
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -81,9 +104,29 @@ def _add_network_choices(parser: argparse.ArgumentParser) -> None:
                              "the scan ends below the skull and turning the head to face forward (README, Generalisation)")
 
 
+def _without_done(report: ProgressCallback) -> ProgressCallback:
+    """``report`` for every event but the pipeline's "done": the CLI writes that one itself, with the outcome."""
+
+    def forward(event: ProgressEvent) -> None:
+        if event.stage != "done":
+            report(event)
+
+    return forward
+
+
+def _done_line(report: dict, output: Path, message: str) -> str:
+    """The last JSON progress line: the "done" event with what the bar's summary says, as data."""
+    from .evaluate import json_safe
+
+    summary = {"output": str(output), "device": report["device"], "implant_voxels": report["voxels"]["implant"],
+               "implant_volume_ml": report["implant_volume_ml"], "warnings": report["warnings"],
+               "metrics": report.get("metrics")}
+    return PROGRESS_PREFIX + json.dumps(json_safe({**asdict(ProgressEvent("done", 1.0, message)), "summary": summary}))
+
+
 def _run_generate(args: argparse.Namespace) -> int:
     from .pipeline import GenerateOptions, generate
-    from .progress import TerminalProgress, ignore_progress, json_lines_progress
+    from .progress import ignore_progress, json_lines_progress
 
     options = GenerateOptions(
         model=args.model,
@@ -101,15 +144,19 @@ def _run_generate(args: argparse.Namespace) -> int:
         straighten=not args.as_it_lies,
     )
     if args.progress == "bar":
-        with TerminalProgress() as bar:
+        with ProgressBar() as bar:
             report = generate(args.input, args.output, options, bar)
     else:
-        report = generate(args.input, args.output, options, json_lines_progress() if args.progress == "json" else ignore_progress)
-    if args.progress != "json":
-        voxels = report["voxels"]
-        print(f"implant: {voxels['implant']} voxels ({report['implant_volume_ml']} ml) on {report['device']}; results in {args.output}")
-        for name, value in report.get("metrics", {}).items():
-            print(f"  {name}: {value:.4f}" if value is not None else f"  {name}: n/a")
+        progress = _without_done(json_lines_progress()) if args.progress == "json" else ignore_progress
+        report = generate(args.input, args.output, options, progress)
+    summary = (f"implant: {report['voxels']['implant']} voxels ({report['implant_volume_ml']} ml) on {report['device']}; "
+               f"results in {args.output}")
+    if args.progress == "json":
+        print(_done_line(report, args.output, summary), flush=True)
+        return 0
+    print(summary)
+    for name, value in report.get("metrics", {}).items():
+        print(f"  {name}: {value:.4f}" if value is not None else f"  {name}: n/a")
     return 0
 
 
@@ -138,10 +185,9 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from .data.datasets import parse_case_range
     from .pipeline import predict_cases
-    from .progress import TerminalProgress
 
     cases = parse_case_range(args.cases) if args.cases else None
-    with TerminalProgress() as bar:
+    with ProgressBar() as bar:
         records = predict_cases(args.data, args.output, cases, args.model, args.device, args.model_dir, args.overwrite, bar,
                                 keep_logit=args.keep_logit, averaged=not args.single_pass, straighten=not args.as_it_lies,
                                 refine_model=args.refine_model)

@@ -163,19 +163,19 @@ def markdown_table(rows: Sequence[Row], summary: Summary) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _json_safe(value: object) -> object:
+def json_safe(value: object) -> object:
     """JSON has no infinity: non-finite numbers become null (the Markdown table shows them as inf)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
 def write_reports(rows: Sequence[Row], summary: Summary, output_dir: Path) -> Tuple[Path, Path]:
-    document = _json_safe({"cases": list(rows), "summary": summary})
+    document = json_safe({"cases": list(rows), "summary": summary})
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
     json_path = atomic_write(output_dir / REPORT_JSON, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     table = markdown_table(rows, summary)
@@ -216,9 +216,9 @@ def _case_list(text: str) -> List[str]:
 
 def run(args: argparse.Namespace) -> int:
     """CLI entry: evaluate, print the table, return the exit code."""
-    from .progress import TerminalProgress
+    from .cli import ProgressBar
 
-    with TerminalProgress() as bar:
+    with ProgressBar() as bar:
         rows, summary = evaluate_folders(
             args.predictions, args.data, args.cases, args.layout, args.defect_types, args.output, progress=bar,
             overwrite=args.overwrite,

@@ -146,7 +146,13 @@ def check_skull_mask(mask: Volume, name: str) -> None:
 def read_mask(path: PathLike, label: Optional[int] = None, threshold_hu: Optional[float] = None,
               remedy: Optional[str] = None) -> Volume:
     """Read a skull mask: a binary/label file, or a CT volume thresholded at ``threshold_hu``
-    (``remedy``: as in ``mask_from_labels``)."""
+    (``remedy``: as in ``mask_from_labels``). A label and a threshold together are refused: the
+    threshold would win silently, and a label value as a threshold in HU leaves an empty mask."""
+    if label is not None and threshold_hu is not None:
+        raise SparseImplantError(
+            f"--label {label} and --threshold {threshold_hu:g} exclude each other: --label picks the skull in a label file,"
+            " --threshold makes the bone mask of a CT; give only the one that fits the input"
+        )
     volume = read_volume(path)
     name = Path(path).name
     mask = mask_from_ct(volume, threshold_hu) if threshold_hu is not None else mask_from_labels(volume, name, label, remedy)

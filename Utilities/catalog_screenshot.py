@@ -32,6 +32,15 @@ SCREENSHOT = ROOT / "Resources" / "Screenshots" / "three_panel.png"
 THREE_D_DISPLAYABLE_MANAGERS = ("vtkMRMLCameraDisplayableManager", "vtkMRMLViewDisplayableManager",
                                 "vtkMRMLModelDisplayableManager", "vtkMRMLSegmentationsDisplayableManager3D",
                                 "vtkMRMLColorLegendDisplayableManager")
+APPLICATION_SINGLETONS = ("vtkMRMLInteractionNode", "vtkMRMLSelectionNode")
+
+
+def add_application_singletons(scene) -> None:
+    """The interaction and selection nodes Slicer's application logic puts in every scene: the
+    displayable managers look them up, and each warns that the scene lacks them where they are missing."""
+    for node_class in APPLICATION_SINGLETONS:
+        if scene.GetFirstNodeByClass(node_class) is None:
+            scene.AddNode(getattr(slicer, node_class)())
 
 
 class OffscreenViews:
@@ -42,6 +51,7 @@ class OffscreenViews:
 
     def __init__(self, views: Sequence, size: Tuple[int, int] = (600, 600)) -> None:
         self._pipelines: List[tuple] = []
+        add_application_singletons(views[0].GetScene())
         for view in views:
             window = offscreen_window(size)
             renderer = vtk.vtkRenderer()

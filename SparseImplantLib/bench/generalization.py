@@ -295,7 +295,13 @@ def write_report(data: dict, output_dir: Path) -> dict:
 
 def merge(parts: Sequence[dict], output_dir: Path) -> dict:
     """One report from runs over disjoint cases of one suite (the same model, threshold and straightening)."""
-    settings = {key: parts[0][key] for key in ("model", "keep_logit", "straighten", "device", "groups")}
+    keys = ("model", "keep_logit", "straighten", "device", "groups")
+    for number, part in enumerate(parts, 1):
+        missing = [key for key in (*keys, "cases", "rows") if not isinstance(part, dict) or key not in part]
+        if missing:
+            raise SparseImplantError(f"--merge file {number} lacks {', '.join(missing)}: give the generalization.json "
+                                     "files that 'sparseimplant bench generalization' wrote")
+    settings = {key: parts[0][key] for key in keys}
     if any({key: part[key] for key in settings} != settings for part in parts):
         raise SparseImplantError("these generalization results come from different settings: run them alike to merge")
     cases = sorted(case for part in parts for case in part["cases"])

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..contract import REPORT_FILE
+from ..contract import ERROR_PREFIX, REPORT_FILE
+from ..errors import SparseImplantError
 from .report import markdown_table, write_results
 
 TARGET_SECONDS = 15.0
@@ -37,10 +38,12 @@ _CLI_WITH_PEAK = (
 
 
 def run_job(source: Path, timeout_s: float, package_root: Optional[Path] = None) -> dict:
-    """One ``generate`` in a fresh process (``package_root``: import SparseImplantLib from that tree)."""
+    """One ``generate`` in a fresh process (``package_root``: import SparseImplantLib from that tree).
+    Its failure ends the benchmark with its own one-line error; its warnings are passed on."""
     environment = dict(os.environ)
     if package_root is not None:
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package_root), environment.get("PYTHONPATH")]))
+    job = f"'sparseimplant generate' on '{source}'" + (f" with the package of '{package_root}'" if package_root else "")
     with tempfile.TemporaryDirectory() as folder:
         peak_file = Path(folder) / "peak_mb.txt"
         results = Path(folder) / "out"
@@ -49,32 +52,57 @@ def run_job(source: Path, timeout_s: float, package_root: Optional[Path] = None)
         start = time.perf_counter()
         # Run from the temporary folder: 'python -c' puts the working directory first on the import path,
         # where a source tree would shadow the package under test.
-        subprocess.run(command, check=True, timeout=timeout_s, env=environment, cwd=folder, stdout=subprocess.DEVNULL)
+        try:
+            done = subprocess.run(command, timeout=timeout_s, env=environment, cwd=folder, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+        except subprocess.TimeoutExpired:
+            raise SparseImplantError(f"{job} took more than {timeout_s:g} s: raise --timeout") from None
         wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SparseImplantError(f"{job} failed: {_failure(done)}")
+        sys.stderr.write(done.stderr)
         files = {path.name: path.stat().st_size for path in sorted(results.iterdir())}
         report = json.loads((results / REPORT_FILE).read_text())
         return {"wall_s": wall, "peak_mb": float(peak_file.read_text()), "timings_s": report["timings_s"],
                 "bytes_written": sum(files.values()), "files": files, "threads": report["threads"]}
 
 
+def _failure(done: subprocess.CompletedProcess) -> str:
+    """Why a measured process failed: its own error line, else its last words, else its exit code."""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    errors = [line[len(ERROR_PREFIX):] for line in lines if line.startswith(ERROR_PREFIX)]
+    if errors:
+        return errors[-1]
+    return lines[-1] if lines else f"exit code {done.returncode}"
+
+
 def network_seconds(source: Path, repeats: int = NETWORK_REPEATS) -> dict:
-    """The completion network alone, as generate runs it (averaged passes, CPU): the median of
-    ``repeats`` timings, on the case's cropped model grid, without reading or resampling."""
+    """The completion network alone, as generate runs it (straightened grid, averaged passes, CPU): the
+    median of ``repeats`` timings on the case's cropped model grid, without reading or resampling back;
+    for a model that takes priors, their estimate's time beside it (``priors_s``, as generate's stage)."""
     import torch
 
-    from ..inference import AVERAGED_PASSES, load_networks, model_grid_input, predict_fraction
+    from ..inference import AVERAGED_PASSES, coarse_skull, load_networks, model_grid_input
     from ..io import read_mask
+    from ..pose import straighten
+    from ..priors import estimate_priors
 
     device = torch.device("cpu")
     networks = load_networks(None, "none", device)
-    cropped, _, _ = model_grid_input(read_mask(source), networks.info)
+    defective = read_mask(source)
+    model_input = model_grid_input(defective, networks.info, straighten(defective).axes)
+    priors_s = None
+    if networks.info.priors:
+        start = time.perf_counter()
+        model_input.priors = estimate_priors(model_input.cropped.array, model_input.cropped.spacing[0])
+        priors_s = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        predict_fraction(networks.completion, cropped.array, device, AVERAGED_PASSES)
+        coarse_skull(model_input, networks, device)
         times.append(time.perf_counter() - start)
     return {"seconds": statistics.median(times), "passes": len(AVERAGED_PASSES), "times_s": times,
-            "grid": list(cropped.shape), "model": networks.info.name}
+            "priors_s": priors_s, "grid": list(model_input.cropped.shape), "model": networks.info.name}
 
 
 def _rows(runs: Dict[str, dict], network: dict) -> List[list]:
@@ -97,8 +125,10 @@ def _rows(runs: Dict[str, dict], network: dict) -> List[list]:
         if len(values) == 2:
             row.append(f"{values[1] / values[0]:.2f}x" if values[0] and values[1] is not None else "")
         rows.append(row)
-    rows.append([f"network alone ({network['passes']} passes, {network['model']})", _seconds(network["seconds"]),
-                 *([""] * (len(runs) - 1 + (len(runs) == 2)))])
+    blank = [""] * (len(runs) - 1 + (len(runs) == 2))
+    if network.get("priors_s") is not None:
+        rows.append([f"priors alone ({network['model']})", _seconds(network["priors_s"]), *blank])
+    rows.append([f"network alone ({network['passes']} passes, {network['model']})", _seconds(network["seconds"]), *blank])
     return rows
 
 
@@ -107,6 +137,10 @@ def _seconds(value: Optional[float]) -> str:
 
 
 def run(data_root: Path, case: str, output_dir: Path, timeout_s: float, baseline: Optional[Path] = None) -> dict:
+    if baseline is not None and not (Path(baseline) / "SparseImplantLib" / "__init__.py").is_file():
+        # The child would import this version instead and measure it twice under two names.
+        raise SparseImplantError(f"--baseline '{baseline}' holds no SparseImplantLib/: give the root of another "
+                                 "version's source tree")
     source = Path(data_root) / "defective_skull" / f"{case}.nrrd"
     runs: Dict[str, dict] = {}
     if baseline is not None:

@@ -158,6 +158,7 @@ def list_cases(
     with_implants: bool = True,
 ) -> List[CaseFiles]:
     """The cases of a data set folder, sorted; ``cases`` (ids) and ``defect_types`` (SkullBreak) select.
+    An empty ``cases`` selects none (no validation cases, say); only a folder without cases is an error.
 
     Every selected case must have a defective skull and, when ``with_implants`` (ground truth for
     training and evaluation), an implant file; the complete skull is optional. Prediction lists
@@ -215,7 +216,7 @@ def list_cases(
                     complete_path if complete_path.is_file() else None,
                 )
             )
-    if not found:
+    if not found and cases is None:
         raise SparseImplantError(f"no cases ('NNN{CASE_SUFFIX}' files) found under '{root}': check the --data path")
     return found
 

@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import SparseImplantError
 
@@ -256,11 +256,33 @@ def generalization_metrics(bench: dict) -> Dict[str, Any]:
                        for line in bench["summary"]]}
 
 
+def evaluation_metrics(report: dict) -> Dict[str, Any]:
+    """The model card's validation metrics from ``evaluate``'s JSON (a metric no case has, mean null, is left out)."""
+    return {"validation_mean": {key: round(value["mean"], 4) for key, value in report["summary"].items()
+                                if value["mean"] is not None},
+            "validation_cases": [{key: (round(value, 4) if isinstance(value, float) else value)
+                                  for key, value in case.items() if value is not None}
+                                 for case in report["cases"]]}
+
+
+def _report_metrics(path: Path, option: str, writer: str, metrics: Callable[[dict], Dict[str, Any]]) -> Dict[str, Any]:
+    """``metrics`` of the JSON report that ``option`` names, read before anything is copied: a missing
+    or wrong file is refused in one line and leaves the model folder as it was."""
+    try:
+        return metrics(json.loads(Path(path).read_text(encoding="utf-8")))
+    except OSError as error:
+        raise SparseImplantError(f"cannot read {option} '{path}' ({error.strerror or error}): check the path") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise SparseImplantError(f"{option} '{path}' is not the JSON that {writer} writes ({type(error).__name__}: "
+                                 f"{error}): give that file") from None
+
+
 def register_trained_model(run_dir: Path, model_dir: Optional[Path] = None, evaluation: Optional[Path] = None,
                            keep_logit: Optional[float] = None, generalization: Optional[Path] = None) -> ModelInfo:
     """Copy a training run's weights (``model.json`` + weights) into a model folder and its registry,
     replacing an entry of the same name; ``evaluation`` (an ``evaluate`` JSON) becomes its metrics, and
-    ``generalization`` (``bench generalization``'s JSON) adds the per-group table of its model card."""
+    ``generalization`` (``bench generalization``'s JSON) adds the per-group table of its model card.
+    Everything is read and checked before the first file is written."""
     import shutil
 
     from ..io import atomic_write
@@ -270,25 +292,28 @@ def register_trained_model(run_dir: Path, model_dir: Optional[Path] = None, eval
         trained = ModelInfo(**json.loads((run_dir / "model.json").read_text()), directory=run_dir)
     except (OSError, ValueError, TypeError) as error:
         raise SparseImplantError(f"'{run_dir}' is not a finished training run ({error}): point at the train output folder") from None
+    if not trained.path.is_file():
+        raise SparseImplantError(f"the run's weights '{trained.path}' are missing: the run did not finish; point at a "
+                                 "finished train output folder")
     if sha256_of(trained.path) != trained.sha256:
         raise SparseImplantError(f"'{trained.path}' does not match the sha256 in model.json: the run did not finish cleanly")
+    metrics = dict(trained.metrics)
+    if evaluation is not None:
+        metrics = _report_metrics(evaluation, "--evaluation", "'sparseimplant evaluate'", evaluation_metrics)
+    if generalization is not None:
+        metrics["generalization"] = _report_metrics(generalization, "--generalization",
+                                                    "'sparseimplant bench generalization'", generalization_metrics)
     target_dir = Path(model_dir) if model_dir else default_model_dir()
+    if target_dir.exists() and not target_dir.is_dir():
+        raise SparseImplantError(f"model folder '{target_dir}' is a file: choose a folder with --model-dir")
+    existing = load_registry(target_dir) if (target_dir / REGISTRY_NAME).is_file() else []
     target_dir.mkdir(parents=True, exist_ok=True)
     training = dict(trained.training)
     if "data" in training:  # the data set's name, not a path on the training machine
         training["data"] = Path(training["data"]).name
-    bundled = replace(trained, file=f"{trained.name}.safetensors", directory=target_dir, training=training)
+    bundled = replace(trained, file=f"{trained.name}.safetensors", directory=target_dir, training=training, metrics=metrics)
     if keep_logit is not None:
         bundled.keep_logit = float(keep_logit)
     atomic_write(bundled.path, lambda tmp: shutil.copyfile(trained.path, tmp))
-    if evaluation is not None:
-        report = json.loads(Path(evaluation).read_text())
-        bundled.metrics = {"validation_mean": {key: round(value["mean"], 4) for key, value in report["summary"].items()},
-                           "validation_cases": [{key: (round(value, 4) if isinstance(value, float) else value)
-                                                 for key, value in case.items() if value is not None}
-                                                for case in report["cases"]]}
-    if generalization is not None:
-        bundled.metrics["generalization"] = generalization_metrics(json.loads(Path(generalization).read_text()))
-    existing = load_registry(target_dir) if (target_dir / REGISTRY_NAME).is_file() else []
     write_registry([model for model in existing if model.name != bundled.name] + [bundled], target_dir)
     return bundled

@@ -8,6 +8,8 @@ from pathlib import Path
 from ..models.registry import MODEL_KINDS
 from .augment import AUGMENTATION_PRESETS
 
+DEFAULT_NAMES = dict(zip(MODEL_KINDS, ("skullfix-completion", "skullfix-super-resolution")))  # --name by --kind
+
 
 def _share(text: str) -> float:
     value = float(text)
@@ -30,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cases whose draws (own defect and every other kind, some turned) are scored during "
                              "training ('' for none); keep the final validation cases out")
     parser.add_argument("-o", "--output", type=Path, required=True, help="run folder: checkpoint, log, final weights")
-    parser.add_argument("--name", default="skullfix-completion", help="model name written into model.json")
+    parser.add_argument("--name", help="model name written into model.json (default: skullfix-completion, or "
+                                       "skullfix-super-resolution with --kind super_resolution)")
     parser.add_argument("--kind", choices=MODEL_KINDS, default=MODEL_KINDS[0],
                         help="completion (defective skull -> complete skull) or super_resolution (the coarse complete "
                              "skull and the defective skull on the --spacing grid -> the skull on that grid)")
@@ -68,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     from .loop import train
 
+    if args.name is None:  # a refinement model must not take the completion model's name in a registry
+        args.name = DEFAULT_NAMES[args.kind]
     train(args)
     return 0
 
