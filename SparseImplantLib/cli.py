@@ -101,7 +101,7 @@ def _add_network_choices(parser: argparse.ArgumentParser) -> None:
                              "a quarter of the network's compute for a slightly lower implant DSC (README, Bundled model)")
     parser.add_argument("--as-it-lies", action="store_true",
                         help="give the network the skull on L, P, S axes as it lies, without first levelling the plane where "
-                             "the scan ends below the skull and turning the head to face forward (README, Generalisation)")
+                             "the scan ends below the skull and turning the head to face forward (README, How it works)")
 
 
 def _without_done(report: ProgressCallback) -> ProgressCallback:

@@ -205,7 +205,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
     The distance map is the completed skull's display mesh, its vertices measured against the
     full-resolution reference surface."""
     from .geometry import (add_signed_distance, display_mesh, distance_statistics, export_mesh,
-                           surface_from_mask, vertices_near_changes)
+                           surface_from_mask, vertices_near_changes, without_specks)
 
     input_path, output_dir = Path(input_path), Path(output_dir)
     _check_options(input_path, output_dir, options)
@@ -228,7 +228,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
         with clock.stage("meshes"):
             completed_surface = surface_from_mask(completed)
             defective_surface = surface_from_mask(defective)
-            implant_surface = surface_from_mask(implant) if implant_array.any() else None
+            implant_surface = without_specks(surface_from_mask(implant)) if implant_array.any() else None
             completed_view, defective_view = display_mesh(completed_surface), display_mesh(defective_surface)
             if reference is not None:
                 against = defective.with_array(((defective.array > 0) | (reference.array > 0)).astype(np.uint8))

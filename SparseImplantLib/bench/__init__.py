@@ -1,5 +1,5 @@
 """Benchmarks (``python -m SparseImplantLib.bench`` or ``sparseimplant bench``): each prints a table and
-writes JSON + Markdown (and a plot where it helps) under ``results/bench/``.
+writes JSON + Markdown (and a plot where it helps) under ``output/bench/`` (``-o results/bench`` replaces the committed results).
 
 - ``engine``: one 3x3x3 8->8 convolution on ~1M surface-like voxels, kernel-map build and compute
   split, this engine versus MinkowskiEngine when it is importable.

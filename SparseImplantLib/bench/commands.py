@@ -17,6 +17,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / 
 MODES = ("inference", "train")
 GRID_SIZES = ("64", "128", "256", "512")  # the keys of network.GRIDS, here so that parsing needs no torch
 GENERALIZATION_GROUPS = ("skullfix", "defect", "orientation", "rotation", "source")  # generalization.GROUPS
+METHODS = ("network", "mirror", "fitted")  # pipeline.METHODS (not imported: the parser loads without torch)
 WORKER_METHODS = ("sparse", "dense", "minkowski")  # the methods network.worker measures
 
 
@@ -68,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     general.add_argument("--groups", default=",".join(GENERALIZATION_GROUPS),
                          type=_comma_list(GENERALIZATION_GROUPS, "group"),
                          help=f"comma-separated, from {','.join(GENERALIZATION_GROUPS)}")
+    general.add_argument("--methods", default=",".join(METHODS), type=_comma_list(METHODS, "method"),
+                         help="the network and the baselines it must beat: the skull completed by its mirror image "
+                              f"alone, or by the fitted mean skull alone (SkullFix and defect groups), from {','.join(METHODS)}")
     general.add_argument("--model", help="registry model name (default: the bundled model)")
     general.add_argument("--model-dir", type=Path, help="folder with registry.json and weights (default: Resources/Models)")
     general.add_argument("--keep-logit", type=float,
@@ -136,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
             generalization.merge([_read_json(path, "--merge") for path in args.merge], args.output)
             return 0
         generalization.run(args.data, parse_case_range(args.cases), args.output, args.model, args.groups, args.device,
-                           args.model_dir, args.keep_logit, straighten=not args.as_it_lies)
+                           args.model_dir, args.keep_logit, straighten=not args.as_it_lies, methods=args.methods)
     else:
         from .network import worker
 

@@ -237,7 +237,8 @@ def _cell(value: Optional[float], digits: int = 3) -> str:
 
 def run(data_root: Path, cases: Sequence[str], output_dir: Path, model: Optional[str], groups: Sequence[str],
         device_name: str = "cpu", model_dir: Optional[Path] = None, keep_logit: Optional[float] = None,
-        straighten: bool = True) -> dict:
+        straighten: bool = True, methods: Sequence[str] = ("network", "mirror", "fitted")) -> dict:
+    """The suite by each of ``methods`` (the prior-only baselines in ``BASELINE_GROUPS`` only)."""
     from ..inference import load_networks, select_device
 
     device = select_device(device_name)
@@ -247,31 +248,31 @@ def run(data_root: Path, cases: Sequence[str], output_dir: Path, model: Optional
     rows: List[dict] = []
     baseline: Tuple[str, Optional[np.ndarray]] = ("", None)  # the stored file's implant of the current case
     for variant in build_suite(data_root, cases, groups):
-        if variant.undo is not None and baseline[0] != variant.case:
-            stored = next(v for v in build_suite(data_root, [variant.case], ["skullfix"]))
-            baseline = (variant.case, run_variant(stored, networks, device, straighten=straighten)[1])
         pair = variant.make()
-        row, implant = run_variant(variant, networks, device, baseline[1] if baseline[0] == variant.case else None,
-                                   straighten, pair=pair)
-        if variant.group == "skullfix":
-            baseline = (variant.case, implant)
-        rows.append(row)
-        baselines = [run_variant(variant, networks, device, straighten=straighten, method=method, pair=pair)[0]
-                     for method in ("mirror", "fitted")] if variant.group in BASELINE_GROUPS else []
-        rows.extend(baselines)
-        _print_row(row, baselines)
+        if "network" in methods:
+            if variant.undo is not None and baseline[0] != variant.case:
+                stored = next(v for v in build_suite(data_root, [variant.case], ["skullfix"]))
+                baseline = (variant.case, run_variant(stored, networks, device, straighten=straighten)[1])
+            row, implant = run_variant(variant, networks, device, baseline[1] if baseline[0] == variant.case else None,
+                                       straighten, pair=pair)
+            if variant.group == "skullfix":
+                baseline = (variant.case, implant)
+            rows.append(row)
+            _print_row(row)
+        for method in (m for m in methods if m != "network" and variant.group in BASELINE_GROUPS):
+            rows.append(run_variant(variant, networks, device, straighten=straighten, method=method, pair=pair)[0])
+            _print_row(rows[-1])
     data = {"model": networks.info.name, "keep_logit": networks.completion.keep_logit, "straighten": straighten,
             "device": device.type, "cases": list(cases), "groups": list(groups), "rows": rows}
     return write_report(data, output_dir)
 
 
-def _print_row(row: dict, baselines: Sequence[dict]) -> None:
-    also = "".join(f"  {baseline['method']} {baseline['dsc']:.3f}" for baseline in baselines)
-    print(f"{row['case']} {row['group']:<12} {row['name']:<22} DSC {row['dsc']:.3f}  bDSC {row['bdsc']:.3f}  "
+def _print_row(row: dict) -> None:
+    print(f"{row['case']} {row['group']:<12} {row['name']:<22} {row['method']:<8} DSC {row['dsc']:.3f}  bDSC {row['bdsc']:.3f}  "
               f"HD95 {_cell(row['hd95_mm'], 2)} mm  implant {row['implant_ml']:.1f} / {row['true_ml']:.1f} ml"
               + (f"  agreement {row['agreement_dsc']:.3f}" if "agreement_dsc" in row else "")
               + f"  cut tilt {_cell(row['pose']['cut_tilt_deg'], 1)}°, yaw {row['pose']['yaw_undone_deg']:.0f}°, "
-                f"turn {_cell(row['pose']['turn_deg'], 0)}°" + also,
+                f"turn {_cell(row['pose']['turn_deg'], 0)}°",
               flush=True)
 
 

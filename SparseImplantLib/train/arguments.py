@@ -79,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train a completion or super-resolution network (torchrun for several processes)",
-                                   description="Train the completion or the super-resolution network on SkullFix cases.")
+                                   description="Train the completion or the super-resolution network on SkullFix cases.",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(parser)
     parser.set_defaults(func=_run)

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -262,6 +262,11 @@ def _load_network_state(network: CompletionNet, state: dict, checkpoint_path: Pa
                                  "these options ask for: resume with the run's own --channels, --priors and --kind") from None
 
 
+def _announcer(is_main: bool) -> Callable[[str], None]:
+    """Plain progress lines while a run prepares (one process of several speaks)."""
+    return (lambda message: print(message, flush=True)) if is_main else (lambda message: None)
+
+
 def _stored_schedule(state: dict) -> Schedule:
     """The run's schedule; a checkpoint from before schedules were kept holds PyTorch's cosine state."""
     if "schedule" in state:
@@ -289,8 +294,9 @@ def train(args: argparse.Namespace) -> dict:
     spacing = [float(args.spacing)] * 3
     input_spacing = _input_spacing(args)
     cache = Path(args.cache) if args.cache else output / "cache"
-    train_sources = load_sources(Path(args.data), parse_case_range(args.train_cases), spacing, cache)
-    val_sources = (load_sources(Path(args.data), parse_case_range(args.val_cases), spacing, cache)
+    announce = _announcer(cluster.is_main)
+    train_sources = load_sources(Path(args.data), parse_case_range(args.train_cases), spacing, cache, announce)
+    val_sources = (load_sources(Path(args.data), parse_case_range(args.val_cases), spacing, cache, announce)
                    if args.val_cases and cluster.is_main else [])
     if coarse_model:
         coarse_networks = load_networks(coarse_model.name, "none", cluster.device, args.model_dir)
@@ -299,6 +305,9 @@ def train(args: argparse.Namespace) -> dict:
     val_draws = validation_draws(val_sources, spacing[0], args.margin_mm, augmentation, coarse_model is not None)
     uses_priors = bool(getattr(args, "priors", False) or (initial and initial.priors))
     template = load_shape_template() if uses_priors else None
+    if uses_priors:
+        announce(f"fitting the priors of {len(train_sources)} training cases and {len(val_draws)} validation draws "
+                 "(about a second each; the cases' fits are cached)")
     train_priors = [case_priors(source, template, cache) for source in train_sources] if uses_priors else None
     val_priors = [estimate_priors(pair.defective, pair.spacing) for pair in val_draws] if uses_priors else None
     in_channels = INPUT_CHANNELS if input_spacing else 1 + (len(PRIOR_CHANNELS) if uses_priors else 0)
@@ -329,6 +338,7 @@ def train(args: argparse.Namespace) -> dict:
         if cluster.is_main:
             _truncate_log(log_path, start)
     network.train()
+    announce(f"training from iteration {start} to {args.iterations}: a log line every {args.log_every} iterations")
     started = time.perf_counter() - seconds_before  # the log and summary count the whole run's training time
     for iteration in range(start, args.iterations):
         for group in optimizer.param_groups:

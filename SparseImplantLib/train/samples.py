@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -84,9 +84,11 @@ def _cache_name(key: str, model_spacing: Sequence[float]) -> str:
     return f"{key.replace('/', '_')}_canonical_{source_spacing(model_spacing):g}mm_blur{max(model_spacing):g}.npz"
 
 
-def load_sources(data_root: Path, cases: Sequence[str], model_spacing: Sequence[float], cache_dir: Path) -> List[CaseSource]:
-    """The cases of a SkullFix/SkullBreak folder as ``CaseSource``s, from the cache when it holds them.
-    A case without a complete skull file gets defective | implant."""
+def load_sources(data_root: Path, cases: Sequence[str], model_spacing: Sequence[float], cache_dir: Path,
+                 announce: Callable[[str], None] = lambda message: None) -> List[CaseSource]:
+    """The cases of a SkullFix/SkullBreak folder as ``CaseSource``s, from the cache when it holds them
+    (``announce`` hears of each case prepared: several seconds each). A case without a complete skull
+    file gets defective | implant."""
     from ..data.datasets import list_cases
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -94,6 +96,7 @@ def load_sources(data_root: Path, cases: Sequence[str], model_spacing: Sequence[
     for files in list_cases(data_root, cases=cases):
         cached = cache_dir / _cache_name(files.key, model_spacing)
         if not cached.is_file():
+            announce(f"preparing case {files.key} for training (once; cached in {cache_dir})")
             case = files.load()
             complete = case.complete or case.defective.with_array(case.defective.array | case.implant.array)
             source = make_source(files.key, case.defective, complete, model_spacing)
