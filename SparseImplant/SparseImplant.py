@@ -128,6 +128,7 @@ class SparseImplantParameterNode:
     model: str = ""
     device: Annotated[str, Choice(list(DEVICES))] = "Auto"
     refine: bool = True
+    straighten: bool = True  # off: generate --as-it-lies
 
 
 #
@@ -171,6 +172,7 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.exportDirectoryButton.directory = str(Path.home())
+        self._showWarnings([])
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -192,6 +194,7 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self.cancelJob()
         self._showResult(None)  # its nodes go with the scene
+        self._showWarnings([])
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -325,6 +328,7 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if not self._confirmLicence():
             return
+        self._showWarnings([])  # the last run's warnings go with it
         with self._showingErrors(_("Generate Implant could not start.")):
             if not self._ensureDependencies():
                 return
@@ -363,6 +367,7 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         outcome = panel.run_outcome(job, self.logic.report(request))
         for warning in outcome.warnings:
             logging.warning(f"SparseImplant: {warning}")
+        self._showWarnings(outcome.warnings)
         if not outcome.succeeded:
             self._setStatus(_("Failed: {message}").format(message=outcome.error), "error")
             slicer.util.errorDisplay(_("Generate Implant failed: {message}").format(message=outcome.error),
@@ -379,6 +384,14 @@ class SparseImplantWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 count=len(outcome.warnings), name=name, first=outcome.warnings[0]), "warning")
         else:
             self._setStatus(_("Done: '{name}', implant {volume:.1f} ml.").format(name=name, volume=outcome.implant_ml))
+
+    def _showWarnings(self, warnings: List[str]) -> None:
+        """The run's warnings under the status line (panel.warnings_text); hidden when there are none."""
+        from SparseImplantLib import panel
+
+        text = panel.warnings_text(warnings)
+        self.ui.warningsLabel.text = text
+        self.ui.warningsLabel.visible = bool(text)
 
     def _showResult(self, result) -> None:
         self._lastResult = result
@@ -498,19 +511,9 @@ class SparseImplantLogic(ScriptedLoadableModuleLogic):
         return panel.missing_requirements()
 
     def inputs(self, parameters: SparseImplantParameterNode):
-        from SparseImplantLib.designer import DesignInputs
+        from SparseImplantLib.designer import design_inputs
 
-        return DesignInputs(
-            segmentation_node=parameters.inputSegmentation if parameters.inputSegmentId else None,
-            segment_id=parameters.inputSegmentId,
-            ct_volume_node=parameters.inputVolume,
-            threshold_hu=parameters.boneThreshold,
-            reference_segmentation_node=parameters.referenceSegmentation if parameters.referenceSegmentId else None,
-            reference_segment_id=parameters.referenceSegmentId,
-            model=parameters.model or None,
-            device=DEVICES[parameters.device],
-            refine=parameters.refine,
-        )
+        return design_inputs(parameters, DEVICES)
 
     def start(self, inputs):
         """Export the inputs and start the subprocess; returns (request, job)."""

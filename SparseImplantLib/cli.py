@@ -168,7 +168,9 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
         help="batch prediction over a SkullFix/SkullBreak folder (masks only, for evaluate)",
         description="Predict completed skulls and implants for every selected case of a data folder (ground-truth "
         "implants are not needed); writes OUTDIR/<case>/completed_skull.nrrd and implant.nrrd, the layout "
-        "'sparseimplant evaluate' reads.",
+        "'sparseimplant evaluate' reads, and OUTDIR/<case>/report.json (warnings, pose, priors, implant volume, "
+        "device, stage times); ends with the doubtful cases (those with warnings), also in "
+        "OUTDIR/predict_summary.json.",
     )
     parser.add_argument("--data", type=Path, required=True, help="data root (SkullFix or SkullBreak layout)")
     parser.add_argument("--cases", help="case ids, e.g. 050-059 (default: all)")
@@ -177,23 +179,73 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--model-dir", type=Path, help="folder with registry.json and weights")
     parser.add_argument("--overwrite", action="store_true", help="replace the predictions already in OUTDIR's case folders")
+    parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                        help="terminal bar, JSON lines (the last one, \"done\", with the summary) or nothing")
     parser.add_argument("--keep-logit", type=float, help="override the model's pruning threshold (for tuning on training cases)")
     _add_network_choices(parser)
     parser.set_defaults(func=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from .contract import PREDICT_SUMMARY_FILE
     from .data.datasets import parse_case_range
     from .pipeline import predict_cases
+    from .progress import ignore_progress, json_lines_progress
 
     cases = parse_case_range(args.cases) if args.cases else None
-    with ProgressBar() as bar:
-        records = predict_cases(args.data, args.output, cases, args.model, args.device, args.model_dir, args.overwrite, bar,
-                                keep_logit=args.keep_logit, averaged=not args.single_pass, straighten=not args.as_it_lies,
-                                refine_model=args.refine_model)
+
+    def predict(progress: ProgressCallback) -> list:
+        return predict_cases(args.data, args.output, cases, args.model, args.device, args.model_dir, args.overwrite,
+                             progress, keep_logit=args.keep_logit, averaged=not args.single_pass,
+                             straighten=not args.as_it_lies, refine_model=args.refine_model)
+
+    if args.progress == "bar":
+        with ProgressBar() as bar:
+            records = predict(bar)
+    elif args.progress == "json":  # to sys.stdout as it is now, like the done line (the default is the one at import)
+        records = predict(_without_done(json_lines_progress(sys.stdout)))
+    else:
+        records = predict(ignore_progress)
+    summary_path = args.output / PREDICT_SUMMARY_FILE
+    summary = (json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file()
+               else {"cases": [], "doubtful": []})  # no case was predicted
+    lines = _predict_summary_lines(summary, summary_path)
+    if args.progress == "json":
+        print(_predict_done_line(summary, records, args.output, summary_path, lines[-1]), flush=True)
+        return 0
     for record in records:
-        print(f"{record['case']}: {sum(record['timings_s'].values()):.1f} s on {record['device']}")
+        count = len(record["warnings"])
+        warned = f" ({count} warning{'s' if count != 1 else ''})" if count else ""
+        seconds = sum(record["timings_s"].values())
+        print(f"{record['case']}: implant {record['implant_volume_ml']:.1f} ml, {seconds:.1f} s on {record['device']}{warned}")
+    for line in lines:
+        print(line)
     return 0
+
+
+def _predict_summary_lines(summary: dict, summary_path: Path) -> List[str]:
+    """One line per doubtful case (its first warning), then the count and where the summary is."""
+    lines = []
+    for case in summary["doubtful"]:
+        count = len(case["warnings"])
+        lines.append(f"doubtful: {case['case']} ({count} warning{'s' if count != 1 else ''}): {case['warnings'][0]}")
+    total = len(summary["cases"])
+    if not total:
+        return lines + ["no case predicted"]
+    where = f"summary in {summary_path}"
+    if summary["doubtful"]:
+        return lines + [f"{len(summary['doubtful'])} of {total} case(s) doubtful: review them first; {where}"]
+    return lines + [f"no doubtful case among {total}; {where}"]
+
+
+def _predict_done_line(summary: dict, records: list, output: Path, summary_path: Path, message: str) -> str:
+    """predict's last JSON progress line: "done" with predict_summary.json's content, where it is, and
+    which cases this run predicted (the summary covers every case folder of OUTDIR)."""
+    from .evaluate import json_safe
+
+    data = {**summary, "output": str(output), "summary_file": str(summary_path),
+            "run_cases": [record["case"] for record in records]}
+    return PROGRESS_PREFIX + json.dumps(json_safe({**asdict(ProgressEvent("done", 1.0, message)), "summary": data}))
 
 
 def _register_register_model(subparsers: argparse._SubParsersAction) -> None:

@@ -2,9 +2,10 @@
 
 A ``generate`` folder holds the two masks, one mesh per ``MESH_STEMS`` entry and format, the distance
 map (its vertices carry ``DISTANCE_ARRAY``), ``preview.png`` unless ``--no-preview``, and
-``report.json``; ``predict`` writes only the two masks per case, which ``evaluate`` reads. The Slicer
-module reads a folder back (``mrml.result_files``) and the CLI's output lines (``job``). Change a
-name here and every writer and reader follows.
+``report.json``; ``predict`` writes the two masks (which ``evaluate`` reads) and a ``report.json`` per
+case, and ``predict_summary.json`` beside the case folders. The Slicer module reads a folder back
+(``mrml.result_files``) and the CLI's output lines (``job``). Change a name here and every writer and
+reader follows.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ DISTANCE_MAP_FILE = "distance_map.vtp"  # compressed XML: the completed skull's 
 DISTANCE_ARRAY = "SignedDistance_mm"  # per-vertex signed distance, positive outside the reference surface
 PREVIEW_FILE = "preview.png"
 REPORT_FILE = "report.json"
+PREDICT_CASE_FILES = (COMPLETED_FILE, IMPLANT_FILE, REPORT_FILE)  # what predict writes into OUTDIR/<case>/
+PREDICT_SUMMARY_FILE = "predict_summary.json"  # predict: every case folder's report, in brief, and the doubtful ones
 
 # The CLI's one-line messages on stderr, which the Slicer module's job reader picks out of the output.
 ERROR_PREFIX = "sparseimplant: error: "

@@ -37,6 +37,25 @@ class DesignInputs:
     model: Optional[str] = None
     device: str = "auto"
     refine: bool = True  # super-resolution refinement when the registry has a model for it
+    straighten: bool = True  # level the scan's bottom cut and turn the head to face forward first (False: as it lies)
+
+
+def design_inputs(parameters, devices: Mapping[str, str]) -> DesignInputs:
+    """The module's parameter node (or anything with its attribute names) as ``DesignInputs``;
+    ``devices`` maps the panel's device choice to the CLI's (``SparseImplant.DEVICES``). A segmentation
+    counts only with a segment chosen in it."""
+    return DesignInputs(
+        segmentation_node=parameters.inputSegmentation if parameters.inputSegmentId else None,
+        segment_id=parameters.inputSegmentId,
+        ct_volume_node=parameters.inputVolume,
+        threshold_hu=parameters.boneThreshold,
+        reference_segmentation_node=parameters.referenceSegmentation if parameters.referenceSegmentId else None,
+        reference_segment_id=parameters.referenceSegmentId,
+        model=parameters.model or None,
+        device=devices[parameters.device],
+        refine=parameters.refine,
+        straighten=parameters.straighten,
+    )
 
 
 class ImplantDesigner:
@@ -80,7 +99,7 @@ class ImplantDesigner:
             raise
         return GenerateRequest(input_path, work / "output", model=inputs.model, device=inputs.device,
                                threshold_hu=threshold, reference=reference_path, model_dir=self.model_dir,
-                               refine=inputs.refine)
+                               refine=inputs.refine, straighten=inputs.straighten)
 
     def worker_environment(self) -> Dict[str, str]:
         env = dict(os.environ if self.environment is None else self.environment)

@@ -66,6 +66,7 @@ class GenerateRequest:
     reference: Optional[Path] = None
     model_dir: Optional[Path] = None
     refine: bool = True  # False: --refine-model none
+    straighten: bool = True  # False: --as-it-lies (the network sees the skull as it lies in the file)
     mesh_formats: Sequence[str] = ("vtk",)  # Slicer exports STL/OBJ itself; VTK keeps the distance array
     preview: bool = False  # the module draws its own three views, so no preview.png
 
@@ -81,6 +82,8 @@ class GenerateRequest:
                 command += [flag, str(value)]
         if not self.refine:
             command += ["--refine-model", "none"]
+        if not self.straighten:
+            command.append("--as-it-lies")
         return command
 
 

@@ -10,7 +10,7 @@ import importlib.util
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .job import GenerateJob
 
@@ -113,6 +113,16 @@ def run_outcome(job: GenerateJob, report: Optional[dict]) -> RunOutcome:
         return RunOutcome(False, warnings=warnings, error=job.error_message())
     return RunOutcome(True, empty_implant=report["voxels"]["implant"] == 0, warnings=warnings,
                       implant_ml=report.get("implant_volume_ml"), timings_s=dict(report.get("timings_s", {})))
+
+
+def warnings_text(warnings: Sequence[str]) -> str:
+    """What the panel shows under its status line after a run: a heading with the count, then each
+    distinct warning on a line of its own; empty (nothing shown) when the run had none."""
+    distinct = list(dict.fromkeys(warning.strip() for warning in warnings if warning.strip()))
+    if not distinct:
+        return ""
+    heading = "1 warning" if len(distinct) == 1 else f"{len(distinct)} warnings"
+    return "\n".join([f"{heading} from this run:", *(f"\u2022 {warning}" for warning in distinct)])
 
 
 def release(version: str) -> Tuple[int, ...]:

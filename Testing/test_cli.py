@@ -177,8 +177,18 @@ def test_predict_then_evaluate(tmp_path, capsys, tiny_skullfix, model_dir):
     code, stdout, stderr = run_cli(capsys, "predict", "--data", tiny_skullfix, "--cases", "001-002", "-o", predictions,
                                    "--model-dir", model_dir, "--device", "cpu", "--single-pass")
     assert code == 0, stderr
-    assert sorted(p.name for p in predictions.iterdir()) == ["001", "002"]
-    assert {p.name for p in (predictions / "001").iterdir()} == {"completed_skull.nrrd", "implant.nrrd", MANIFEST}
+    assert sorted(p.name for p in predictions.iterdir()) == ["001", "002", "predict_summary.json"]
+    assert {p.name for p in (predictions / "001").iterdir()} == {"completed_skull.nrrd", "implant.nrrd", "report.json",
+                                                                 MANIFEST}
+    report = json.loads((predictions / "001" / "report.json").read_text())
+    assert report["case"] == "001" and report["device"] == "cpu" and report["pose"]["straightened"] is True
+    assert {"read", "pose", "priors", "network", "implant", "write"} <= set(report["timings_s"])
+    assert "agreement_dsc" in report["priors"] and isinstance(report["implant_volume_ml"], float)
+    summary = json.loads((predictions / "predict_summary.json").read_text())
+    assert [case["case"] for case in summary["cases"]] == ["001", "002"]
+    doubtful = [case["case"] for case in summary["cases"] if case["warning_count"]]
+    assert [case["case"] for case in summary["doubtful"]] == doubtful
+    assert stdout.splitlines()[-1].endswith(f"summary in {predictions / 'predict_summary.json'}")
     code, stdout, stderr = run_cli(capsys, "evaluate", "--predictions", predictions, "--data", tiny_skullfix,
                                    "--cases", "001-002", "-o", tmp_path / "evaluation")
     assert code == 0, stderr

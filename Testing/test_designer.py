@@ -136,3 +136,24 @@ def test_the_worker_starts_from_the_given_environment(tmp_path):
     assert env["PYTHONPATH"].split(os.pathsep) == [str(LIBRARY_PARENT), "/user/site"]
     assert env["OMP_WAIT_POLICY"] == "ACTIVE" and env["PYTHONUNBUFFERED"] == "1"
     assert set(env) == {"PATH", "PYTHONPATH", "OMP_WAIT_POLICY", "PYTHONUNBUFFERED"}  # nothing of this process's
+
+
+@pytest.mark.parametrize("straighten", [True, False])
+def test_the_panels_choices_reach_the_workers_command_line(tmp_path, synthetic_skull, straighten):
+    """Parameter node -> DesignInputs -> request -> command: the advanced options, the straightening switch too."""
+    from types import SimpleNamespace
+
+    from SparseImplantLib.designer import design_inputs
+
+    scene = slicer.vtkMRMLScene()
+    skull = skull_segmentation(scene, synthetic_skull[0])
+    parameters = SimpleNamespace(inputSegmentation=skull, inputSegmentId=skull.GetSegmentation().GetNthSegmentID(0),
+                                 inputVolume=None, boneThreshold=300.0, referenceSegmentation=None,
+                                 referenceSegmentId="", model="tiny", device="CPU", refine=False, straighten=straighten)
+    inputs = design_inputs(parameters, {"Auto": "auto", "GPU": "cuda", "CPU": "cpu"})
+    assert inputs.straighten is straighten and inputs.segmentation_node is skull
+    request = ImplantDesigner(scene, work_root=tmp_path / "work").prepare(inputs)
+    command = request.command("python")
+    assert ("--as-it-lies" in command) is not straighten
+    assert command[command.index("--device") + 1] == "cpu" and command[command.index("--model") + 1] == "tiny"
+    assert command[command.index("--refine-model") + 1] == "none" and "--threshold" not in command

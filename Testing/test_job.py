@@ -75,3 +75,9 @@ def test_module_runs_skip_the_preview():
     command = GenerateRequest(input_path="in.nrrd", output_dir="out").command("python")
     assert "--no-preview" in command and command[command.index("--mesh-formats") + 1] == "vtk"
     assert "--no-preview" not in GenerateRequest("in.nrrd", "out", preview=True).command("python")
+
+
+def test_the_straightening_switch_reaches_the_command_line():
+    """The module's "Straighten the head" checkbox: checked (the default) straightens; unchecked, --as-it-lies."""
+    assert "--as-it-lies" not in GenerateRequest("in.nrrd", "out").command("python")
+    assert "--as-it-lies" in GenerateRequest("in.nrrd", "out", straighten=False).command("python")

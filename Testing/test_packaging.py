@@ -227,3 +227,10 @@ def test_the_module_imports_no_library_code_at_slicer_start():
     names = [alias.name for node in top_level for alias in node.names] + [
         node.module or "" for node in top_level if isinstance(node, ast.ImportFrom)]
     assert not any(name.startswith("SparseImplantLib") for name in names)
+
+
+def test_every_model_file_is_installed():
+    """The weights, the registry and the templates the pipeline loads (pose, priors) ship with the module."""
+    listed = set(cmake_list(PROJECT_ROOT / "CMakeLists.txt", "LIBRARY_RESOURCES"))
+    models = {str(p.relative_to(PROJECT_ROOT)) for p in (PROJECT_ROOT / "Resources" / "Models").iterdir() if p.is_file()}
+    assert models - listed == set(), "add these to LIBRARY_RESOURCES in CMakeLists.txt"

@@ -133,3 +133,19 @@ def test_the_licence_is_acknowledged_once_per_terms():
     assert panel.licence_acknowledged(settings)
     settings[panel.LICENCE_SETTINGS_KEY] = "older-terms"
     assert not panel.licence_acknowledged(settings)
+
+
+def test_the_runs_warnings_are_listed_in_the_panel():
+    """Shown under the status line after a run (failed ones too), each once; nothing when there are none."""
+    warned = finished_job("print('sparseimplant: warning: the head lies turned by about 40 degrees')\n"
+                          "print('sparseimplant: warning: the implant is unusually large')\n"
+                          "print('sparseimplant: warning: the head lies turned by about 40 degrees')")
+    outcome = panel.run_outcome(warned, {"voxels": {"implant": 10}, "implant_volume_ml": 90.0, "timings_s": {}})
+    assert panel.warnings_text(outcome.warnings) == ("2 warnings from this run:\n"
+                                                     "\u2022 the head lies turned by about 40 degrees\n"
+                                                     "\u2022 the implant is unusually large")
+    assert panel.warnings_text(["one"]) == "1 warning from this run:\n\u2022 one"
+    assert panel.warnings_text([]) == "" and panel.warnings_text(["  "]) == ""
+    failed = finished_job("import sys; print('sparseimplant: warning: odd pose'); "
+                          "print('sparseimplant: error: bad input: fix it'); sys.exit(1)")
+    assert panel.warnings_text(panel.run_outcome(failed, None).warnings) == "1 warning from this run:\n\u2022 odd pose"
