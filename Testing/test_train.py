@@ -215,6 +215,9 @@ def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path, tiny_skull
     assert main(train_args(tiny_skullfix, split, 10, "--val-cases", "", "--checkpoint-every", "4", "--resume")) == 0
     finished = [json.loads((folder / "training_summary.json").read_text()) for folder in (straight, split)]
     assert finished[0]["rank_weight_checksums"] == finished[1]["rank_weight_checksums"]
+    snapshot = ModelInfo(**json.loads((split / "snapshot" / "model.json").read_text()), directory=split / "snapshot")
+    assert snapshot.training["iterations"] == 8  # the last checkpoint's weights before the end, as a model
+    load_network(snapshot)
 
 
 @pytest.mark.slow

@@ -40,6 +40,7 @@ VALIDATION_KINDS = (OWN_DEFECT, "craniotomy", "frontoorbital", "parietotemporal"
 # Validation patients: every defect kind, half of them turned by up to 25 degrees, bone as it is.
 VALIDATION_AUGMENTATION = replace(Augmentation.preset("defects"), rotation=0.5, max_rotation_deg=25.0, flip=0.0)
 VALIDATION_SEED = 20261129
+SNAPSHOT_FOLDER = "snapshot"  # the latest checkpoint's weights as a model: register-model RUN/snapshot evaluates a run midway
 
 
 @dataclass
@@ -224,6 +225,13 @@ def add_predictions(sources: Sequence[CaseSource], data_root: Path, networks: Ne
         source.predicted = np.load(cached)
 
 
+def write_model(network: CompletionNet, info: ModelInfo, folder: Path) -> None:
+    """The weights and their model.json, as ``register-model`` reads a run folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_network(network, info)
+    atomic_write(folder / "model.json", lambda tmp: tmp.write_text(json.dumps(info.to_json(), indent=2) + "\n"))
+
+
 def widen_input(network: CompletionNet, in_channels: int) -> CompletionNet:
     """``network`` with ``in_channels`` input channels: the first ones keep their weights, the added
     ones start at zero, so the widened network starts from the same behaviour on the skull channel."""
@@ -317,6 +325,21 @@ def train(args: argparse.Namespace) -> dict:
     if cluster.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(network, device_ids=[cluster.device.index] if cluster.device.type == "cuda" else None)
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
+
+    def model_info(iterations: int, folder: Path) -> ModelInfo:
+        return ModelInfo(name=args.name, kind=args.kind, channels=list(channels), spacing_mm=spacing,
+                         file="model.safetensors", licence=DATA_LICENCE, crop_margin_mm=args.margin_mm,
+                         in_channels=in_channels, input_spacing_mm=input_spacing,
+                         priors=list(PRIOR_CHANNELS) if uses_priors and not input_spacing else [],
+                         training={"data": str(args.data), "cases": args.train_cases, "iterations": iterations,
+                                   "batch_size": args.batch_size * cluster.world_size, "lr": args.lr, "seed": args.seed,
+                                   "frame": "canonical (L, P, S)", "augmentation": args.augmentation,
+                                   "own_defects": augmentation.own_defect,
+                                   **({"initialised_from": _lineage(initial)} if initial else {}),
+                                   **({"coarse_model": {"name": coarse_model.name, "sha256": coarse_model.sha256}}
+                                      if coarse_model else {})},
+                         directory=folder)
+
     schedule = Schedule.cosine(args.lr, args.iterations)
     start, seconds_before = 0, 0.0
     rng = np.random.default_rng([args.seed, cluster.rank])
@@ -369,26 +392,15 @@ def train(args: argparse.Namespace) -> dict:
                      "channels": list(channels), "in_channels": in_channels,
                      "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
             atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
+            if done < args.iterations:  # the run's weights so far, as a model that register-model takes
+                write_model(network, model_info(done, output / SNAPSHOT_FOLDER), output / SNAPSHOT_FOLDER)
 
     cluster.share_buffers(network)
     checksums = cluster.gather_strings(weights_checksum(network))
     summary = {"iterations": args.iterations, "world_size": cluster.world_size, "rank_weight_checksums": checksums,
                "seconds": round(time.perf_counter() - started, 1)}
     if cluster.is_main:
-        info = ModelInfo(name=args.name, kind=args.kind, channels=list(channels), spacing_mm=spacing,
-                         file="model.safetensors", licence=DATA_LICENCE, crop_margin_mm=args.margin_mm,
-                         in_channels=in_channels, input_spacing_mm=input_spacing,
-                         priors=list(PRIOR_CHANNELS) if uses_priors and not input_spacing else [],
-                         training={"data": str(args.data), "cases": args.train_cases, "iterations": args.iterations,
-                                   "batch_size": args.batch_size * cluster.world_size, "lr": args.lr, "seed": args.seed,
-                                   "frame": "canonical (L, P, S)", "augmentation": args.augmentation,
-                                   "own_defects": augmentation.own_defect,
-                                   **({"initialised_from": _lineage(initial)} if initial else {}),
-                                   **({"coarse_model": {"name": coarse_model.name, "sha256": coarse_model.sha256}}
-                                      if coarse_model else {})},
-                         directory=output)
-        save_network(network, info)
-        atomic_write(output / "model.json", lambda tmp: tmp.write_text(json.dumps(info.to_json(), indent=2) + "\n"))
+        write_model(network, model_info(args.iterations, output), output)
         atomic_write(output / "training_summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
     cluster.close()
     return summary
