@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--own-defects", type=_share, metavar="P",
                         help="share of draws that keep the case's own defect (default: 0.2; 1 with --augmentation none)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, choices=range(0, 9), default=0, metavar="N",
+                        help="processes that prepare the next draws while the network trains (0: in the training "
+                             "process; on 2 CPU cores a worker only competes with the network, on a GPU it pays)")
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument("--checkpoint-every", type=int, default=250)

@@ -24,13 +24,13 @@ from ..io import atomic_write
 from ..metrics import dice
 from ..models.completion import CHANNEL_PRESETS, CompletionNet, completion_loss
 from ..models.registry import MODEL_KINDS, PRIOR_CHANNELS, ModelInfo, find_model, load_network, save_network
-from ..priors import Priors, channel_input, estimate_priors, load_shape_template
+from ..priors import Priors, ShapeTemplate, channel_input, estimate_priors, load_shape_template
 from ..sparse import SparseTensor, batch_coordinates
 from ..superres import INPUT_CHANNELS, batch_input, input_voxels, refine_box, upsample_coarse
 from ..volume import Volume, canonical_grid, resample_mask
 from .augment import OWN_DEFECT, Augmentation, Draw, draw
 from .distributed import Distributed
-from .draw_priors import case_priors, draw_priors
+from .draw_priors import CasePriors, case_priors, draw_priors
 from .samples import CaseSource, load_sources, soft_on_grid
 from .schedule import Schedule
 
@@ -225,6 +225,37 @@ def add_predictions(sources: Sequence[CaseSource], data_root: Path, networks: Ne
         source.predicted = np.load(cached)
 
 
+class TrainingBatches(torch.utils.data.Dataset):
+    """Iteration i's batch, made from (seed, process rank, i) alone: workers can prepare batches ahead
+    of the network (``--workers``), in any order, and a resumed run draws exactly what an uninterrupted
+    one would, with no random state to keep."""
+
+    def __init__(self, sources: Sequence[CaseSource], priors: Optional[Sequence[CasePriors]],
+                 template: Optional[ShapeTemplate], spacing: float, margin_mm: float, augmentation: Augmentation,
+                 input_spacing: Optional[Sequence[float]], batch_size: int, seed: Sequence[int], with_predicted: bool) -> None:
+        self.sources, self.priors, self.template = sources, priors, template
+        self.spacing, self.margin_mm, self.augmentation = spacing, margin_mm, augmentation
+        self.input_spacing, self.batch_size, self.seed, self.with_predicted = input_spacing, batch_size, seed, with_predicted
+
+    def __getitem__(self, iteration: int) -> List[Example]:
+        rng = np.random.default_rng([*self.seed, iteration])
+        batch = []
+        for i in rng.integers(0, len(self.sources), size=self.batch_size):
+            pair = draw(self.sources[i], self.spacing, self.margin_mm, rng, self.augmentation,
+                        with_predicted=self.with_predicted)
+            priors = draw_priors(pair, self.priors[i], self.template, rng) if self.priors else None
+            batch.append(make_example(pair, self.input_spacing, rng, self.augmentation.shift_voxels, priors))
+        return batch
+
+
+def _as_is(batch: List[Example]) -> List[Example]:
+    return batch
+
+
+def _one_thread(worker: int) -> None:
+    torch.set_num_threads(1)  # a worker draws with numpy and scipy; the network keeps the cores' threads
+
+
 def write_model(network: CompletionNet, info: ModelInfo, folder: Path) -> None:
     """The weights and their model.json, as ``register-model`` reads a run folder."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -342,7 +373,6 @@ def train(args: argparse.Namespace) -> dict:
 
     schedule = Schedule.cosine(args.lr, args.iterations)
     start, seconds_before = 0, 0.0
-    rng = np.random.default_rng([args.seed, cluster.rank])
     log_path = output / "train_log.jsonl"
     if args.resume:
         state = torch.load(checkpoint_path, map_location=cluster.device, weights_only=False)
@@ -352,10 +382,6 @@ def train(args: argparse.Namespace) -> dict:
         schedule, note = _stored_schedule(state).resized(args.iterations, start)
         if note and cluster.is_main:
             print(note, flush=True)
-        if "rng" in state and cluster.rank == 0:
-            rng.bit_generator.state = state["rng"]
-        else:  # another process of a torchrun run, or a run from before the state was kept: seeded by position
-            rng = np.random.default_rng([args.seed, cluster.rank, start])
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"])
         if cluster.is_main:
@@ -363,15 +389,14 @@ def train(args: argparse.Namespace) -> dict:
     network.train()
     announce(f"training from iteration {start} to {args.iterations}: a log line every {args.log_every} iterations")
     started = time.perf_counter() - seconds_before  # the log and summary count the whole run's training time
-    for iteration in range(start, args.iterations):
+    batches = TrainingBatches(train_sources, train_priors, template, spacing[0], args.margin_mm, augmentation,
+                              input_spacing, args.batch_size, (args.seed, cluster.rank), coarse_model is not None)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, args.iterations),
+                                         num_workers=args.workers, collate_fn=_as_is, prefetch_factor=2 if args.workers else None,
+                                         worker_init_fn=_one_thread)
+    for iteration, batch in zip(range(start, args.iterations), loader):
         for group in optimizer.param_groups:
             group["lr"] = schedule.rate(iteration)
-        batch = []
-        for i in rng.integers(0, len(train_sources), size=args.batch_size):
-            pair = draw(train_sources[i], spacing[0], args.margin_mm, rng, augmentation,
-                        with_predicted=coarse_model is not None)
-            priors = draw_priors(pair, train_priors[i], template, rng) if train_priors else None
-            batch.append(make_example(pair, input_spacing, rng, augmentation.shift_voxels, priors))
         result = model(network_input(batch, cluster.device), batch_coordinates([e.complete for e in batch], cluster.device))
         loss = completion_loss(result)
         optimizer.zero_grad(set_to_none=True)
@@ -389,8 +414,7 @@ def train(args: argparse.Namespace) -> dict:
         if cluster.is_main and (done % args.checkpoint_every == 0 or done == args.iterations):
             state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(),
                      "schedule": schedule.to_json(), "iteration": done, "seconds": time.perf_counter() - started,
-                     "channels": list(channels), "in_channels": in_channels,
-                     "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+                     "channels": list(channels), "in_channels": in_channels, "torch_rng": torch.get_rng_state()}
             atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
             if done < args.iterations:  # the run's weights so far, as a model that register-model takes
                 write_model(network, model_info(done, output / SNAPSHOT_FOLDER), output / SNAPSHOT_FOLDER)
