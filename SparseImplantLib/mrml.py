@@ -414,10 +414,23 @@ def add_results_from_folder(scene, output_dir: PathLike, name: str = "Implant de
 
 def result_rows(metrics: Optional[Dict[str, Optional[float]]] = None,
                 report: Optional[dict] = None) -> List[Tuple[str, str, str]]:
-    """(label, value, unit) rows of the results table: implant volume, metrics, then stage timings."""
+    """(label, value, unit) rows of the results table: implant volume, the implant report (area,
+    thickness, border fit, watertight: ``implant_report``), metrics, then stage timings."""
     rows = []
     if report is not None and report.get("implant_volume_ml") is not None:
         rows.append(("Implant volume", f"{report['implant_volume_ml']:.1f}", "ml"))
+    fit = (report or {}).get("implant_report")
+    if fit:
+        def mm(value: Optional[float]) -> str:
+            return "n/a" if value is None else f"{value:.2f}"
+
+        thickness = fit["thickness_mm"]
+        rows += [("Implant area", f"{fit['area_cm2']:.1f}", "cm²"),
+                 *((f"Thickness ({key})", mm(thickness[key]), "mm") for key in ("min", "median", "max")),
+                 ("Border gap (95th pct.)", mm(fit["gap_mm"]), "mm"),
+                 ("Border overlap (95th pct.)", mm(fit["overlap_mm"]), "mm"),
+                 ("Watertight", "yes" if fit["watertight"] else
+                  f"no ({fit['boundary_edges']} open, {fit['non_manifold_edges']} non-manifold edges)", "")]
     shown = {metric.key: (metric.label, metric.unit) for metric in METRICS}
     for key, value in (metrics or {}).items():
         label, unit = shown.get(key, (key, ""))

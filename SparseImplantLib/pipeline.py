@@ -303,6 +303,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
     full-resolution reference surface."""
     from .geometry import (add_signed_distance, display_mesh, distance_statistics, export_mesh,
                            surface_from_mask, vertices_near_changes, without_specks)
+    from .implant_report import implant_report
 
     input_path, output_dir = Path(input_path), Path(output_dir)
     _check_options(input_path, output_dir, options)
@@ -335,6 +336,9 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             distance_surface = add_signed_distance(completed_view, against_surface,
                                                    where=vertices_near_changes(completed_view, completed, against))
             distances = distance_statistics(_point_array(distance_surface, contract.DISTANCE_ARRAY))
+            # What a lab checks before printing: volume, area, thickness, border fit, watertightness.
+            fit = (implant_report(implant_surface, implant, defective_surface).to_json()
+                   if implant_surface is not None else None)
         whole_skulls = ((completed_surface, defective_surface) if options.full_resolution_meshes
                         else (completed_view, defective_view))
         meshes = dict(zip(contract.MESH_STEMS, (*whole_skulls, implant_surface)))  # the implant at full resolution
@@ -366,6 +370,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
                 "implant": int(implant_array.sum()),
             },
             "implant_volume_ml": round(design.implant_ml, 3),
+            "implant_report": fit,
             "warnings": design.warnings,
             "pose": design.pose,
             "priors": design.priors,

@@ -92,6 +92,15 @@ def test_results_are_pinned_to_three_linked_views_and_rerun_adds_new_nodes(scene
     assert table.GetNumberOfRows() == 2 and table.GetValue(0, 1).ToString() == "0.91"
     assert mrml.result_rows({"hd95_mm": None}, {"implant_volume_ml": 47.04, "timings_s": {"network": 6.52}}) == [
         ("Implant volume", "47.0", "ml"), ("HD95", "n/a", "mm"), ("Time: network", "6.5", "s")]
+    fit = {"area_cm2": 165.86, "thickness_mm": {"min": 1.55, "median": 6.48, "max": 9.61}, "gap_mm": 0.03,
+           "overlap_mm": None, "watertight": False, "boundary_edges": 12, "non_manifold_edges": 0}
+    assert mrml.result_rows(None, {"implant_volume_ml": 47.04, "implant_report": fit}) == [
+        ("Implant volume", "47.0", "ml"), ("Implant area", "165.9", "cm²"), ("Thickness (min)", "1.55", "mm"),
+        ("Thickness (median)", "6.48", "mm"), ("Thickness (max)", "9.61", "mm"),
+        ("Border gap (95th pct.)", "0.03", "mm"), ("Border overlap (95th pct.)", "n/a", "mm"),
+        ("Watertight", "no (12 open, 0 non-manifold edges)", "")]
+    fit_table = mrml.metrics_table(scene, None, "fit", {"implant_volume_ml": 47.04, "implant_report": fit}).GetTable()
+    assert fit_table.GetNumberOfRows() == 8 and fit_table.GetValue(1, 2).ToString() == "cm²"
     layout = mrml.layout_node(scene)
     mrml.show_three_view_layout(scene)
     assert layout.GetViewArrangement() == mrml.LAYOUT_ID
@@ -154,7 +163,9 @@ def test_results_from_a_generate_folder(scene, synthetic_skull, tmp_path, genera
     assert {"completed", "defective", "distance"} <= set(result.models)
     table = result.metrics_table.GetTable()
     labels = [table.GetValue(row, 0).ToString() for row in range(table.GetNumberOfRows())]
-    assert labels == (["Implant volume", "Dice (implant)", "Border Dice (10 mm)", "HD95", "Dice (completed skull)"]
+    fit = ["Implant area", "Thickness (min)", "Thickness (median)", "Thickness (max)", "Border gap (95th pct.)",
+           "Border overlap (95th pct.)", "Watertight"] if report["implant_report"] else []
+    assert labels == (["Implant volume", *fit, "Dice (implant)", "Border Dice (10 mm)", "HD95", "Dice (completed skull)"]
                       + [f"Time: {stage}" for stage in report["timings_s"]])
     completed = mrml.segment_to_volume(result.segmentation, result.segmentation.GetSegmentation()
                                        .GetSegmentIdBySegmentName(mrml.COMPLETED_SEGMENT))

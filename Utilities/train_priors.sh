@@ -17,4 +17,4 @@ resume=()
 exec "$PYTHON" -m SparseImplantLib.train --data "$DATA" --cache "$CACHE" -o "$RUN" "${resume[@]}" \
   --name skullfix-priors-ch1-2mm --init-model skullfix-ch1-2mm --priors \
   --train-cases 000-044 --val-cases 045-049 --iterations 30000 --lr 5e-4 --seed 7 \
-  --log-every 50 --val-every 1000 --checkpoint-every 250
+  --log-every 50 --val-every 1000 --checkpoint-every 250 "$@"
