@@ -128,16 +128,19 @@ def _pass_view(array: np.ndarray, flip: bool, shift: int) -> np.ndarray:
 
 
 def predict_fraction(network: CompletionNet, mask: np.ndarray, device: torch.device,
-                     passes: Sequence[Tuple[bool, int]] = AVERAGED_PASSES, priors: Optional[Priors] = None) -> np.ndarray:
-    """Share of the (flip, shift) passes whose prediction keeps each voxel, as float32 in [0, 1]."""
+                     passes: Sequence[Tuple[bool, int]] = AVERAGED_PASSES, priors: Optional[Priors] = None,
+                     after_pass: Callable[[int], None] = lambda done: None) -> np.ndarray:
+    """Share of the (flip, shift) passes whose prediction keeps each voxel, as float32 in [0, 1];
+    ``after_pass(done)`` hears of each pass finished (the progress bar moves)."""
     kept = np.zeros(mask.shape, dtype=np.float32)
-    for flip, shift in passes:
+    for done, (flip, shift) in enumerate(passes, start=1):
         view_priors = None
         if priors is not None:
             view_priors = Priors(_pass_view(priors.mirror, flip, shift), _pass_view(priors.fitted, flip, shift),
                                  priors.plane, priors.fit)
         predicted = predict_mask(network, _pass_view(mask, flip, shift), device, view_priors)[shift:, shift:, shift:]
         kept += predicted[::-1] if flip else predicted
+        after_pass(done)
     return kept / len(passes)
 
 
@@ -170,8 +173,11 @@ def coarse_skull(model_input: ModelInput, networks: Networks, device: torch.devi
     stage = ProgressEvent("network", 0.2, f"{int(cropped.array.sum())} voxels on a {cropped.shape} grid, "
                                           f"{len(passes)} pass(es)")
     progress(stage)
+    def after_pass(done: int) -> None:
+        progress(ProgressEvent("network", 0.2 + 0.35 * done / len(passes), f"pass {done} of {len(passes)} done"))
+
     fraction, device = with_cpu_fallback(
-        lambda on: predict_fraction(networks.completion, cropped.array, on, passes, model_input.priors),
+        lambda on: predict_fraction(networks.completion, cropped.array, on, passes, model_input.priors, after_pass),
         networks, device, progress, stage)
     return grid.with_array(paste(fraction, model_input.box, grid.shape)), device
 

@@ -94,6 +94,9 @@ def test_json_progress_lines_through_the_entry_point(tmp_path, skull_file, model
     assert events[0].stage == "read" and events[-1].stage == "done" and events[-1].fraction == 1.0
     fractions = [e.fraction for e in events]
     assert fractions == sorted(fractions)
+    assert max(b - a for a, b in zip(fractions, fractions[1:])) <= 0.36  # no long stall: the network's passes report
+    stages = [stage for i, stage in enumerate(e.stage for e in events) if i == 0 or events[i - 1].stage != stage]
+    assert len(stages) == len(set(stages)), stages  # each stage once, in order (no network -> pose -> network)
 
 
 def test_help_lists_commands(capsys):
