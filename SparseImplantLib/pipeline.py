@@ -322,12 +322,14 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
         design = design_implant(defective, networks, device, progress, clock, options.averaged, options.straighten)
         completed, implant, device = design.completed, design.implant, design.device
         implant_array = implant.array > 0
-        progress(ProgressEvent("meshes", 0.8, "surfaces and distances"))
-        with clock.stage("meshes"):
+        progress(ProgressEvent("meshes", 0.75, "surfaces of the skulls and the implant"))
+        with clock.stage("meshes"):  # several seconds: each step moves the bar
             completed_surface = surface_from_mask(completed)
             defective_surface = surface_from_mask(defective)
             implant_surface = without_specks(surface_from_mask(implant)) if implant_array.any() else None
+            progress(ProgressEvent("meshes", 0.8, "display meshes"))
             completed_view, defective_view = display_mesh(completed_surface), display_mesh(defective_surface)
+            progress(ProgressEvent("meshes", 0.85, "signed distances and the implant report"))
             if reference is not None:
                 against = defective.with_array(((defective.array > 0) | (reference.array > 0)).astype(np.uint8))
                 against_surface = surface_from_mask(against)
