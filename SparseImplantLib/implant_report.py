@@ -20,7 +20,9 @@ from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 from vtkmodules.vtkFiltersCore import vtkMassProperties, vtkTriangleFilter
 
-from .geometry import open_edge_counts, signed_distance, with_normals
+from .distances import signed_distance
+from .geometry import with_normals
+from .meshes import open_edge_counts
 from .volume import Volume, find_foreground_box
 
 BORDER_REACH_MM = 5.0  # skull vertices this close to the implant (either side of its surface) can be its border
@@ -175,7 +177,7 @@ def border_fit_mm(implant_surface: vtkPolyData, skull_surface: vtkPolyData,
     the nearest implant vertex (the skull's cut face and the implant's edge face look at each other; the
     skull's outer and inner tables beside the defect, parallel to the implant's faces, and the groove
     where the two parts' rounded edges meet, are not border).
-    At each border vertex the signed distance to the implant surface (``geometry.signed_distance``,
+    At each border vertex the signed distance to the implant surface (``distances.signed_distance``,
     vtkImplicitPolyDataDistance: positive outside the implant) is the local gap when positive and the
     local overlap (how deep the bone lies inside the implant) when negative. ``gap`` and ``overlap``
     are the 95th percentiles of max(d, 0) and max(-d, 0) over the border: the widest gap and the

@@ -20,8 +20,8 @@ from vtk.util import numpy_support
 from . import contract
 from .contract import DISTANCE_ARRAY
 from .errors import SparseImplantError
-from .geometry import transform_polydata, vtk_matrix
 from .io import PathLike
+from .meshes import transform_polydata, vtk_matrix
 from .metrics import METRICS
 from .render import color_limit_mm, defect_camera, diverging_lookup_table
 from .volume import LPS_TO_RAS, Volume
@@ -395,8 +395,8 @@ def add_results_from_folder(scene, output_dir: PathLike, name: str = "Implant de
     """Load what ``sparseimplant generate`` wrote (the Slicer module runs it in a subprocess)."""
     import json
 
-    from .geometry import read_mesh
     from .io import read_volume
+    from .meshes import read_mesh
 
     folder = Path(output_dir)
     files = result_files(folder)

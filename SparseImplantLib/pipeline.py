@@ -296,14 +296,16 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
              progress: ProgressCallback = ignore_progress) -> dict:
     """Run the whole job and return the report (also written as report.json).
 
-    The whole skulls are written and shown as display meshes (``geometry.display_mesh``: within
+    The whole skulls are written and shown as display meshes (``display_meshes.display_mesh``: within
     ``DISPLAY_TOLERANCE_MM`` of the full-resolution surfaces, a fifth of their triangles) unless
     ``options.full_resolution_meshes``; the implant mesh, which is printed, is always full resolution.
     The distance map is the completed skull's display mesh, its vertices measured against the
     full-resolution reference surface."""
-    from .geometry import (add_signed_distance, display_mesh, distance_statistics, export_mesh,
-                           surface_from_mask, vertices_near_changes, without_specks)
+    from .display_meshes import display_mesh
+    from .distances import add_signed_distance, distance_statistics, vertices_near_changes
+    from .geometry import surface_from_mask, without_specks
     from .implant_report import implant_report
+    from .meshes import export_mesh
 
     input_path, output_dir = Path(input_path), Path(output_dir)
     _check_options(input_path, output_dir, options)

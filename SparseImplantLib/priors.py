@@ -309,11 +309,11 @@ class Priors:
         return skull | np.isin(labels, np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1)
 
     def missing(self, defective: np.ndarray) -> np.ndarray:
-        """Where the priors say bone belongs but the skull has none (and no bone within one voxel), between
-        the skull's lowest slice (plus ``FIELD_MARGIN`` voxels) and its top: below, a scan's field of view
-        may end anywhere, which no prior can tell from missing bone."""
+        """Where the priors say bone is missing: the bone either baseline adds (``completed``), between
+        the skull's lowest slice (plus ``FIELD_MARGIN`` voxels) and its top: below, a scan's field of
+        view may end anywhere, which no prior can tell from missing bone."""
         skull = np.asarray(defective) != 0
-        expected = (self.mirror | (self.fitted >= FITTED_SITE)) & ~ndimage.binary_dilation(skull, iterations=1)
+        expected = (self.completed(skull, "mirror") | self.completed(skull, "fitted")) & ~skull
         levels = np.flatnonzero(skull.any(axis=(0, 1)))
         if levels.size == 0:
             return expected

@@ -17,8 +17,8 @@ import SimpleITK as sitk
 from conftest import PROJECT_ROOT, make_registry
 from SparseImplantLib.cli import main
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.geometry import read_mesh
 from SparseImplantLib.io import read_mask, write_volume
+from SparseImplantLib.meshes import read_mesh
 from SparseImplantLib.outputs import MANIFEST
 from SparseImplantLib.progress import ProgressEvent
 from SparseImplantLib.volume import Volume

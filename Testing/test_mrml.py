@@ -15,8 +15,10 @@ from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 from conftest import load_utility, read_png, shown_in_view  # noqa: E402
 from SparseImplantLib import mrml  # noqa: E402
 from SparseImplantLib.contract import DISTANCE_ARRAY  # noqa: E402
+from SparseImplantLib.distances import add_signed_distance  # noqa: E402
 from SparseImplantLib.errors import SparseImplantError  # noqa: E402
-from SparseImplantLib.geometry import add_signed_distance, surface_from_mask, transform_polydata  # noqa: E402
+from SparseImplantLib.geometry import surface_from_mask  # noqa: E402
+from SparseImplantLib.meshes import transform_polydata  # noqa: E402
 from SparseImplantLib.render import defect_camera  # noqa: E402
 from SparseImplantLib.volume import LPS_TO_RAS  # noqa: E402
 
@@ -140,7 +142,7 @@ def test_three_mrml_views_render_offscreen(scene, results, tmp_path):
 
 
 def test_export_segments_writes_stl_once(scene, results, tmp_path):
-    from SparseImplantLib.geometry import enclosed_volume_mm3, read_mesh
+    from SparseImplantLib.meshes import enclosed_volume_mm3, read_mesh
 
     completed, implant, _ = results
     node = mrml.add_result_segmentation(scene, completed, implant, "Design")

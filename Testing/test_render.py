@@ -10,6 +10,7 @@ import pytest
 
 from conftest import read_png, shell_skull
 from SparseImplantLib import geometry
+from SparseImplantLib.distances import add_signed_distance
 from SparseImplantLib.render import (
     BACKGROUND,
     defect_camera,
@@ -44,7 +45,7 @@ def test_three_panel_render(tmp_path):
     prediction[32:] = 0
     prediction[20:28, 20:28, 36:44] = 1
     surfaces = [geometry.surface_from_mask(Volume(a, **volume_kwargs)) for a in (prediction, defective, implant)]
-    distance = geometry.add_signed_distance(surfaces[0], geometry.surface_from_mask(Volume(ball, **volume_kwargs)))
+    distance = add_signed_distance(surfaces[0], geometry.surface_from_mask(Volume(ball, **volume_kwargs)))
     path = render_three_panel(surfaces[0], surfaces[1], surfaces[2], distance, tmp_path / "preview.png", size=(600, 200))
     pixels = read_png(path).astype(int)
     assert pixels.shape == (200, 600, 3)
