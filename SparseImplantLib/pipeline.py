@@ -61,7 +61,7 @@ class GenerateOptions:
     averaged: bool = True  # average the network over AVERAGED_PASSES (False: one pass, a quarter of the compute)
     refine_model: Optional[str] = "auto"  # super-resolution model: a name, "auto" (the registry's, if any) or "none"
     preview: bool = True  # preview.png; the Slicer module draws its own views and skips it
-    full_resolution_meshes: bool = False  # whole-skull meshes as extracted, not their display copies (geometry.display_mesh)
+    full_resolution_meshes: bool = False  # whole-skull meshes as extracted, not their display copies (display_meshes.display_mesh)
     straighten: bool = True  # lay the network's grid with the scan's bottom cut level and the head facing forward (pose)
 
 
