@@ -23,7 +23,7 @@ import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage, optimize
@@ -280,7 +280,7 @@ def upright_axes(mask: Volume, template: Optional[Template] = None) -> np.ndarra
     points = skull_points(mask, template.spacing)
     if len(points) < 4:
         return np.eye(3)
-    offsets = spread_points(points - points.mean(axis=0), GROSS_POINTS)
+    offsets = spread_sample(points - points.mean(axis=0), GROSS_POINTS)
     steps = np.arange(-GROSS_LOCAL_DEG, GROSS_LOCAL_DEG + 1e-9, GROSS_LOCAL_DEG / 2)
     local = [_turned(np.array(angles)) for angles in itertools.product(steps, repeat=3)]
 
@@ -292,11 +292,6 @@ def upright_axes(mask: Volume, template: Optional[Template] = None) -> np.ndarra
     upright = match(np.eye(3))
     best = max(scores, key=lambda score: score[0])
     return best[2] if best[0] > upright + GROSS_MARGIN else np.eye(3)
-
-
-def spread_points(points: np.ndarray, count: int) -> np.ndarray:
-    """An evenly spaced, deterministic subset of at most ``count`` rows."""
-    return points if len(points) <= count else points[np.linspace(0, len(points) - 1, count).astype(int)]
 
 
 def straighten(mask: Volume, enabled: bool = True, template: Optional[Template] = None) -> Straightening:
@@ -334,13 +329,26 @@ def build_template(clouds: Sequence[np.ndarray], spacing: float = TEMPLATE_SPACI
     centroid and, with ``rotations``, turned upright (R^T p), blurred by one voxel."""
     rotations = rotations if rotations is not None else [np.eye(3)] * len(clouds)
     centred = [(cloud - cloud.mean(axis=0)) @ rotation for cloud, rotation in zip(clouds, rotations)]
-    reach = max(np.abs(cloud).max() for cloud in centred) + 3 * spacing
+    share, centre = occupancy_share(centred, spacing, margin_voxels=3)
+    fraction = ndimage.gaussian_filter(share, sigma=1.0)
+    return Template(fraction / fraction.max(), spacing, centre)
+
+
+def spread_sample(points: np.ndarray, count: int) -> np.ndarray:
+    """An evenly spaced, deterministic subset of at most ``count`` rows."""
+    return points if len(points) <= count else points[np.linspace(0, len(points) - 1, count).astype(int)]
+
+
+def occupancy_share(clouds: Sequence[np.ndarray], spacing: float, margin_voxels: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Share of ``clouds`` (offsets in mm from a common centre) occupying each voxel of a cube of
+    ``spacing`` that holds them all plus ``margin_voxels``, and the centre's index: the mean skulls'
+    raw counts (``build_template`` here, ``priors.build_shape_template``)."""
+    reach = max(np.abs(cloud).max() for cloud in clouds) + margin_voxels * spacing
     size = int(np.ceil(2 * reach / spacing)) + 1
     centre = np.full(3, (size - 1) / 2)
     counts = np.zeros((size, size, size), dtype=np.float32)
-    for cloud in centred:
+    for cloud in clouds:
         occupied = np.zeros_like(counts, dtype=bool)
         occupied[tuple(np.rint(cloud / spacing + centre).astype(int).T)] = True
         counts += occupied
-    fraction = ndimage.gaussian_filter(counts / len(centred), sigma=1.0)
-    return Template(fraction / fraction.max(), spacing, centre)
+    return counts / len(clouds), centre

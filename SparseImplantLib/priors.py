@@ -30,7 +30,8 @@ from scipy import ndimage, optimize
 from scipy.spatial.transform import Rotation
 
 from .errors import SparseImplantError
-from .models.registry import PRIOR_CHANNELS, default_model_dir
+from .models.registry import default_model_dir
+from .pose import occupancy_share, spread_sample
 
 SHAPE_TEMPLATE_FILE = "shape-template.npz"
 CAP_MM = 6.0  # a mirrored voxel this far from bone or further costs the same, wherever it lands
@@ -131,13 +132,6 @@ def load_shape_template(path: Optional[Path] = None) -> ShapeTemplate:
                              np.asarray(stored["centre"], dtype=np.float64))
 
 
-def spread_sample(points: np.ndarray, count: int = SAMPLE_POINTS) -> np.ndarray:
-    """An evenly spaced, deterministic subset of at most ``count`` rows."""
-    if len(points) <= count:
-        return points
-    return points[np.linspace(0, len(points) - 1, count).astype(int)]
-
-
 # --- mirror -------------------------------------------------------------------------------------
 
 def _capped_distance(mask: np.ndarray, spacing: float) -> np.ndarray:
@@ -165,7 +159,7 @@ def estimate_symmetry(mask: np.ndarray, spacing: float) -> Optional[SymmetryPlan
     if len(points) < 10:
         return None
     distance = _capped_distance(mask, spacing)
-    coarse_points, fine_points = spread_sample(points, 1000), spread_sample(points)
+    coarse_points, fine_points = spread_sample(points, 1000), spread_sample(points, SAMPLE_POINTS)
 
     def cost(parameters: np.ndarray, sample: np.ndarray) -> float:
         normal = _normal(parameters[:2])
@@ -218,7 +212,7 @@ def fit_points(points: np.ndarray, template: ShapeTemplate, rotation: Optional[n
     ``pose.Pose.rotation``) starts the search; without it, turns up to ``FIT_SEARCH_DEG`` about each
     axis are tried."""
     centre = points.mean(axis=0)
-    sample, coarse = spread_sample(points - centre), spread_sample(points - centre, 800)
+    sample, coarse = spread_sample(points - centre, SAMPLE_POINTS), spread_sample(points - centre, 800)
 
     capped = np.minimum(template.distance, CAP_MM)
 
@@ -237,7 +231,7 @@ def fit_points(points: np.ndarray, template: ShapeTemplate, rotation: Optional[n
                                 options={"xtol": 1e-3, "ftol": 1e-5, "maxfev": 3000})
     matrix = _fit_matrix(refined.x)
     shift = -matrix @ (centre + refined.x[6:])
-    u = spread_sample(points) @ matrix.T + shift
+    u = spread_sample(points, SAMPLE_POINTS) @ matrix.T + shift
     residual = float(np.median(template.sample(u, template.distance, outside=CAP_MM * 5)))
     return ShapeFit(matrix, shift, residual, float(template.sample(u).mean()))
 
@@ -360,14 +354,7 @@ def build_shape_template(clouds: List[np.ndarray], spacing: float, fits: Optiona
         laid = [(cloud @ fit.matrix.T + fit.shift - mean_shift) @ undo.T for cloud, fit in zip(clouds, fits)]
         middle = np.mean([cloud.mean(axis=0) for cloud in laid], axis=0)  # offsets from the mean skull's centre
         laid = [cloud - middle for cloud in laid]
-    reach = max(np.abs(cloud).max() for cloud in laid) + 4 * spacing
-    size = int(np.ceil(2 * reach / spacing)) + 1
-    centre = np.full(3, (size - 1) / 2)
-    counts = np.zeros((size, size, size), dtype=np.float32)
-    for cloud in laid:
-        occupied = np.zeros_like(counts, dtype=bool)
-        occupied[tuple(np.rint(cloud / spacing + centre).astype(int).T)] = True
-        counts += occupied
-    fraction = ndimage.gaussian_filter(counts / len(laid), sigma=0.5)
+    share, centre = occupancy_share(laid, spacing, margin_voxels=4)
+    fraction = ndimage.gaussian_filter(share, sigma=0.5)
     box = tuple(slice(max(s.start - 3, 0), s.stop + 3) for s in ndimage.find_objects((fraction > 0.02).astype(int))[0])
     return ShapeTemplate(fraction[box], spacing, centre - np.array([s.start for s in box]))
