@@ -37,7 +37,21 @@ def _check_range(low: int, high: int) -> None:
 
 
 def pack(coordinates: torch.Tensor) -> torch.Tensor:
-    """int64 keys of (N, 4) coordinates; raises instead of wrapping when a value does not fit."""
+    """int64 keys of (N, 4) coordinates; raises instead of wrapping when a value does not fit.
+
+    Args:
+        coordinates (torch.Tensor): (N, 4) int64 ``[batch, x, y, z]`` (int64: the batch field is
+            shifted by 54 bits). Spatial values must lie in ``[AXIS_MIN, AXIS_MAX]`` =
+            ``[-131072, 131071]``, batch indices in ``[0, BATCH_MAX]`` = ``[0, 511]``.
+
+    Returns:
+        torch.Tensor: (N,) int64 keys on the coordinates' device: batch in bits 54-62, then x, y and z
+        in 18-bit fields, each offset by ``AXIS_OFFSET`` (2**17). Keys therefore sort as the
+        coordinates do lexicographically (batch, then x, y, z).
+
+    Raises:
+        ValueError: a spatial coordinate or a batch index is outside its range.
+    """
     if coordinates.numel():
         check_packable(coordinates)
         batch = coordinates[:, 0]
@@ -52,6 +66,14 @@ def pack(coordinates: torch.Tensor) -> torch.Tensor:
 
 
 def unpack(keys: torch.Tensor) -> torch.Tensor:
+    """(N, 4) coordinates of packed keys: the inverse of ``pack``.
+
+    Args:
+        keys (torch.Tensor): (N,) int64 keys made by ``pack`` (or derived from them by the engine).
+
+    Returns:
+        torch.Tensor: (N, 4) int64 ``[batch, x, y, z]`` on the keys' device.
+    """
     mask = (1 << AXIS_BITS) - 1
     return torch.stack(
         [
@@ -92,6 +114,23 @@ class CoordinateSet:
     The packed keys are the set; the (N, 4) coordinates (four times the keys' memory) are unpacked
     only when asked for, so the sets the engine derives from keys (strided, generated, pruned,
     unions) cost 8 bytes per voxel.
+
+    Args:
+        coordinates (torch.Tensor, optional): (N, 4) int64 ``[batch, x, y, z]``, packed with ``pack``
+            when ``keys`` is not given, and kept as the unpacked coordinates. Rows should be distinct:
+            duplicates are neither checked nor merged (MinkowskiEngine would merge them).
+        keys (torch.Tensor, optional): (N,) int64 packed keys; when given they are the set and
+            ``coordinates``, if also given, is taken as their unpacking without a check.
+        is_sorted (bool): the keys ascend, so ``find`` searches them directly instead of sorting a
+            copy first. Default False.
+
+    Attributes:
+        keys (torch.Tensor): (N,) int64 packed keys, in the set's row order.
+        id (int): process-wide unique number, the set's name in ``CoordinateManager`` caches.
+        is_sorted (bool): as given.
+
+    Raises:
+        ValueError: neither ``coordinates`` nor ``keys`` is given, or ``pack`` refuses the coordinates.
     """
 
     def __init__(self, coordinates: Optional[torch.Tensor] = None, keys: Optional[torch.Tensor] = None,
@@ -109,6 +148,7 @@ class CoordinateSet:
 
     @staticmethod
     def from_keys(keys: torch.Tensor, is_sorted: bool = False) -> "CoordinateSet":
+        """The set of (N,) int64 ``keys`` (``is_sorted``: they ascend); coordinates unpacked on demand."""
         return CoordinateSet(keys=keys, is_sorted=is_sorted)
 
     def __len__(self) -> int:
@@ -122,7 +162,16 @@ class CoordinateSet:
         return self._coordinates
 
     def check_reach(self, offsets: torch.Tensor) -> None:
-        """Raise if any voxel moved by any of ``offsets`` (K, 3) leaves the packable range."""
+        """Raise if any voxel moved by any of ``offsets`` (K, 3) leaves the packable range.
+
+        Args:
+            offsets (torch.Tensor): (K, 3) integer spatial offsets ``[dx, dy, dz]``.
+
+        Raises:
+            ValueError: the set's smallest axis value plus the smallest offset, or its largest plus
+                the largest offset, falls outside ``[AXIS_MIN, AXIS_MAX]`` (a per-set bound over all
+                three axes, so it may refuse a little more than strictly needed).
+        """
         if not len(self) or not offsets.numel():
             return
         if self._bounds is None:  # from the keys' axis fields, one axis at a time
@@ -132,12 +181,27 @@ class CoordinateSet:
         _check_range(self._bounds[0] + int(offsets.min()), self._bounds[1] + int(offsets.max()))
 
     def subset(self, keep: torch.Tensor) -> "CoordinateSet":
-        """The voxels where ``keep`` (N,) is true, in their order (coordinates carried if unpacked)."""
+        """The voxels where ``keep`` (N,) is true, in their order (coordinates carried if unpacked).
+
+        Args:
+            keep (torch.Tensor): (N,) bool mask on the set's device.
+
+        Returns:
+            CoordinateSet: a new set (new ``id``) with the same ``is_sorted`` flag.
+        """
         coordinates = self._coordinates[keep] if self._coordinates is not None else None
         return CoordinateSet(coordinates, self.keys[keep], is_sorted=self.is_sorted)
 
     def find(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For each query key: (found mask, row index in this set, valid where found)."""
+        """For each query key: (found mask, row index in this set, valid where found).
+
+        Args:
+            query (torch.Tensor): (M,) int64 packed keys on the set's device.
+
+        Returns:
+            tuple[torch.Tensor, torch.Tensor]: ``found`` (M,) bool and ``rows`` (M,) int64, the row of
+            the matching voxel in this set where ``found``, an arbitrary row elsewhere.
+        """
         if not len(self):
             empty = torch.zeros_like(query, dtype=torch.bool)
             return empty, torch.zeros_like(query)

@@ -84,12 +84,46 @@ class _Convolution(nn.Module):
 
 
 class Conv3d(_Convolution):
-    """Sparse convolution: stride 1 keeps the voxels, stride s maps them to ``floor(c / (ts*s)) * ts*s``."""
+    """Sparse convolution: stride 1 keeps the voxels, stride s maps them to ``floor(c / (ts*s)) * ts*s``.
+
+    MinkowskiEngine's ``MinkowskiConvolution`` (dimension 3, no coordinate expansion): output voxel j
+    gets ``sum_k F[i] @ kernel[k]`` over the offsets o_k of ``kernel_offsets(kernel_size, ts)``
+    (x fastest; centred for odd k, ``[0, k) * ts`` for even) and the input voxels i at ``j + o_k``,
+    plus ``bias``; ts is the input's tensor stride.
+
+    Args:
+        in_channels (int): C_in, input feature channels.
+        out_channels (int): C_out, output feature channels.
+        kernel_size (int): k along each axis (kernel volume k**3).
+        stride (int): the output tensor stride is ``ts * stride``. Default 1.
+        bias (bool): add a learned ``(1, C_out)`` bias. Default False, as MinkowskiEngine.
+
+    Attributes:
+        kernel (nn.Parameter): ``(k**3, C_in, C_out)``, row k for offset row k; initialised uniform
+            in ``+-1/sqrt(C_in * k**3)`` as MinkowskiEngine. A 1x1x1 kernel saved by MinkowskiEngine
+            as ``(C_in, C_out)`` loads too.
+        bias (nn.Parameter or None): ``(1, C_out)``, same initialisation.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = False) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, bias, transposed=False)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
+        """Convolve ``x``.
+
+        Args:
+            x (SparseTensor): (N, C_in) features at tensor stride ts.
+
+        Returns:
+            SparseTensor: (M, C_out) features at stride ``ts * stride`` with ``x``'s coordinate manager.
+            Stride 1: ``x``'s own coordinate set (M = N, same rows). Otherwise the distinct voxels
+            ``floor(c / (ts*stride)) * ts*stride`` of ``x``, keys ascending. A 1x1x1 kernel at stride 1
+            is a plain ``F @ kernel[0]``; without a map cache and without gradients the map is built
+            and dropped one offset at a time.
+
+        Raises:
+            ValueError: an output voxel plus a kernel offset leaves the packable coordinate range.
+        """
         out_stride = x.tensor_stride * self.stride
         manager = x.coordinate_manager
         outputs = x.coordinate_set if self.stride == 1 else manager.strided(x.coordinate_set, out_stride)
@@ -106,12 +140,43 @@ class Conv3d(_Convolution):
 
 class GenerativeConvTranspose3d(_Convolution):
     """Transposed convolution that creates its output voxels: every input voxel writes to
-    ``input + offset`` at the finer stride, for every kernel offset."""
+    ``input + offset`` at the finer stride, for every kernel offset.
+
+    MinkowskiEngine's ``MinkowskiGenerativeConvolutionTranspose`` (dimension 3): with output stride
+    ``ts_out = ts / stride`` and offsets o_k of ``kernel_offsets(kernel_size, ts_out)`` (x fastest;
+    centred for odd k, ``[0, k) * ts_out`` for even), input voxel i adds ``F[i] @ kernel[k]`` to voxel
+    ``c_i + o_k``; contributions meeting on one voxel are summed, then ``bias`` is added.
+
+    Args:
+        in_channels (int): C_in, input feature channels.
+        out_channels (int): C_out, output feature channels.
+        kernel_size (int): k along each axis (kernel volume k**3).
+        stride (int): the factor the tensor stride is divided by (no default).
+        bias (bool): add a learned ``(1, C_out)`` bias. Default False, as MinkowskiEngine.
+
+    Attributes:
+        kernel (nn.Parameter): ``(k**3, C_in, C_out)``, row k for offset row k; initialised uniform
+            in ``+-1/sqrt(C_out * k**3)`` as MinkowskiEngine does for transposed convolutions.
+        bias (nn.Parameter or None): ``(1, C_out)``, same initialisation.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, bias: bool = False) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, bias, transposed=True)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
+        """Grow and up-sample ``x``.
+
+        Args:
+            x (SparseTensor): (N, C_in) features at tensor stride ts, a multiple of ``stride``.
+
+        Returns:
+            SparseTensor: (M, C_out) features at stride ``ts // stride`` on the distinct voxels
+            ``c_i + o_k`` (keys ascending, M <= N * k**3), with ``x``'s coordinate manager.
+
+        Raises:
+            ValueError: ts is not divisible by ``stride``, or a generated voxel leaves the packable
+                coordinate range.
+        """
         if x.tensor_stride % self.stride:
             raise ValueError(f"tensor stride {x.tensor_stride} cannot be divided by the transposed stride {self.stride}")
         out_stride = x.tensor_stride // self.stride
@@ -122,13 +187,29 @@ class GenerativeConvTranspose3d(_Convolution):
 
 
 class BatchNorm(nn.Module):
-    """Batch norm over the active voxels (``bn`` is a ``BatchNorm1d``, as in MinkowskiEngine)."""
+    """Batch norm over the active voxels (``bn`` is a ``BatchNorm1d``, as in MinkowskiEngine).
+
+    Args:
+        num_features (int): C, the feature channels.
+        eps (float): added to the variance. Default 1e-5.
+        momentum (float): running-statistics update factor. Default 0.1.
+    """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         self.bn = nn.BatchNorm1d(num_features, eps=eps, momentum=momentum)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
+        """Normalise ``x``'s features.
+
+        Args:
+            x (SparseTensor): (N, C) features; the statistics are taken over all N voxels of all
+                batch items together (running statistics in eval mode).
+
+        Returns:
+            SparseTensor: (N, C) on ``x``'s voxels. In training with N < 2 every row is ``bn.bias``
+            and the running statistics are not updated.
+        """
         if self.training and len(x) < 2:
             # Fewer than two voxels have no batch statistics: (x - mean) is 0, so the output is the shift.
             return x.replace_features(x.F * 0.0 * self.bn.weight + self.bn.bias)
@@ -139,11 +220,33 @@ class ReLU(nn.Module):
     """ReLU of the features; the voxels stay (MinkowskiEngine's ``MinkowskiReLU``)."""
 
     def forward(self, x: SparseTensor) -> SparseTensor:
+        """Apply ReLU to ``x``'s features.
+
+        Args:
+            x (SparseTensor): (N, C) features.
+
+        Returns:
+            SparseTensor: (N, C) ``relu(x.F)`` on ``x``'s coordinate set.
+        """
         return x.replace_features(torch.relu(x.F))
 
 
 def prune(x: SparseTensor, keep: torch.Tensor) -> SparseTensor:
-    """The voxels where ``keep`` (N,) is true, in their order."""
+    """The voxels where ``keep`` (N,) is true, in their order.
+
+    MinkowskiEngine's ``MinkowskiPruning``.
+
+    Args:
+        x (SparseTensor): (N, C) features.
+        keep (torch.Tensor): N entries in any shape (flattened), cast to bool on ``x``'s device.
+
+    Returns:
+        SparseTensor: (M, C) with M the number kept, at ``x``'s stride and with its coordinate
+        manager, on a new ``CoordinateSet`` (so no kernel map is shared with ``x``).
+
+    Raises:
+        ValueError: ``keep`` does not have N entries.
+    """
     keep = keep.reshape(-1).to(device=x.device, dtype=torch.bool)
     if len(keep) != len(x):
         raise ValueError(f"keep mask has {len(keep)} entries for {len(x)} voxels")

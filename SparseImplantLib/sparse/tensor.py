@@ -13,7 +13,30 @@ from .keys import CoordinateSet
 
 
 class SparseTensor:
-    """Features (N, C) on voxels (N, 4) ``[batch, x, y, z]`` at one tensor stride."""
+    """Features (N, C) on voxels (N, 4) ``[batch, x, y, z]`` at one tensor stride.
+
+    As in MinkowskiEngine, coordinates stay in stride-1 voxel units at every stride: a tensor at
+    stride s made by the layers has coordinates that are multiples of s.
+
+    Args:
+        features (torch.Tensor): (N, C) features, row i belonging to voxel i.
+        coordinates (torch.Tensor, optional): (N, 4) integer ``[batch, x, y, z]``, moved to the
+            features' device as int64 and packed into a new ``CoordinateSet``. Ignored when
+            ``coordinate_set`` is given. Rows should be distinct (not checked, not merged).
+        tensor_stride (int): the grid step of the voxels. Default 1.
+        coordinate_manager (CoordinateManager, optional): the kernel-map cache to share with the
+            tensors derived from this one; default a new ``CoordinateManager()`` (maps cached).
+        coordinate_set (CoordinateSet, optional): the voxels, used as they are (no copy), so that
+            tensors on one set share its kernel maps.
+
+    Attributes:
+        features, coordinate_set, tensor_stride, coordinate_manager: as given (or made).
+        F (torch.Tensor): the features; ``C`` and ``coordinates``: the (N, 4) int64 coordinates.
+
+    Raises:
+        ValueError: neither ``coordinates`` nor ``coordinate_set`` is given; ``features`` is not
+            (N, C) with N the number of voxels; ``pack`` refuses the coordinates.
+    """
 
     def __init__(
         self,
@@ -57,7 +80,14 @@ class SparseTensor:
         return f"SparseTensor(voxels={len(self)}, channels={self.features.shape[1]}, tensor_stride={self.tensor_stride})"
 
     def replace_features(self, features: torch.Tensor) -> "SparseTensor":
-        """Same voxels, stride and manager; new features."""
+        """Same voxels, stride and manager; new features.
+
+        Args:
+            features (torch.Tensor): (N, C') features, any C'.
+
+        Returns:
+            SparseTensor: on the same ``CoordinateSet`` object, so kernel maps stay shared.
+        """
         return SparseTensor(features, tensor_stride=self.tensor_stride, coordinate_manager=self.coordinate_manager,
                             coordinate_set=self.coordinate_set)
 
@@ -66,7 +96,22 @@ class SparseTensor:
 
 
 def union_add(a: SparseTensor, b: SparseTensor) -> SparseTensor:
-    """Sum over the union of both voxel sets (a voxel missing on one side counts as zero there)."""
+    """Sum over the union of both voxel sets (a voxel missing on one side counts as zero there).
+
+    Also ``a + b``; MinkowskiEngine's sparse-tensor addition.
+
+    Args:
+        a (SparseTensor): (N_a, C) features.
+        b (SparseTensor): (N_b, C) features at the same tensor stride.
+
+    Returns:
+        SparseTensor: at that stride with ``a``'s coordinate manager. When both share one
+        ``CoordinateSet`` object, ``a.F + b.F`` on that set; otherwise a new set of the distinct voxels
+        of both, keys ascending (batch, then x, y, z), with features in ``a.F``'s dtype.
+
+    Raises:
+        ValueError: the tensor strides differ.
+    """
     if a.tensor_stride != b.tensor_stride:
         raise ValueError(f"cannot add tensors at strides {a.tensor_stride} and {b.tensor_stride}")
     if a.coordinate_set is b.coordinate_set:
