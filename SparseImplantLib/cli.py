@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
-from .contract import ERROR_PREFIX, MESH_FORMATS, WARNING_PREFIX
+from .contract import DEVICES, ERROR_PREFIX, MESH_FORMATS, WARNING_PREFIX
 from .errors import SparseImplantError
 from .progress import PROGRESS_PREFIX, ProgressCallback, ProgressEvent, TerminalProgress
 
@@ -63,8 +63,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def _register_generate(subparsers: argparse._SubParsersAction) -> None:
-    from .inference import DEVICES
-
     parser = subparsers.add_parser(
         "generate",
         help="complete a defective skull and design its implant",
@@ -96,12 +94,19 @@ def _add_network_choices(parser: argparse.ArgumentParser) -> None:
                         help="super-resolution model that redraws the implant region on its finer grid: auto (default) "
                              "= the registry's model made for the completion model's grid, if there is one (one trained "
                              "on that model's own predictions first); none = resample the completion model's output directly")
-    parser.add_argument("--single-pass", action="store_true",
-                        help="one network pass instead of the average of four (left-right flip x grid shift): "
+    parser.add_argument("--test-time-augmentation", action=argparse.BooleanOptionalAction, default=True,
+                        help="average four network passes (left-right flip x grid shift; default); without it, one pass: "
                              "a quarter of the network's compute for a slightly lower implant DSC (README, Bundled model)")
-    parser.add_argument("--as-it-lies", action="store_true",
-                        help="give the network the skull on L, P, S axes as it lies, without first levelling the plane where "
-                             "the scan ends below the skull and turning the head to face forward (README, How it works)")
+    parser.add_argument("--straighten", action=argparse.BooleanOptionalAction, default=True,
+                        help="level the plane where the scan ends below the skull and turn the head to face forward before "
+                             "the network sees it (default); without it, the skull as it lies on L, P, S axes (README, How it works)")
+
+
+def _network_options(args: argparse.Namespace) -> dict:
+    """The ``GenerateOptions`` fields that generate and predict share (``_add_network_choices``, model, device)."""
+    return {"model": args.model, "device": args.device, "model_dir": args.model_dir, "overwrite": args.overwrite,
+            "refine_model": args.refine_model, "test_time_augmentation": args.test_time_augmentation,
+            "straighten": args.straighten}
 
 
 def _without_done(report: ProgressCallback) -> ProgressCallback:
@@ -125,23 +130,17 @@ def _done_line(report: dict, output: Path, message: str) -> str:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from .pipeline import GenerateOptions, generate
+    from .pipeline.generate import GenerateOptions, generate
     from .progress import ignore_progress, json_lines_progress
 
     options = GenerateOptions(
-        model=args.model,
-        device=args.device,
+        **_network_options(args),
         label=args.label,
         threshold_hu=args.threshold,
         reference=args.reference,
         mesh_formats=tuple(f.strip().lower() for f in args.mesh_formats.split(",") if f.strip()),
-        overwrite=args.overwrite,
-        model_dir=args.model_dir,
-        averaged=not args.single_pass,
-        refine_model=args.refine_model,
         preview=not args.no_preview,
         full_resolution_meshes=args.full_resolution_meshes,
-        straighten=not args.as_it_lies,
     )
     if args.progress == "bar":
         with ProgressBar() as bar:
@@ -161,8 +160,6 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _register_predict(subparsers: argparse._SubParsersAction) -> None:
-    from .inference import DEVICES
-
     parser = subparsers.add_parser(
         "predict",
         help="batch prediction over a SkullFix/SkullBreak folder (masks only, for evaluate)",
@@ -189,15 +186,15 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from .contract import PREDICT_SUMMARY_FILE
     from .data.datasets import parse_case_range
-    from .pipeline import predict_cases
+    from .pipeline.generate import GenerateOptions
+    from .pipeline.predict import predict_cases
     from .progress import ignore_progress, json_lines_progress
 
     cases = parse_case_range(args.cases) if args.cases else None
+    options = GenerateOptions(**_network_options(args), keep_logit=args.keep_logit)
 
     def predict(progress: ProgressCallback) -> list:
-        return predict_cases(args.data, args.output, cases, args.model, args.device, args.model_dir, args.overwrite,
-                             progress, keep_logit=args.keep_logit, averaged=not args.single_pass,
-                             straighten=not args.as_it_lies, refine_model=args.refine_model)
+        return predict_cases(args.data, args.output, cases, options, progress)
 
     if args.progress == "bar":
         with ProgressBar() as bar:
@@ -248,6 +245,54 @@ def _predict_done_line(summary: dict, records: list, output: Path, summary_path:
     return PROGRESS_PREFIX + json.dumps(json_safe({**asdict(ProgressEvent("done", 1.0, message)), "summary": data}))
 
 
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    from .data.datasets import LAYOUTS, SKULLBREAK_DEFECT_TYPES
+    from .evaluate import REPORT_JSON, REPORT_MARKDOWN
+
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score predicted implants against SkullFix/SkullBreak ground truth (DSC, bDSC, HD95)",
+        description="Score DIR/<case>/implant.nrrd (and completed_skull.nrrd if present) against the data set's"
+        " ground truth; writes evaluation.md and evaluation.json.",
+    )
+    parser.add_argument("--predictions", required=True, metavar="DIR", help="folder with one sub-folder per case")
+    parser.add_argument("--data", required=True, metavar="ROOT", help="data set root (complete_skull/, defective_skull/, implant/)")
+    parser.add_argument("--cases", type=_case_list, metavar="LIST", help="case ids, e.g. 050-059,061 (default: all)")
+    parser.add_argument("--layout", choices=LAYOUTS, help="data set layout (default: detected)")
+    parser.add_argument(
+        "--defect-types",
+        type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+        metavar="LIST",
+        help=f"SkullBreak defect types, comma-separated (default: all of {','.join(SKULLBREAK_DEFECT_TYPES)})",
+    )
+    parser.add_argument("-o", "--output", metavar="OUTDIR", help=f"where {REPORT_MARKDOWN} and {REPORT_JSON} go (default: DIR)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation's reports in OUTDIR")
+    parser.set_defaults(func=_run_evaluate)
+
+
+def _case_list(text: str) -> List[str]:
+    from .data.datasets import parse_case_range
+
+    try:
+        return parse_case_range(text)
+    except SparseImplantError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import REPORT_JSON, REPORT_MARKDOWN, evaluate_folders, markdown_table
+
+    with ProgressBar() as bar:
+        rows, summary = evaluate_folders(
+            args.predictions, args.data, args.cases, args.layout, args.defect_types, args.output, progress=bar,
+            overwrite=args.overwrite,
+        )
+    print(markdown_table(rows, summary), end="")
+    output = Path(args.output) if args.output else Path(args.predictions)
+    print(f"written: {output / REPORT_MARKDOWN}, {output / REPORT_JSON}")
+    return 0
+
+
 def _register_register_model(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "register-model",
@@ -277,11 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_generate(subparsers)
     _register_predict(subparsers)
+    _register_evaluate(subparsers)
     _register_register_model(subparsers)
-    from . import evaluate, train
+    from . import train
     from .bench import commands as bench
 
-    for module in (evaluate, train, bench):
+    for module in (train, bench):
         module.register(subparsers)
     return parser
 

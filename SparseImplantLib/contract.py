@@ -4,7 +4,7 @@ A ``generate`` folder holds the two masks, one mesh per ``MESH_STEMS`` entry and
 map (its vertices carry ``DISTANCE_ARRAY``), ``preview.png`` unless ``--no-preview``, and
 ``report.json``; ``predict`` writes the two masks (which ``evaluate`` reads) and a ``report.json`` per
 case, and ``predict_summary.json`` beside the case folders. The Slicer module reads a folder back
-(``mrml.result_files``) and the CLI's output lines (``job``). Change a name here and every writer and
+(``slicer.scene_results.result_files``) and the CLI's output lines (``job``). Change a name here and every writer and
 reader follows.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import List, Sequence
 
+DEVICES = ("auto", "cpu", "cuda")  # --device: auto = CUDA when available, else the CPU
 COMPLETED_FILE = "completed_skull.nrrd"
 IMPLANT_FILE = "implant.nrrd"
 MESH_STEMS = ("completed_skull", "defective_skull", "implant")  # defective: the fit check beside the implant

@@ -7,7 +7,6 @@ Predictions live one folder per case, as ``sparseimplant generate -o DIR/<case>`
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -18,18 +17,12 @@ import numpy as np
 from . import metrics
 from .metrics import METRICS
 from .contract import COMPLETED_FILE, IMPLANT_FILE
-from .data.datasets import (
-    LAYOUTS,
-    SKULLBREAK_DEFECT_TYPES,
-    describe_geometry_difference,
-    list_cases,
-    parse_case_range,
-)
+from .data.datasets import describe_geometry_difference, list_cases
 from .errors import SparseImplantError
-from .io import PathLike, atomic_write, mask_from_labels, read_volume
-from .outputs import staged_output
+from .outputs import PathLike, atomic_write, staged_output
+from .pipeline.io import mask_from_labels, read_volume
 from .progress import ProgressCallback, ProgressEvent, ignore_progress
-from .volume import Volume
+from .pipeline.volume import Volume
 
 REPORT_MARKDOWN = "evaluation.md"
 REPORT_JSON = "evaluation.json"
@@ -181,49 +174,3 @@ def write_reports(rows: Sequence[Row], summary: Summary, output_dir: Path) -> Tu
     table = markdown_table(rows, summary)
     markdown_path = atomic_write(output_dir / REPORT_MARKDOWN, lambda tmp: tmp.write_text(table, encoding="utf-8"))
     return markdown_path, json_path
-
-
-def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
-    """Add ``sparseimplant evaluate`` to the CLI; the command runs via ``args.func(args)``."""
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="score predicted implants against SkullFix/SkullBreak ground truth (DSC, bDSC, HD95)",
-        description="Score DIR/<case>/implant.nrrd (and completed_skull.nrrd if present) against the data set's"
-        " ground truth; writes evaluation.md and evaluation.json.",
-    )
-    parser.add_argument("--predictions", required=True, metavar="DIR", help="folder with one sub-folder per case")
-    parser.add_argument("--data", required=True, metavar="ROOT", help="data set root (complete_skull/, defective_skull/, implant/)")
-    parser.add_argument("--cases", type=_case_list, metavar="LIST", help="case ids, e.g. 050-059,061 (default: all)")
-    parser.add_argument("--layout", choices=LAYOUTS, help="data set layout (default: detected)")
-    parser.add_argument(
-        "--defect-types",
-        type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
-        metavar="LIST",
-        help=f"SkullBreak defect types, comma-separated (default: all of {','.join(SKULLBREAK_DEFECT_TYPES)})",
-    )
-    parser.add_argument("-o", "--output", metavar="OUTDIR", help=f"where {REPORT_MARKDOWN} and {REPORT_JSON} go (default: DIR)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation's reports in OUTDIR")
-    parser.set_defaults(func=run)
-    return parser
-
-
-def _case_list(text: str) -> List[str]:
-    try:
-        return parse_case_range(text)
-    except SparseImplantError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def run(args: argparse.Namespace) -> int:
-    """CLI entry: evaluate, print the table, return the exit code."""
-    from .cli import ProgressBar
-
-    with ProgressBar() as bar:
-        rows, summary = evaluate_folders(
-            args.predictions, args.data, args.cases, args.layout, args.defect_types, args.output, progress=bar,
-            overwrite=args.overwrite,
-        )
-    print(markdown_table(rows, summary), end="")
-    output = Path(args.output) if args.output else Path(args.predictions)
-    print(f"written: {output / REPORT_MARKDOWN}, {output / REPORT_JSON}")
-    return 0

@@ -25,7 +25,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .volume import find_foreground_box
+from .pipeline.volume import find_foreground_box
 
 Box = Tuple[slice, slice, slice]
 

@@ -25,10 +25,9 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 from .errors import SparseImplantError
-from .io import PathLike, atomic_write
 
 MANIFEST = ".sparseimplant-manifest.json"
 LOCK = ".sparseimplant.lock"
@@ -36,6 +35,30 @@ STAGING_PREFIX = ".staging-"
 UNMOVED_PREFIX = "sparseimplant-unmoved-"
 HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
 _STAGING_NAME = re.compile(r"^\.staging-(?P<pid>\d+)-(?P<host>.+)-[a-z0-9_]+$")
+PathLike = Union[str, os.PathLike]
+
+
+def _new_file_mode() -> int:
+    """The mode a plainly created file gets here (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(temporary_path)`` and rename the result to ``path`` only if it succeeded."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix="-" + path.name, dir=path.parent)
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        write(temporary_path)
+        os.chmod(temporary_path, _new_file_mode())  # mkstemp's 0600 would hide results from other users
+        os.replace(temporary_path, path)
+    finally:
+        temporary_path.unlink(missing_ok=True)
+    return path
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from SparseImplantLib.models.registry import ModelInfo
-from SparseImplantLib.volume import Volume
+from SparseImplantLib.pipeline.volume import Volume
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SKULLFIX = PROJECT_ROOT.parent / "shared" / "data" / "skullfix"
@@ -121,7 +121,7 @@ def _generate(folder: Path, source: Path, reference: Path, *options: str) -> Gen
 def generated(tmp_path_factory) -> GenerateRun:
     """``generate`` with its defaults (four averaged passes, preview) of the tiny model on the synthetic
     skull, with its ground truth and STL, OBJ and VTK meshes: made once, for the tests that only read it."""
-    from SparseImplantLib.io import write_volume
+    from SparseImplantLib.pipeline.io import write_volume
 
     folder = tmp_path_factory.mktemp("generated")
     models = folder / "models"
@@ -148,7 +148,7 @@ def require_skullfix() -> Path:
 @pytest.fixture
 def tiny_skullfix(tmp_path) -> Path:
     """Three synthetic cases (000-002) in the SkullFix layout, slightly oblique."""
-    from SparseImplantLib.io import write_volume
+    from SparseImplantLib.pipeline.io import write_volume
 
     root = tmp_path / "skullfix"
     for index, radius in enumerate((12.0, 13.0, 14.0)):
@@ -163,7 +163,7 @@ def skull_segmentation(scene, volume: Volume, name: str = "Defective skull"):
     """A segmentation node with one segment imported from ``volume``, as a user would have it."""
     import slicer
 
-    from SparseImplantLib.mrml import add_labelmap_node, enable_segmentations
+    from SparseImplantLib.slicer.scene_input import add_labelmap_node, enable_segmentations
 
     enable_segmentations(scene)
     labelmap = add_labelmap_node(scene, volume, name)

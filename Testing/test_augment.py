@@ -12,7 +12,7 @@ from conftest import oblique_direction, shell_skull
 from SparseImplantLib.data.defects import DEFECT_KINDS
 from SparseImplantLib.train.augment import OWN_DEFECT, Augmentation, Pose, draw, posed_grid, rotation_matrix, sample_posed
 from SparseImplantLib.train.samples import make_source
-from SparseImplantLib.volume import Volume
+from SparseImplantLib.pipeline.volume import Volume
 
 STEADY = Augmentation.preset("none")
 

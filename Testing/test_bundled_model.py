@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from SparseImplantLib.io import read_mask
+from SparseImplantLib.pipeline.io import read_mask
 from SparseImplantLib.metrics import dice, hd95
 from SparseImplantLib.models.registry import find_model, load_network
 

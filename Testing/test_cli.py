@@ -17,11 +17,11 @@ import SimpleITK as sitk
 from conftest import PROJECT_ROOT, make_registry
 from SparseImplantLib.cli import main
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.io import read_mask, write_volume
-from SparseImplantLib.meshes import read_mesh
+from SparseImplantLib.pipeline.io import read_mask, write_volume
+from SparseImplantLib.surfaces.meshes import read_mesh
 from SparseImplantLib.outputs import MANIFEST
 from SparseImplantLib.progress import ProgressEvent
-from SparseImplantLib.volume import Volume
+from SparseImplantLib.pipeline.volume import Volume
 
 
 @pytest.fixture
@@ -65,16 +65,16 @@ def test_full_resolution_meshes_only_on_request(tmp_path, capsys, skull_file, mo
     for flag in ((), ("--full-resolution-meshes",)):
         out = tmp_path / ("full" if flag else "display")
         code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", out, "--model-dir", model_dir, "--device", "cpu",
-                                  "--progress", "none", "--mesh-formats", "vtk", "--single-pass", "--no-preview", *flag)
+                                  "--progress", "none", "--mesh-formats", "vtk", "--no-test-time-augmentation", "--no-preview", *flag)
         assert code == 0, stderr
         cells[bool(flag)] = read_mesh(out / "defective_skull.vtk").GetNumberOfCells()
     assert cells[False] < cells[True]
 
 
-def test_as_it_lies_leaves_the_skull_unstraightened(tmp_path, capsys, skull_file, model_dir):
+def test_no_straighten_leaves_the_skull_unstraightened(tmp_path, capsys, skull_file, model_dir):
     out = tmp_path / "kept"
     code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", out, "--model-dir", model_dir, "--device", "cpu",
-                              "--progress", "none", "--single-pass", "--no-preview", "--as-it-lies")
+                              "--progress", "none", "--no-test-time-augmentation", "--no-preview", "--no-straighten")
     assert code == 0, stderr
     report = json.loads((out / "report.json").read_text())
     assert report["pose"]["straightened"] is False and report["pose"]["cut_tilt_deg"] is None
@@ -85,7 +85,7 @@ def test_json_progress_lines_through_the_entry_point(tmp_path, skull_file, model
     out = tmp_path / "out"
     process = subprocess.run(
         [sys.executable, "-m", "SparseImplantLib.cli", "generate", str(skull_file), "-o", str(out),
-         "--model-dir", str(model_dir), "--progress", "json", "--single-pass"],
+         "--model-dir", str(model_dir), "--progress", "json", "--no-test-time-augmentation"],
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600,
     )
     assert process.returncode == 0, process.stderr
@@ -178,7 +178,7 @@ def test_unknown_mesh_format(tmp_path, capsys, skull_file, model_dir):
 def test_predict_then_evaluate(tmp_path, capsys, tiny_skullfix, model_dir):
     predictions = tmp_path / "predictions"
     code, stdout, stderr = run_cli(capsys, "predict", "--data", tiny_skullfix, "--cases", "001-002", "-o", predictions,
-                                   "--model-dir", model_dir, "--device", "cpu", "--single-pass")
+                                   "--model-dir", model_dir, "--device", "cpu", "--no-test-time-augmentation")
     assert code == 0, stderr
     assert sorted(p.name for p in predictions.iterdir()) == ["001", "002", "predict_summary.json"]
     assert {p.name for p in (predictions / "001").iterdir()} == {"completed_skull.nrrd", "implant.nrrd", "report.json",
@@ -215,13 +215,13 @@ def test_overwrite_removes_the_earlier_runs_stale_files(tmp_path, capsys, skull_
     """Issue 22, item 1: an input with no implant, rerun over a run that had one."""
     out = tmp_path / "out"
     code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", out, "--model-dir", eager_model_dir(tmp_path, model_dir),
-                              "--progress", "none", "--single-pass")
+                              "--progress", "none", "--no-test-time-augmentation")
     assert code == 0, stderr
     assert (out / "implant.stl").is_file()
     (out / "notes.txt").write_text("the user's own file")
     with pytest.warns(UserWarning, match="the implant is empty"):
         code, _, stderr = run_cli(capsys, "generate", skull_file, "-o", out, "--model-dir", model_dir, "--progress", "none",
-                                  "--single-pass", "--overwrite")
+                                  "--no-test-time-augmentation", "--overwrite")
     assert code == 0, stderr
     assert json.loads((out / "report.json").read_text())["voxels"]["implant"] == 0
     assert not (out / "implant.stl").exists()  # the earlier run's implant would contradict the report
@@ -273,7 +273,7 @@ def test_a_failed_predict_leaves_no_case_folder(tmp_path, capsys, tiny_skullfix,
                  read_mask(tiny_skullfix / "defective_skull" / "000.nrrd").with_array(np.zeros((36, 36, 32), np.uint8)))
     predictions = tmp_path / "predictions"
     code, _, stderr = run_cli(capsys, "predict", "--data", tiny_skullfix, "--cases", "001-002", "-o", predictions,
-                              "--model-dir", model_dir, "--single-pass")
+                              "--model-dir", model_dir, "--no-test-time-augmentation")
     assert code == 1 and "empty mask" in stderr
     assert not predictions.exists()
 
@@ -362,7 +362,7 @@ def test_predict_runs_on_unlabelled_cases(tmp_path, capsys, tiny_skullfix, model
     shutil.rmtree(tiny_skullfix / "implant")
     predictions = tmp_path / "predictions"
     code, _, stderr = run_cli(capsys, "predict", "--data", tiny_skullfix, "--cases", "001", "-o", predictions,
-                              "--model-dir", model_dir, "--single-pass")
+                              "--model-dir", model_dir, "--no-test-time-augmentation")
     assert code == 0, stderr
     assert (predictions / "001" / "implant.nrrd").is_file()
     code, _, stderr = run_cli(capsys, "evaluate", "--predictions", predictions, "--data", tiny_skullfix)

@@ -13,7 +13,7 @@ import pytest
 from conftest import PROJECT_ROOT, load_utility, make_registry
 from SparseImplantLib.cli import build_parser, main
 from SparseImplantLib.contract import ERROR_PREFIX
-from SparseImplantLib.io import read_volume, write_volume
+from SparseImplantLib.pipeline.io import read_volume, write_volume
 from SparseImplantLib.progress import ProgressEvent
 
 
@@ -55,7 +55,7 @@ def priors_registry(directory: Path) -> None:
 def test_bench_generate_times_the_network_on_the_model_input(tmp_path, monkeypatch, skull_file, with_priors):
     """The network alone runs on ``model_grid_input``'s ModelInput (it failed to unpack it as a tuple),
     with the priors estimated and timed apart for a model that takes them."""
-    from SparseImplantLib import inference
+    from SparseImplantLib.pipeline import inference
     from SparseImplantLib.bench.generate import _rows, network_seconds
 
     models = tmp_path / "models"
@@ -140,7 +140,7 @@ def test_json_progress_ends_with_one_done_line_and_the_outcome(tmp_path, capsys,
     monkeypatch.setattr(progress, "json_lines_progress", lambda: events.append)
     out = tmp_path / "out"
     code, stdout, err = run_cli(capsys, "generate", skull_file, "-o", out, "--model-dir", model_dir, "--device", "cpu",
-                                "--progress", "json", "--single-pass", "--no-preview")
+                                "--progress", "json", "--no-test-time-augmentation", "--no-preview")
     assert code == 0, err
     assert events and all(event.stage != "done" for event in events)  # the one "done" is the CLI's, at the end
     last = stdout.splitlines()[-1]
@@ -175,7 +175,7 @@ def test_no_validation_cases_need_no_coarse_predictions(tmp_path, tiny_skullfix,
     import torch
 
     from SparseImplantLib.data.datasets import list_cases
-    from SparseImplantLib.inference import load_networks
+    from SparseImplantLib.pipeline.inference import load_networks
     from SparseImplantLib.train.loop import add_predictions
 
     assert list_cases(tiny_skullfix, cases=[]) == []
@@ -188,10 +188,10 @@ def test_catalog_views_find_the_interaction_node(capfd):
     """Slicer's displayable managers warn (about 30 times) when a scene has no interaction node."""
     import slicer
 
-    from SparseImplantLib import mrml
+    from SparseImplantLib.slicer import scene_views
 
     scene = slicer.vtkMRMLScene()
-    views = load_utility("catalog_screenshot").OffscreenViews(mrml.three_view_nodes(scene), size=(32, 32))
+    views = load_utility("catalog_screenshot").OffscreenViews(scene_views.three_view_nodes(scene), size=(32, 32))
     views.close()
     assert scene.GetFirstNodeByClass("vtkMRMLInteractionNode") is not None
     assert "InteractionNode" not in capfd.readouterr().err

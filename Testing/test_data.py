@@ -18,8 +18,8 @@ from SparseImplantLib.data import (
     parse_case_range,
 )
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.io import write_volume
-from SparseImplantLib.volume import Volume
+from SparseImplantLib.pipeline.io import write_volume
+from SparseImplantLib.pipeline.volume import Volume
 
 GEOMETRY = dict(spacing=(0.8, 0.7, 1.1), origin=(-20.0, 10.0, 5.0), direction=oblique_direction())
 

@@ -8,8 +8,8 @@ import pytest
 from conftest import oblique_direction, require_skullfix, shell_skull
 from SparseImplantLib.data.defects import DEFECT_KINDS, BoxDefect, CraniotomyDefect, SphereDefect, WedgeDefect, cut_defect
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.io import read_mask
-from SparseImplantLib.volume import Volume
+from SparseImplantLib.pipeline.io import read_mask
+from SparseImplantLib.pipeline.volume import Volume
 
 
 @pytest.fixture(scope="module")

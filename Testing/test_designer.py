@@ -13,10 +13,10 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
 
 from conftest import shown_in_view, skull_segmentation  # noqa: E402
-from SparseImplantLib import mrml  # noqa: E402
-from SparseImplantLib.designer import LIBRARY_PARENT, DesignInputs, ImplantDesigner  # noqa: E402
+from SparseImplantLib.slicer import scene_input, scene_results, scene_views  # noqa: E402
+from SparseImplantLib.slicer.designer import LIBRARY_PARENT, DesignInputs, ImplantDesigner  # noqa: E402
 from SparseImplantLib.errors import SparseImplantError  # noqa: E402
-from SparseImplantLib.io import read_mask  # noqa: E402
+from SparseImplantLib.pipeline.io import read_mask, read_volume  # noqa: E402
 from SparseImplantLib.outputs import MANIFEST  # noqa: E402
 
 
@@ -29,13 +29,28 @@ def run_to_end(job, timeout_s: float = 300.0):
     return events + job.poll()
 
 
+def in_study(scene, node) -> int:
+    """Put ``node`` under a new patient and study, as DICOM loading files it; returns the study's item."""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Patient"), "Study")
+    hierarchy.CreateItem(study, node)  # slicer-core has no plugin logic that gives new nodes an item
+    return study
+
+
+def study_of(scene, node) -> int:
+    """The study item above ``node``'s subject-hierarchy item (0 if none)."""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = hierarchy.GetItemByDataNode(node)
+    return hierarchy.GetItemAncestorAtLevel(item, "Study") if item else 0
+
+
 def test_generate_implant_from_a_segment(tmp_path, model_dir, synthetic_skull, monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     scene = slicer.vtkMRMLScene()
     skull = skull_segmentation(scene, synthetic_skull[0])
     reference = skull_segmentation(scene, synthetic_skull[1], "Ground truth")
     segment_id = skull.GetSegmentation().GetNthSegmentID(0)
-    before = mrml.segment_to_volume(skull, segment_id)
+    before = scene_input.segment_to_volume(skull, segment_id)
     designer = ImplantDesigner(scene, work_root=tmp_path / "work", model_dir=model_dir)
     inputs = DesignInputs(skull, segment_id, device="cpu", reference_segmentation_node=reference,
                           reference_segment_id=reference.GetSegmentation().GetNthSegmentID(0))
@@ -52,22 +67,25 @@ def test_generate_implant_from_a_segment(tmp_path, model_dir, synthetic_skull, m
     assert report["threads"]["omp_wait_policy"] == "PASSIVE"  # idle OpenMP threads sleep beside Slicer
     # The worker writes only what the module loads: no preview, no second mesh format.
     written = {p.name for p in request.output_dir.iterdir()} - {MANIFEST}  # the run's own record of what it wrote
-    assert written == {p.name for p in mrml.result_files(request.output_dir).values()}
+    assert written == {p.name for p in scene_results.result_files(request.output_dir).values()}
     skull.CreateDefaultDisplayNodes()
+    study = in_study(scene, skull)
     result = designer.load(request, "Implant design", inputs)
     designer.discard(request)
-    views = mrml.three_view_nodes(scene)
+    views = scene_views.three_view_nodes(scene)
     assert not any(shown_in_view(skull.GetDisplayNode(), view) for view in views)
+    assert study_of(scene, result.segmentation) == study == study_of(scene, skull)
+    assert all(study_of(scene, node) == study for node in result.all_nodes() if node is not result.legend)
     assert not request.input_path.parent.exists()
     segments = result.segmentation.GetSegmentation()
-    assert [segments.GetNthSegment(i).GetName() for i in range(2)] == [mrml.COMPLETED_SEGMENT, mrml.IMPLANT_SEGMENT]
-    completed = mrml.segment_to_volume(result.segmentation, segments.GetNthSegmentID(0))
+    assert [segments.GetNthSegment(i).GetName() for i in range(2)] == [scene_results.COMPLETED_SEGMENT, scene_results.IMPLANT_SEGMENT]
+    completed = scene_input.segment_to_volume(result.segmentation, segments.GetNthSegmentID(0))
     assert completed.same_geometry(prepared)
     assert (completed.array[prepared.array > 0] == 1).all()  # the completed skull contains the input
     assert result.metrics_table is not None  # a reference was given
     # The input segmentation is exactly as it was.
     assert skull.GetSegmentation().GetNumberOfSegments() == 1
-    np.testing.assert_array_equal(mrml.segment_to_volume(skull, segment_id).array, before.array)
+    np.testing.assert_array_equal(scene_input.segment_to_volume(skull, segment_id).array, before.array)
 
 
 def test_library_errors_come_back_as_one_line(tmp_path, synthetic_skull):
@@ -143,7 +161,7 @@ def test_the_panels_choices_reach_the_workers_command_line(tmp_path, synthetic_s
     """Parameter node -> DesignInputs -> request -> command: the advanced options, the straightening switch too."""
     from types import SimpleNamespace
 
-    from SparseImplantLib.designer import design_inputs
+    from SparseImplantLib.slicer.designer import design_inputs
 
     scene = slicer.vtkMRMLScene()
     skull = skull_segmentation(scene, synthetic_skull[0])
@@ -154,6 +172,39 @@ def test_the_panels_choices_reach_the_workers_command_line(tmp_path, synthetic_s
     assert inputs.straighten is straighten and inputs.segmentation_node is skull
     request = ImplantDesigner(scene, work_root=tmp_path / "work").prepare(inputs)
     command = request.command("python")
-    assert ("--as-it-lies" in command) is not straighten
+    assert ("--no-straighten" in command) is not straighten
     assert command[command.index("--device") + 1] == "cpu" and command[command.index("--model") + 1] == "tiny"
     assert command[command.index("--refine-model") + 1] == "none" and "--threshold" not in command
+
+
+def test_results_of_a_ct_run_are_filed_with_the_ct(tmp_path, generated, synthetic_skull):
+    """``load`` with a CT input (the shared run's output stands for the CT run's, on the same grid): the
+    results go into the CT's study and the CT is the segmentation's reference geometry; a segment chosen
+    beside it would have been the input instead."""
+    from SparseImplantLib.slicer.job import GenerateRequest
+    from SparseImplantLib.surfaces.meshes import image_data, vtk_matrix
+
+    scene = slicer.vtkMRMLScene()
+    grid = synthetic_skull[0]
+    ct = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    ct.SetAndObserveImageData(image_data(np.where(grid.array > 0, 1000, -1000).astype(np.int16)))
+    ct.SetIJKToRASMatrix(vtk_matrix(grid.index_to_ras()))
+    study = in_study(scene, ct)
+    designer = ImplantDesigner(scene, work_root=tmp_path / "work")
+    request = GenerateRequest(generated.source, generated.output)
+    result = designer.load(request, "Implant design", DesignInputs(ct_volume_node=ct, threshold_hu=300.0))
+    segmentation = result.segmentation
+    assert segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole()) is ct
+    assert all(study_of(scene, node) == study for node in result.all_nodes() if node is not result.legend)
+    for name, path in ((scene_results.COMPLETED_SEGMENT, "completed_mask"), (scene_results.IMPLANT_SEGMENT, "implant_mask")):
+        written = read_volume(scene_results.result_files(generated.output)[path])
+        back = scene_input.segment_to_volume(segmentation, segmentation.GetSegmentation().GetSegmentIdBySegmentName(name))
+        assert back.same_geometry(written) and back.same_geometry(grid)
+        np.testing.assert_array_equal(back.array, written.array)
+    # With a segment chosen, the segmentation is the input, even with the CT still selected.
+    skull = skull_segmentation(scene, grid)
+    other = in_study(scene, skull)
+    inputs = DesignInputs(skull, skull.GetSegmentation().GetNthSegmentID(0), ct_volume_node=ct)
+    again = designer.load(request, "Implant design", inputs)
+    assert study_of(scene, again.segmentation) == other
+    assert again.segmentation.GetNodeReference(again.segmentation.GetReferenceImageGeometryReferenceRole()) is None

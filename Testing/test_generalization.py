@@ -8,7 +8,7 @@ import pytest
 from conftest import shell_skull
 from SparseImplantLib.bench import generalization
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.volume import Volume, reorient
+from SparseImplantLib.pipeline.volume import Volume, reorient
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from vtkmodules.vtkCommonCore import vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
 
 from conftest import oblique_direction
-from SparseImplantLib.geometry import surface_from_mask, without_specks
-from SparseImplantLib.implant_report import border_fit_mm, implant_report, local_thickness_mm, mass_properties
-from SparseImplantLib.volume import Volume
+from SparseImplantLib.surfaces.from_masks import surface_from_mask, without_specks
+from SparseImplantLib.surfaces.implant_report import border_fit_mm, implant_report, local_thickness_mm, mass_properties
+from SparseImplantLib.pipeline.volume import Volume
 
 CT_SPACING = (0.48, 0.48, 0.63)  # a head CT's grid (SkullFix: 0.48 x 0.48 x 0.63 mm)
 
@@ -168,12 +168,12 @@ def test_generate_puts_the_report_in_report_json(tmp_path, monkeypatch, model_di
     empty implant."""
     import torch
 
-    from SparseImplantLib import pipeline
-    from SparseImplantLib.io import write_volume
+    from SparseImplantLib.pipeline import generate as pipeline
+    from SparseImplantLib.pipeline.io import write_volume
 
     defective, implant = skull_with_hole(12.0)
 
-    def design(skull, networks, device, progress=None, clock=None, averaged=True, straighten_skull=True,
+    def design(skull, networks, device, progress=None, clock=None, test_time_augmentation=True, straighten=True,
                method="network"):
         added = np.zeros_like(implant.array) if empty else implant.array
         return pipeline.Design(skull.with_array(((skull.array > 0) | (added > 0)).astype(np.uint8)),

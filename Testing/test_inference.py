@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from conftest import SAMPLE_IMPLANT, oblique_direction
-from SparseImplantLib import inference
-from SparseImplantLib.io import read_mask
+from SparseImplantLib.pipeline import inference
+from SparseImplantLib.pipeline.io import read_mask
 from SparseImplantLib.models.completion import CompletionNet
 from SparseImplantLib.models.registry import ModelInfo
-from SparseImplantLib.priors import Priors
+from SparseImplantLib.pipeline.priors import Priors
 from SparseImplantLib.progress import ProgressEvent
-from SparseImplantLib.volume import Volume, reorient, undo_reorient
+from SparseImplantLib.pipeline.volume import Volume, reorient, undo_reorient
 
 
 def test_averaged_passes_undo_their_flip_and_shift(monkeypatch):
@@ -81,8 +81,8 @@ def test_implants_agree_however_the_sample_is_stored(sample_generated):
     its cut and yaw 0.28 degrees away from the stored file's, and the 2 mm network answers with an
     implant that agrees less (Dice 0.91 measured) but fits the ground truth as well (within 0.03)."""
     from SparseImplantLib.metrics import dice
-    from SparseImplantLib.pipeline import design_implant
-    from SparseImplantLib.volume import corners_lps, find_foreground_box, resample_mask
+    from SparseImplantLib.pipeline.generate import design_implant
+    from SparseImplantLib.pipeline.volume import corners_lps, find_foreground_box, resample_mask
 
     cpu = torch.device("cpu")
     defective = read_mask(sample_generated.source)

@@ -7,8 +7,8 @@ import sys
 import time
 
 
-from SparseImplantLib import job as job_module
-from SparseImplantLib.job import GenerateJob, GenerateRequest
+from SparseImplantLib.slicer import job as job_module
+from SparseImplantLib.slicer.job import GenerateJob, GenerateRequest
 
 
 def wait_finished(job: GenerateJob, timeout_s: float = 30.0) -> None:
@@ -78,6 +78,6 @@ def test_module_runs_skip_the_preview():
 
 
 def test_the_straightening_switch_reaches_the_command_line():
-    """The module's "Straighten the head" checkbox: checked (the default) straightens; unchecked, --as-it-lies."""
-    assert "--as-it-lies" not in GenerateRequest("in.nrrd", "out").command("python")
-    assert "--as-it-lies" in GenerateRequest("in.nrrd", "out", straighten=False).command("python")
+    """The module's "Straighten the head" checkbox: checked (the default) straightens; unchecked, --no-straighten."""
+    assert "--no-straighten" not in GenerateRequest("in.nrrd", "out").command("python")
+    assert "--no-straighten" in GenerateRequest("in.nrrd", "out", straighten=False).command("python")

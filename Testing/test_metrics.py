@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -13,10 +12,11 @@ from scipy.spatial.distance import cdist
 
 from conftest import SAMPLE_DEFECTIVE, SAMPLE_IMPLANT, oblique_direction, shell_skull
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.evaluate import evaluate_case, evaluate_folders, register
-from SparseImplantLib.io import read_mask, write_volume
+from SparseImplantLib.cli import build_parser
+from SparseImplantLib.evaluate import evaluate_case, evaluate_folders
+from SparseImplantLib.pipeline.io import read_mask, write_volume
 from SparseImplantLib.metrics import border_dice, completed_skull_dice, dice, hd95
-from SparseImplantLib.volume import Volume
+from SparseImplantLib.pipeline.volume import Volume
 
 SPACING = (0.5, 0.7, 2.0)
 
@@ -240,8 +240,7 @@ def test_evaluate_folders_names_missing_predictions(tmp_path):
 
 def test_evaluate_command_line(tmp_path, capsys):
     predictions, data = _write_data_set(tmp_path)
-    parser = argparse.ArgumentParser(prog="sparseimplant")
-    register(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(["evaluate", "--predictions", str(predictions), "--data", str(data), "--cases", "0"])
     assert args.cases == ["000"]
     assert args.func(args) == 0

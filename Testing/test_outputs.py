@@ -14,7 +14,7 @@ import pytest
 
 from conftest import PROJECT_ROOT
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.io import write_volume
+from SparseImplantLib.pipeline.io import write_volume
 from SparseImplantLib.outputs import HOST, LOCK, MANIFEST, UNMOVED_PREFIX, staged_output
 
 
@@ -171,7 +171,7 @@ def test_a_failed_run_removes_the_folders_it_created(tmp_path):
 def test_sigterm_stops_a_run_like_ctrl_c(tmp_path, skull_file, model_dir):
     """The Slicer module and job schedulers stop runs with SIGTERM: the staging folder must go too."""
     out = tmp_path / "out"
-    script = ("import sys\nfrom SparseImplantLib import cli, pipeline\n"
+    script = ("import sys\nfrom SparseImplantLib import cli\nfrom SparseImplantLib.pipeline import generate as pipeline\n"
               "def stall(*args, **kwargs):\n    print('network', flush=True)\n    sys.stdin.read()\n"
               "pipeline.design_implant = stall\nsys.exit(cli.main(sys.argv[1:]))\n")
     child = subprocess.Popen([sys.executable, "-c", script, "generate", str(skull_file), "-o", str(out), "--model-dir",

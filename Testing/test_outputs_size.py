@@ -10,12 +10,13 @@ import pytest
 from vtkmodules.vtkFiltersCore import vtkCellCenters, vtkPolyDataConnectivityFilter
 
 from conftest import SAMPLE_DEFECTIVE
-from SparseImplantLib import contract, display_meshes, distances, geometry, meshes
+from SparseImplantLib import contract
+from SparseImplantLib.surfaces import display_meshes, distances, from_masks, meshes
 from SparseImplantLib.bench.generate import TARGET_MEGABYTES
 from SparseImplantLib.cli import build_parser
-from SparseImplantLib.io import read_mask, read_volume
+from SparseImplantLib.pipeline.io import read_mask, read_volume
 from SparseImplantLib.outputs import MANIFEST
-from SparseImplantLib.pipeline import GenerateOptions, generate, output_names
+from SparseImplantLib.pipeline.generate import GenerateOptions, generate, output_names
 
 pytestmark = pytest.mark.slow
 
@@ -36,13 +37,13 @@ def test_default_outputs_stay_under_the_size_bound(sample_outputs):
 
 def test_implant_mesh_is_full_resolution_in_one_piece(sample_outputs):
     written = meshes.read_mesh(sample_outputs / "implant.stl")
-    full = geometry.surface_from_mask(read_volume(sample_outputs / "implant.nrrd"))
+    full = from_masks.surface_from_mask(read_volume(sample_outputs / "implant.nrrd"))
     pieces = vtkPolyDataConnectivityFilter()
     pieces.SetInputData(written)
     pieces.SetExtractionModeToAllRegions()
     pieces.Update()
     assert pieces.GetNumberOfExtractedRegions() == 1  # no speck beside the implant (the sample's had one)
-    assert written.GetNumberOfCells() == geometry.without_specks(full).GetNumberOfCells()
+    assert written.GetNumberOfCells() == from_masks.without_specks(full).GetNumberOfCells()
 
 
 @pytest.mark.parametrize("mesh", [contract.mesh_file(stem, "stl") for stem in contract.MESH_STEMS]
@@ -53,7 +54,7 @@ def test_every_mesh_written_is_closed_and_manifold(sample_outputs, mesh):
 
 @pytest.mark.parametrize("mesh, mask", [("completed_skull.stl", "completed_skull.nrrd"), ("defective_skull.stl", None)])
 def test_display_meshes_stay_within_their_stated_distance(sample_outputs, mesh, mask):
-    full = geometry.surface_from_mask(read_mask(sample_outputs / mask) if mask else read_mask(SAMPLE_DEFECTIVE))
+    full = from_masks.surface_from_mask(read_mask(sample_outputs / mask) if mask else read_mask(SAMPLE_DEFECTIVE))
     shown = meshes.read_mesh(sample_outputs / mesh)
     assert shown.GetNumberOfCells() < 0.25 * full.GetNumberOfCells()
     assert meshes.without_zero_area_triangles(shown).GetNumberOfCells() == shown.GetNumberOfCells()

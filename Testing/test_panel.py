@@ -11,8 +11,8 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
 
 from conftest import skull_segmentation  # noqa: E402
-from SparseImplantLib import panel  # noqa: E402
-from SparseImplantLib.job import GenerateJob  # noqa: E402
+from SparseImplantLib.slicer import panel, requirements  # noqa: E402
+from SparseImplantLib.slicer.job import GenerateJob  # noqa: E402
 
 
 class SegmentSelector:
@@ -111,12 +111,12 @@ def test_outcomes_empty_implant_and_warnings_are_not_plain_done():
     ("2.1.0", None), ("2.8.0+cu128", None), ("2.13.0", None),
 ])
 def test_torch_version_is_checked_against_the_minimum(installed, problem):
-    found = panel.torch_problem(installed)
+    found = requirements.torch_problem(installed)
     assert found is None if problem is None else problem in found
 
 
 def test_missing_requirements_are_found_without_importing():
-    assert panel.missing_requirements({"json": "json", "sparseimplant_no_such_module": "nosuch>=1"}) == ["nosuch>=1"]
+    assert requirements.missing_requirements({"json": "json", "sparseimplant_no_such_module": "nosuch>=1"}) == ["nosuch>=1"]
 
 
 def test_the_licence_is_acknowledged_once_per_terms():

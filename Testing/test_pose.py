@@ -7,13 +7,13 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from conftest import SAMPLE_DEFECTIVE, SAMPLE_IMPLANT
-from SparseImplantLib import pose
+from SparseImplantLib.pipeline import doubts, pose
 from SparseImplantLib.bench.generalization import rotated
-from SparseImplantLib.inference import model_grid_input
-from SparseImplantLib.io import read_mask
+from SparseImplantLib.pipeline.inference import model_grid_input
+from SparseImplantLib.pipeline.io import read_mask
 from SparseImplantLib.models.registry import ModelInfo
 from SparseImplantLib.train.augment import rotation_matrix
-from SparseImplantLib.volume import Volume, canonical_grid
+from SparseImplantLib.pipeline.volume import Volume, canonical_grid
 
 CUT_SLOPE = 0.25  # the ovoid's base is cut by the plane up = -30 + 0.25 * back (mm): tilted 14° about L
 
@@ -109,20 +109,20 @@ def test_the_heads_turn_is_measured(ovoid, template):
 @pytest.mark.parametrize("angles", [(-25.0, 0.0, 0.0), (0.0, 25.0, 0.0), (0.0, 0.0, -25.0), (-20.0, 10.0, 15.0)])
 def test_straightening_lays_the_grid_along_the_same_skull(ovoid, template, angles):
     """Tilted and turned, the skull gets the grid axes of the upright one, turned with it: the network sees one skull."""
-    upright = pose.straighten(ovoid[0], template=template)
-    turned = pose.straighten(rotated(ovoid, angles)[0], template=template)
+    upright = pose.straighten_head(ovoid[0], template=template)
+    turned = pose.straighten_head(rotated(ovoid, angles)[0], template=template)
     assert turn_between_deg(turned.axes, rotation_matrix(*angles) @ upright.axes) < 3.0
     assert turned.report()["straightened"] and turned.pose.turn_deg == pytest.approx(upright.pose.turn_deg, abs=3.0)
-    as_it_lies = pose.straighten(rotated(ovoid, angles)[0], enabled=False, template=template)
+    as_it_lies = pose.measure_head(rotated(ovoid, angles)[0], template=template)
     assert as_it_lies.axes is None and as_it_lies.cut is None and as_it_lies.yaw_deg == 0.0
 
 
 def test_large_turns_and_poor_matches_are_said():
     turned = pose.Pose(rotation_matrix(35.0, 0.0, 0.0), 35.0, 0.5)
-    assert "turned by about 35°" in pose.pose_doubts(turned)[0]
+    assert "turned by about 35°" in doubts.pose_doubts(turned)[0]
     unlike = pose.Pose(np.eye(3), 2.0, pose.POOR_MATCH / 2)
-    assert "matches the training skulls poorly" in pose.pose_doubts(unlike)[0]
-    assert pose.pose_doubts(pose.Pose(np.eye(3), 2.0, 0.5)) == []
+    assert "matches the training skulls poorly" in doubts.pose_doubts(unlike)[0]
+    assert doubts.pose_doubts(pose.Pose(np.eye(3), 2.0, 0.5)) == []
 
 
 @pytest.mark.slow
@@ -154,5 +154,5 @@ def test_a_head_lying_far_from_upright_is_turned_upright(header_turn):
     upright = read_mask(SAMPLE_DEFECTIVE)
     turn = Rotation.from_euler(header_turn[0], header_turn[1], degrees=True).as_matrix()
     turned = Volume(upright.array, upright.spacing, turn @ upright.origin, turn @ upright.direction)
-    expected, found = pose.straighten(upright).axes, turn.T @ pose.straighten(turned).axes
+    expected, found = pose.straighten_head(upright).axes, turn.T @ pose.straighten_head(turned).axes
     assert np.degrees(Rotation.from_matrix(found @ expected.T).magnitude()) < 2.0

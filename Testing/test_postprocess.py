@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from conftest import shell_skull
 from SparseImplantLib.metrics import dice
-from SparseImplantLib.postprocess import ball, extract_implant
+from SparseImplantLib.pipeline.postprocess import ball, extract_implant
 
 
 def test_ball_is_anisotropic():
@@ -42,7 +42,7 @@ def test_nothing_added_gives_empty_implant():
 
 def whole_box_implant(completed, defective, spacing, opening_radius_mm=1.0, min_fraction_of_largest=0.1):
     """The clean-up done plainly over the difference's whole bounding box: what extract_implant must equal."""
-    from SparseImplantLib.volume import foreground_box
+    from SparseImplantLib.pipeline.volume import foreground_box
 
     difference = completed.astype(bool) & ~defective.astype(bool)
     structure = ball(opening_radius_mm, spacing)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from SparseImplantLib import pipeline
+from SparseImplantLib.pipeline import generate as pipeline
+from SparseImplantLib.pipeline import predict as batch
 from SparseImplantLib.cli import main
 from SparseImplantLib.errors import SparseImplantError
 from SparseImplantLib.outputs import MANIFEST
@@ -24,8 +25,8 @@ def stand_in(monkeypatch, *warnings_per_case):
     the n-th list of warnings (an exception instead: that case fails)."""
     plans = iter(warnings_per_case)
 
-    def design(defective, networks, device, progress=ignore_progress, clock=None, averaged=True,
-               straighten_skull=True, method="network"):
+    def design(defective, networks, device, progress=ignore_progress, clock=None, test_time_augmentation=True,
+               straighten=True, method="network"):
         plan = next(plans)
         if isinstance(plan, Exception):
             raise plan
@@ -36,9 +37,9 @@ def stand_in(monkeypatch, *warnings_per_case):
         implant &= defective.array == 0
         return pipeline.Design(defective.with_array(((defective.array > 0) | (implant > 0)).astype(np.uint8)),
                                defective.with_array(implant), torch.device("cpu"), warnings=list(plan),
-                               pose={"straightened": straighten_skull}, priors={"agreement_dsc": 0.9})
+                               pose={"straightened": straighten}, priors={"agreement_dsc": 0.9})
 
-    monkeypatch.setattr(pipeline, "design_implant", design)
+    monkeypatch.setattr(batch, "design_implant", design)
 
 
 def predict(capsys, data, output, model_dir, *options):
@@ -52,7 +53,7 @@ def test_each_case_gets_a_report_and_the_batch_a_summary(tmp_path, capsys, tiny_
     stand_in(monkeypatch, [], ["the defect is odd", "the pose is odd"], [])
     out = tmp_path / "predictions"
     code, stdout, stderr = predict(capsys, tiny_skullfix, out, model_dir, "--cases", "000-002", "--progress", "none",
-                                   "--as-it-lies")
+                                   "--no-straighten")
     assert code == 0, stderr
     assert sorted(p.name for p in out.iterdir()) == ["000", "001", "002", "predict_summary.json"]
     case = out / "001"
@@ -142,12 +143,12 @@ def test_the_summary_counts_only_predict_reports_in_their_case_folders(tmp_path)
     (tmp_path / "generated" / "report.json").write_text(json.dumps({"input": "a generate report"}))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "report.json").write_text("{")
-    summary = pipeline.write_predict_summary(tmp_path)
+    summary = batch.write_predict_summary(tmp_path)
     assert summary == {"cases": [{"case": "051", "warning_count": 0, "implant_volume_ml": 1.5},
                                  {"case": "bilateral/050", "warning_count": 1, "implant_volume_ml": 1.5}],
                        "doubtful": [{"case": "bilateral/050", "warnings": ["w"]}]}
     assert json.loads((tmp_path / "predict_summary.json").read_text()) == summary
-    assert pipeline.write_predict_summary(tmp_path / "absent") == {"cases": [], "doubtful": []}
+    assert batch.write_predict_summary(tmp_path / "absent") == {"cases": [], "doubtful": []}
     assert not (tmp_path / "absent").exists()
 
 

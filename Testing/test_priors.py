@@ -9,7 +9,7 @@ from scipy.spatial.transform import Rotation
 
 from SparseImplantLib.metrics import dice
 from SparseImplantLib.models.completion import CompletionNet
-from SparseImplantLib.priors import (
+from SparseImplantLib.pipeline.priors import (
     FITTED_SITE,
     Priors,
     build_shape_template,
@@ -19,7 +19,7 @@ from SparseImplantLib.priors import (
     mirrored_mask,
 )
 from SparseImplantLib.sparse import from_mask, to_mask
-from SparseImplantLib.superres import batch_input
+from SparseImplantLib.pipeline.superres import batch_input
 
 SPACING = 2.0
 SHAPE = (90, 100, 80)
@@ -76,7 +76,7 @@ def test_mean_shape_fit_recovers_scale_and_turn_despite_an_opening():
     assert fit.residual_mm < 1.0
     assert np.allclose(np.sort(fit.scales), np.sort([66 / 60, 71 / 75, 1.0]), atol=0.04)
 
-    from SparseImplantLib.priors import fitted_share
+    from SparseImplantLib.pipeline.priors import fitted_share
 
     fitted = fitted_share(SHAPE, SPACING, fit, template) >= FITTED_SITE
     missing = complete & ~defective

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import read_png, shell_skull
-from SparseImplantLib import geometry
-from SparseImplantLib.distances import add_signed_distance
-from SparseImplantLib.render import (
+from SparseImplantLib.surfaces import from_masks
+from SparseImplantLib.surfaces.distances import add_signed_distance
+from SparseImplantLib.surfaces.render import (
     BACKGROUND,
     defect_camera,
     diverging_lookup_table,
@@ -19,7 +19,7 @@ from SparseImplantLib.render import (
     offscreen_window,
     render_three_panel,
 )
-from SparseImplantLib.volume import Volume
+from SparseImplantLib.pipeline.volume import Volume
 
 
 def test_lookup_table_is_diverging_and_centred():
@@ -44,8 +44,8 @@ def test_three_panel_render(tmp_path):
     prediction = ball.copy()
     prediction[32:] = 0
     prediction[20:28, 20:28, 36:44] = 1
-    surfaces = [geometry.surface_from_mask(Volume(a, **volume_kwargs)) for a in (prediction, defective, implant)]
-    distance = add_signed_distance(surfaces[0], geometry.surface_from_mask(Volume(ball, **volume_kwargs)))
+    surfaces = [from_masks.surface_from_mask(Volume(a, **volume_kwargs)) for a in (prediction, defective, implant)]
+    distance = add_signed_distance(surfaces[0], from_masks.surface_from_mask(Volume(ball, **volume_kwargs)))
     path = render_three_panel(surfaces[0], surfaces[1], surfaces[2], distance, tmp_path / "preview.png", size=(600, 200))
     pixels = read_png(path).astype(int)
     assert pixels.shape == (200, 600, 3)
@@ -88,8 +88,8 @@ def test_the_camera_faces_the_implant_wherever_it_is(side):
     shell = (distance <= 26) & (distance > 22)
     patch = shell & (np.tensordot(np.asarray(side, float), grid, axes=1) > 18)
     volume = dict(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3))
-    completed = geometry.surface_from_mask(Volume(shell.astype(np.uint8), **volume))
-    implant = geometry.surface_from_mask(Volume(patch.astype(np.uint8), **volume))
+    completed = from_masks.surface_from_mask(Volume(shell.astype(np.uint8), **volume))
+    implant = from_masks.surface_from_mask(Volume(patch.astype(np.uint8), **volume))
     camera = defect_camera(completed, implant)
     view = np.array(camera.GetPosition()) - np.array(camera.GetFocalPoint())
     assert np.dot(view / np.linalg.norm(view), side) > 0.95

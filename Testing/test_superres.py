@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from conftest import shell_skull
-from SparseImplantLib import superres
+from SparseImplantLib.pipeline import superres
 from SparseImplantLib.cli import main
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.io import write_volume
+from SparseImplantLib.pipeline.io import write_volume
 from SparseImplantLib.models.completion import CHANNEL_PRESETS, CompletionNet
 from SparseImplantLib.models.registry import ModelInfo, find_model, find_refiner, load_registry, save_network, write_registry
-from SparseImplantLib.volume import Volume
+from SparseImplantLib.pipeline.volume import Volume
 
 
 def add_refiner(model_dir, name="tiny-sr", input_spacing=(2.0, 2.0, 2.0), training=None) -> ModelInfo:
@@ -118,7 +118,7 @@ def test_refinement_model_choice(model_dir):
 def test_generate_with_a_refinement_model(tmp_path, capsys, model_dir, synthetic_skull):
     add_refiner(model_dir)
     skull = write_volume(tmp_path / "defective.nrrd", synthetic_skull[0])
-    common = ["--model-dir", str(model_dir), "--device", "cpu", "--single-pass", "--no-preview"]  # neither is under test
+    common = ["--model-dir", str(model_dir), "--device", "cpu", "--no-test-time-augmentation", "--no-preview"]  # neither is under test
     assert main(["generate", str(skull), "-o", str(tmp_path / "refined"), "--progress", "none", *common]) == 0
     report = json.loads((tmp_path / "refined" / "report.json").read_text())
     assert report["model"]["refinement"]["name"] == "tiny-sr" and "refine" in report["timings_s"]
@@ -131,7 +131,7 @@ def test_generate_with_a_refinement_model(tmp_path, capsys, model_dir, synthetic
 
 
 def test_slicer_job_turns_refinement_off_only_when_asked(tmp_path):
-    from SparseImplantLib.job import GenerateRequest
+    from SparseImplantLib.slicer.job import GenerateRequest
 
     assert "--refine-model" not in GenerateRequest(tmp_path / "in.nrrd", tmp_path / "out").command()
     command = GenerateRequest(tmp_path / "in.nrrd", tmp_path / "out", refine=False).command()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import PROJECT_ROOT, make_registry, shell_skull
-from SparseImplantLib.volume import Volume
+from SparseImplantLib.pipeline.volume import Volume
 from SparseImplantLib.cli import main
 from SparseImplantLib.models.registry import ModelInfo, load_network
 
@@ -129,8 +129,8 @@ def test_super_resolution_pairs_each_defect_with_its_own_coarse_skull():
     """The case's own defect comes with the completion model's prediction of it; a generated defect, which
     no model has seen, with the target through the coarse grid."""
     from SparseImplantLib.train.augment import OWN_DEFECT, Augmentation, draw
-    from SparseImplantLib.superres import refine_box
-    from SparseImplantLib.train.loop import _through_coarse_grid, make_example
+    from SparseImplantLib.pipeline.superres import refine_box
+    from SparseImplantLib.train.examples import _through_coarse_grid, make_example
     from SparseImplantLib.train.samples import make_source
 
     defective, implant = shell_skull(shape=(84, 84, 64), radius=38.0, thickness=8.0)  # bone that survives 2 mm

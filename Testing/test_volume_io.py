@@ -8,9 +8,9 @@ import pytest
 
 from conftest import SAMPLE_DEFECTIVE
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.io import read_mask, read_volume, write_volume
+from SparseImplantLib.pipeline.io import read_mask, read_volume, write_volume
 from SparseImplantLib.outputs import MANIFEST, staged_output
-from SparseImplantLib.volume import Volume, crop, foreground_box, paste, resample_mask, resample_mask_to_spacing
+from SparseImplantLib.pipeline.volume import Volume, crop, foreground_box, paste, resample_mask, resample_mask_to_spacing
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".seg.nrrd", ".nii"])

@@ -3,7 +3,7 @@
     python Utilities/catalog_screenshot.py [-o Resources/Screenshots/three_panel.png]
 
 Runs ``sparseimplant generate`` on the bundled sample as the module runs it, loads the folder into a
-slicer-core scene with ``mrml.add_results_from_folder`` and renders the module's three linked MRML 3D
+slicer-core scene with ``scene_results.add_results_from_folder`` and renders the module's three linked MRML 3D
 views offscreen with Slicer's own displayable managers (no Qt), one camera shared by the three.
 """
 
@@ -24,8 +24,8 @@ if str(ROOT) not in sys.path:
 import slicer  # noqa: E402
 import vtk  # noqa: E402
 
-from SparseImplantLib import mrml  # noqa: E402
-from SparseImplantLib.render import capture_window, defect_camera, offscreen_window, write_png  # noqa: E402
+from SparseImplantLib.slicer import scene_results, scene_views  # noqa: E402
+from SparseImplantLib.surfaces.render import capture_window, defect_camera, offscreen_window, write_png  # noqa: E402
 
 SAMPLE = ROOT / "Resources" / "SampleData" / "SkullFix_050_defective.nrrd"
 SCREENSHOT = ROOT / "Resources" / "Screenshots" / "three_panel.png"
@@ -89,9 +89,9 @@ class OffscreenViews:
 def render_results(output_dir: Path, png: Path, size: Tuple[int, int] = (600, 600)) -> Path:
     """The three views of a ``generate`` folder's results, as the module shows them, as one PNG."""
     scene = slicer.vtkMRMLScene()
-    views = OffscreenViews(mrml.three_view_nodes(scene), size)
+    views = OffscreenViews(scene_views.three_view_nodes(scene), size)
     try:
-        result = mrml.add_results_from_folder(scene, output_dir)
+        result = scene_results.add_results_from_folder(scene, output_dir)
         completed = result.models["completed"].GetPolyData()
         implant = result.models["implant"].GetPolyData() if "implant" in result.models else completed
         return views.capture(png, defect_camera(completed, implant))

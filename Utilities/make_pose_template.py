@@ -6,7 +6,7 @@ Averages the complete skulls of the training cases (never 045-059: those tune an
 centred on its centroid, on a 4 mm grid (``pose.build_template``); then, ``--rounds`` times, turns
 each skull upright onto the last mean and averages again, so the mean sharpens to one pose. It
 prints, per training case, the turn the search finds for its defective skull (the spread that
-``pose.UPRIGHT_DEG`` is set against) and the template match (``pose.POOR_MATCH`` lies below the lowest).
+``pose.TRAINING_TURN_DEG`` is set against) and the template match (``pose.POOR_MATCH`` lies below the lowest).
 Derived from SkullFix: CC BY-NC-SA 4.0, like the bundled weights.
 """
 
@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from SparseImplantLib.data.datasets import list_cases, parse_case_range  # noqa: E402
 from SparseImplantLib.models.registry import default_model_dir  # noqa: E402
-from SparseImplantLib.pose import TEMPLATE_FILE, build_template, pose_of_points, skull_points  # noqa: E402
+from SparseImplantLib.pipeline.pose import TEMPLATE_FILE, build_template, pose_of_points, skull_points  # noqa: E402
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from SparseImplantLib.data.datasets import parse_case_range  # noqa: E402
 from SparseImplantLib.models.registry import default_model_dir  # noqa: E402
-from SparseImplantLib.priors import SHAPE_TEMPLATE_FILE, build_shape_template, fit_points  # noqa: E402
+from SparseImplantLib.pipeline.priors import SHAPE_TEMPLATE_FILE, build_shape_template, fit_points  # noqa: E402
 from SparseImplantLib.train.samples import load_sources, source_points  # noqa: E402
 
 SPACING_MM = 2.0

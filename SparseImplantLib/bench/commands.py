@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     general.add_argument("--keep-logit", type=float,
                          help="override the model's pruning threshold (to tune it on training cases, never on 050-059)")
     general.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
-    general.add_argument("--as-it-lies", action="store_true", help="do not straighten the skulls (as generate --as-it-lies)")
+    general.add_argument("--straighten", action=argparse.BooleanOptionalAction, default=True,
+                         help="straighten the skulls first, as generate does (default; --no-straighten: as they lie)")
     general.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                          help="join the generalization.json of runs over different cases (run side by side) into one report")
     for sub in (network, generate):
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             generalization.merge([_read_json(path, "--merge") for path in args.merge], args.output)
             return 0
         generalization.run(args.data, parse_case_range(args.cases), args.output, args.model, args.groups, args.device,
-                           args.model_dir, args.keep_logit, straighten=not args.as_it_lies, methods=args.methods)
+                           args.model_dir, args.keep_logit, straighten=args.straighten, methods=args.methods)
     else:
         from .network import worker
 

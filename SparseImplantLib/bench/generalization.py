@@ -12,7 +12,7 @@ challenge metrics at full resolution against its own ground truth:
 - ``rotation:<axes>``: the head turned by 25 degrees (pitch, roll or yaw, either way), resampled;
 - ``source:<name>``: another skull source: 1 mm voxels, 3 mm slices, bone one voxel thinner or thicker.
 
-The SkullFix and defect groups also run the two baselines the network must beat (``pipeline.METHODS``):
+The SkullFix and defect groups also run the two baselines the network must beat (``pipeline.generate.METHODS``):
 the defective skull completed by its own mirror image alone, and by the fitted mean skull alone, cut
 into an implant by the same post-processing.
 
@@ -42,7 +42,7 @@ from ..data.defects import (
     cut_defect,
 )
 from ..errors import SparseImplantError
-from ..volume import Volume, corners_lps, find_foreground_box, reorient, resample_mask, undo_reorient
+from ..pipeline.volume import Volume, corners_lps, find_foreground_box, reorient, resample_mask, undo_reorient
 from .commands import GENERALIZATION_GROUPS as GROUPS
 from .report import markdown_table, write_results
 
@@ -121,7 +121,7 @@ def another_source(pair: Pair, name: str) -> Pair:
     """The same skull and defect as another scanner or segmentation would give it (see ``SOURCES``)."""
     from scipy import ndimage
 
-    from ..volume import grid_with_spacing
+    from ..pipeline.volume import grid_with_spacing
 
     defective, implant = pair
     complete = (defective.array | implant.array) > 0
@@ -189,11 +189,11 @@ def run_variant(variant: Variant, networks, device, baseline: Optional[np.ndarra
     already made. Returns the row and the implant array."""
     from ..evaluate import evaluate_case
     from ..metrics import dice
-    from ..pipeline import design_implant
+    from ..pipeline.generate import design_implant
 
     defective, truth = pair or variant.make()
     started = time.perf_counter()
-    design = design_implant(defective, networks, device, straighten_skull=straighten, method=method)
+    design = design_implant(defective, networks, device, straighten=straighten, method=method)
     seconds = time.perf_counter() - started
     completed, implant = design.completed, design.implant
     row = {"case": variant.case, "group": variant.group, "name": variant.name, "method": method,
@@ -208,7 +208,7 @@ def run_variant(variant: Variant, networks, device, baseline: Optional[np.ndarra
 
 def summarise(rows: Sequence[dict]) -> List[dict]:
     """One line per (group, name, method) and per (group, method): n, mean DSC, bDSC, HD95, failures."""
-    from ..pipeline import METHODS
+    from ..pipeline.generate import METHODS
 
     lines = []
     keys = sorted({(row["group"], row["name"]) for row in rows}, key=lambda k: (GROUPS.index(k[0]), k[1]))
@@ -239,7 +239,7 @@ def run(data_root: Path, cases: Sequence[str], output_dir: Path, model: Optional
         device_name: str = "cpu", model_dir: Optional[Path] = None, keep_logit: Optional[float] = None,
         straighten: bool = True, methods: Sequence[str] = ("network", "mirror", "fitted")) -> dict:
     """The suite by each of ``methods`` (the prior-only baselines in ``BASELINE_GROUPS`` only)."""
-    from ..inference import load_networks, select_device
+    from ..pipeline.inference import load_networks, select_device
 
     device = select_device(device_name)
     networks = load_networks(model, "none", device, model_dir)
@@ -286,7 +286,7 @@ def write_report(data: dict, output_dir: Path) -> dict:
         [[s["group"], s["name"], s["method"], s["n"], _cell(s["dsc"]), _cell(s["bdsc"]), _cell(s["hd95_mm"], 2),
           s["failures"], _cell(s["agreement_dsc"])] for s in data["summary"]])
     notes = (f"Model {data['model']} (pruning threshold {data['keep_logit']:g}), skulls "
-             f"{'straightened (bottom cut levelled, facing forward)' if data['straighten'] else 'as they lie (--as-it-lies)'}"
+             f"{'straightened (bottom cut levelled, facing forward)' if data['straighten'] else 'as they lie (--no-straighten)'}"
              f", cases {','.join(data['cases'])}, device {data['device']}. Defects cut at full "
              f"resolution with seeded random position and size; rotations of {ROTATION_DEG:g} degrees; agreement: "
              "the implant of a stored-otherwise copy against the stored file's, in the file's index order.")

@@ -77,20 +77,20 @@ def _failure(done: subprocess.CompletedProcess) -> str:
 
 
 def network_seconds(source: Path, repeats: int = NETWORK_REPEATS) -> dict:
-    """The completion network alone, as generate runs it (straightened grid, averaged passes, CPU): the
+    """The completion network alone, as generate runs it (straightened grid, test-time augmentation, CPU): the
     median of ``repeats`` timings on the case's cropped model grid, without reading or resampling back;
     for a model that takes priors, their estimate's time beside it (``priors_s``, as generate's stage)."""
     import torch
 
-    from ..inference import AVERAGED_PASSES, coarse_skull, load_networks, model_grid_input
-    from ..io import read_mask
-    from ..pose import straighten
-    from ..priors import estimate_priors
+    from ..pipeline.inference import AUGMENTED_PASSES, coarse_skull, load_networks, model_grid_input
+    from ..pipeline.io import read_mask
+    from ..pipeline.pose import straighten_head
+    from ..pipeline.priors import estimate_priors
 
     device = torch.device("cpu")
     networks = load_networks(None, "none", device)
     defective = read_mask(source)
-    model_input = model_grid_input(defective, networks.info, straighten(defective).axes)
+    model_input = model_grid_input(defective, networks.info, straighten_head(defective).axes)
     priors_s = None
     if networks.info.priors:
         start = time.perf_counter()
@@ -101,7 +101,7 @@ def network_seconds(source: Path, repeats: int = NETWORK_REPEATS) -> dict:
         start = time.perf_counter()
         coarse_skull(model_input, networks, device)
         times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "passes": len(AVERAGED_PASSES), "times_s": times,
+    return {"seconds": statistics.median(times), "passes": len(AUGMENTED_PASSES), "times_s": times,
             "priors_s": priors_s, "grid": list(model_input.cropped.shape), "model": networks.info.name}
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import SparseImplantError
-from ..io import atomic_write
+from ..outputs import atomic_write
 from ..models.completion import CHANNEL_PRESETS, LEVELS, CompletionNet, completion_loss
 from ..models.dense_twin import GRID_MULTIPLE, DenseCompletionNet
 from ..sparse import Conv3d, GenerativeConvTranspose3d, from_mask
@@ -45,8 +45,8 @@ FLOAT_BYTES = 4
 
 def load_case(data_root: Path, case: str, factor: int):
     """(defective, complete) boolean arrays on the grid ``factor`` times coarser than the CT's."""
-    from ..io import read_mask
-    from ..volume import resample_mask_to_spacing
+    from ..pipeline.io import read_mask
+    from ..pipeline.volume import resample_mask_to_spacing
 
     arrays = []
     for folder in ("defective_skull", "complete_skull"):

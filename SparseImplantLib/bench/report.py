@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from ..io import atomic_write
+from ..outputs import atomic_write
 
 
 def machine() -> Dict[str, object]:

@@ -19,9 +19,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..errors import SparseImplantError
-from ..io import PathLike, mask_from_labels, read_volume
-from ..limits import check_case_count
-from ..volume import Volume
+from ..outputs import PathLike
+from ..pipeline.io import mask_from_labels, read_volume
+from ..pipeline.refusals import check_case_count
+from ..pipeline.volume import Volume
 
 SKULLFIX = "skullfix"
 SKULLBREAK = "skullbreak"

@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import SparseImplantError
-from ..volume import Volume, find_foreground_box
+from ..pipeline.volume import Volume, find_foreground_box
 
 SKULLFIX_BOX = "skullfix"
 BILATERAL, FRONTOORBITAL, PARIETOTEMPORAL, RANDOM = "bilateral", "frontoorbital", "parietotemporal", "random"

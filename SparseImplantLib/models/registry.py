@@ -232,7 +232,7 @@ def save_network(network: "CompletionNet", info: ModelInfo, extra_metadata: Opti
     """Write the weights as safetensors and return ``info`` with the new sha256 (registry not touched)."""
     from safetensors.torch import save_file
 
-    from ..io import atomic_write
+    from ..outputs import atomic_write
 
     state = {key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()}
     metadata = {"name": info.name, "kind": info.kind, "licence": info.licence, **(extra_metadata or {})}
@@ -242,7 +242,7 @@ def save_network(network: "CompletionNet", info: ModelInfo, extra_metadata: Opti
 
 
 def write_registry(models: Sequence[ModelInfo], model_dir: Optional[Path] = None) -> Path:
-    from ..io import atomic_write
+    from ..outputs import atomic_write
 
     model_dir = Path(model_dir) if model_dir else default_model_dir()
     text = json.dumps({"models": [m.to_json() for m in models]}, indent=2) + "\n"
@@ -285,7 +285,7 @@ def register_trained_model(run_dir: Path, model_dir: Optional[Path] = None, eval
     Everything is read and checked before the first file is written."""
     import shutil
 
-    from ..io import atomic_write
+    from ..outputs import atomic_write
 
     run_dir = Path(run_dir)
     try:

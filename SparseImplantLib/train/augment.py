@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from ..data.defects import DEFECT_KINDS, cut_defect
 from ..errors import SparseImplantError
-from ..volume import Volume, find_foreground_box
+from ..pipeline.volume import Volume, find_foreground_box
 from .samples import SCALE, CaseSource
 
 OWN_DEFECT = "own"

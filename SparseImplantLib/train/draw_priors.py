@@ -19,8 +19,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from ..io import atomic_write
-from ..priors import Priors, ShapeTemplate, estimate_symmetry, fit_points
+from ..outputs import atomic_write
+from ..pipeline.priors import Priors, ShapeTemplate, estimate_symmetry, fit_points
 from .augment import Draw
 from .samples import SCALE, CaseSource, source_points
 

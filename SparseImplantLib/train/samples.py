@@ -14,8 +14,8 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from ..io import atomic_write
-from ..volume import Volume, canonical_grid, corners_lps, find_foreground_box, resample_fraction
+from ..outputs import atomic_write
+from ..pipeline.volume import Volume, canonical_grid, corners_lps, find_foreground_box, resample_fraction
 
 SOURCE_SPACING_MM = 1.0  # never coarser than the model grid
 SOURCE_MARGIN_MM = 4.0

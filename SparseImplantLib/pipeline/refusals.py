@@ -1,4 +1,5 @@
-"""Limits on what the tool accepts, checked before memory is committed to an input.
+"""Refusals: inputs the tool turns away with a one-line error, checked before memory is committed to
+them (``doubts`` is the other side: results it delivers but questions).
 
 A file's header can claim any size and a mask can hold anything. These checks turn inputs that would
 exhaust memory into one-line errors before the voxels are read or meshed: a header that lies or
@@ -13,7 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import SparseImplantError
+from ..errors import SparseImplantError
+from .volume import Volume
 
 # A head at 0.25 mm isotropic is about 1e9 voxels; beyond this bound a float CT alone needs over 6 GB.
 MAX_VOXELS = 1_500_000_000
@@ -96,3 +98,15 @@ def _extent(mask: np.ndarray, axis: int) -> slice:
 
 def _numbers(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
+
+
+def check_skull_mask(mask: Volume, name: str) -> None:
+    """Reject masks no skull can come from: empty, all foreground, solid or speckle (``check_skull_shape``)."""
+    count = int(np.count_nonzero(mask.array))
+    if count == 0:
+        raise SparseImplantError(f"'{name}' has no skull voxels (empty mask): select the skull segment or lower the threshold")
+    if count == mask.array.size:
+        raise SparseImplantError(
+            f"'{name}' is foreground everywhere: it is not a skull mask (a CT volume needs --threshold)"
+        )
+    check_skull_shape(mask.array, name)

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import SAMPLE_DEFECTIVE, SAMPLE_IMPLANT, oblique_direction, require_skullfix, run_capped, shell_skull
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.io import read_mask, write_volume
-from SparseImplantLib.limits import check_header, check_skull_shape
-from SparseImplantLib.volume import Volume
+from SparseImplantLib.pipeline.io import read_mask, write_volume
+from SparseImplantLib.pipeline.refusals import check_header, check_skull_shape
+from SparseImplantLib.pipeline.volume import Volume
 
 GEOMETRY = dict(spacing=(0.8, 0.7, 1.1), origin=(-20.0, 10.0, 5.0), direction=oblique_direction())
 CAP = 3 << 30  # the child may import torch, but not allocate the 8 GB these headers claim

@@ -7,18 +7,16 @@ target folder and rename it into place (``outputs`` moves whole result sets the 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional
 
 import numpy as np
 
-from .errors import SparseImplantError
-from .limits import check_header, check_skull_shape
+from ..errors import SparseImplantError
+from ..outputs import PathLike, atomic_write
+from .refusals import check_header, check_skull_mask
 from .volume import Volume, from_sitk, to_sitk
 
-PathLike = Union[str, os.PathLike]
 MASK_SUFFIXES = (".seg.nrrd", ".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd")
 DEFAULT_BONE_THRESHOLD_HU = 300.0
 
@@ -34,7 +32,7 @@ def _suffix(path: Path) -> str:
 def read_volume(path: PathLike) -> Volume:
     """Read any 3D scalar image with its geometry; the values are returned unchanged.
 
-    The header is checked first (``limits.check_header``), so a file claiming billions of voxels or
+    The header is checked first (``refusals.check_header``), so a file claiming billions of voxels or
     metres of extent is refused before its pixels are allocated."""
     import SimpleITK as sitk
 
@@ -131,18 +129,6 @@ def mask_from_ct(volume: Volume, threshold_hu: float = DEFAULT_BONE_THRESHOLD_HU
     return volume.with_array((volume.array >= threshold_hu).astype(np.uint8))
 
 
-def check_skull_mask(mask: Volume, name: str) -> None:
-    """Reject masks no skull can come from: empty, all foreground, solid or speckle (``limits``)."""
-    count = int(np.count_nonzero(mask.array))
-    if count == 0:
-        raise SparseImplantError(f"'{name}' has no skull voxels (empty mask): select the skull segment or lower the threshold")
-    if count == mask.array.size:
-        raise SparseImplantError(
-            f"'{name}' is foreground everywhere: it is not a skull mask (a CT volume needs --threshold)"
-        )
-    check_skull_shape(mask.array, name)
-
-
 def read_mask(path: PathLike, label: Optional[int] = None, threshold_hu: Optional[float] = None,
               remedy: Optional[str] = None) -> Volume:
     """Read a skull mask: a binary/label file, or a CT volume thresholded at ``threshold_hu``
@@ -163,29 +149,6 @@ def read_mask(path: PathLike, label: Optional[int] = None, threshold_hu: Optiona
 def _list(values: np.ndarray, limit: int = 8) -> str:
     shown = ", ".join(str(v) for v in values[:limit].tolist())
     return shown + (", ..." if values.size > limit else "")
-
-
-def _new_file_mode() -> int:
-    """The mode a plainly created file gets here (0666 less the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temporary_path)`` and rename the result to ``path`` only if it succeeded."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix="-" + path.name, dir=path.parent)
-    os.close(handle)
-    temporary_path = Path(temporary)
-    try:
-        write(temporary_path)
-        os.chmod(temporary_path, _new_file_mode())  # mkstemp's 0600 would hide results from other users
-        os.replace(temporary_path, path)
-    finally:
-        temporary_path.unlink(missing_ok=True)
-    return path
 
 
 def write_volume(path: PathLike, volume: Volume) -> Path:

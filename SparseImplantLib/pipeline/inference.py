@@ -1,4 +1,4 @@
-"""Running the networks: the completion network's skull in the canonical frame, averaged passes,
+"""Running the networks: the completion network's skull in the canonical frame, test-time augmentation,
 the optional super-resolution stage, and the fallback to the CPU when a GPU runs out of memory.
 
 The network always sees the skull on a grid with axes along L, P and S (``volume.canonical_grid``),
@@ -16,16 +16,16 @@ from typing import Callable, Optional, Sequence, Tuple, TypeVar
 import numpy as np
 import torch
 
-from .errors import SparseImplantError
-from .models.completion import CompletionNet
-from .models.registry import ModelInfo, find_model, find_refiner, load_network
+from ..contract import DEVICES
+from ..errors import SparseImplantError
+from ..models.completion import CompletionNet
+from ..models.registry import ModelInfo, find_model, find_refiner, load_network
 from .priors import Priors, channel_input
-from .progress import ProgressCallback, ProgressEvent, ignore_progress
-from .sparse import to_mask
+from ..progress import ProgressCallback, ProgressEvent, ignore_progress
+from ..sparse import to_mask
 from .superres import batch_input, refine_skull
 from .volume import Box, Volume, canonical_grid, crop, foreground_box, paste, resample_mask
 
-DEVICES = ("auto", "cpu", "cuda")
 
 # Gaussian sigma, in model-grid voxels, applied to the network's mask before it is interpolated back to
 # the CT grid: it smooths the voxel-level raggedness of a coarse prediction. The super-resolution
@@ -35,7 +35,7 @@ OUTPUT_SMOOTHING = 1.0
 # Test-time augmentation: (left-right flip, shift in grid voxels) of each network pass, averaged. The
 # output depends on the side of the defect and on where the skull falls in the network's stride-64
 # cells; the flip is the one training uses (grid axis 0 is left-right in the canonical frame).
-AVERAGED_PASSES = ((False, 0), (True, 0), (False, 8), (True, 8))
+AUGMENTED_PASSES = ((False, 0), (True, 0), (False, 8), (True, 8))
 SINGLE_PASS = ((False, 0),)
 
 
@@ -65,11 +65,16 @@ class Networks:
 
 
 def load_networks(model: Optional[str], refine_model: Optional[str], device: torch.device,
-                  model_dir: Optional[Path] = None) -> Networks:
+                  model_dir: Optional[Path] = None, keep_logit: Optional[float] = None) -> Networks:
+    """The completion model (``keep_logit``: its pruning threshold instead of the registry's) and its
+    super-resolution model, if any, on ``device``."""
     info = find_model(model, "completion", model_dir)
     refiner_info = find_refiner(refine_model, info, model_dir)
     refiner = load_network(refiner_info, device) if refiner_info is not None else None
-    return Networks(load_network(info, device), info, refiner, refiner_info)
+    completion = load_network(info, device)
+    if keep_logit is not None:
+        completion.keep_logit = keep_logit
+    return Networks(completion, info, refiner, refiner_info)
 
 
 def select_device(requested: str = "auto") -> torch.device:
@@ -82,8 +87,8 @@ def select_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def network_passes(averaged: bool) -> Tuple[Tuple[bool, int], ...]:
-    return AVERAGED_PASSES if averaged else SINGLE_PASS
+def network_passes(test_time_augmentation: bool) -> Tuple[Tuple[bool, int], ...]:
+    return AUGMENTED_PASSES if test_time_augmentation else SINGLE_PASS
 
 
 @dataclass
@@ -128,7 +133,7 @@ def _pass_view(array: np.ndarray, flip: bool, shift: int) -> np.ndarray:
 
 
 def predict_fraction(network: CompletionNet, mask: np.ndarray, device: torch.device,
-                     passes: Sequence[Tuple[bool, int]] = AVERAGED_PASSES, priors: Optional[Priors] = None,
+                     passes: Sequence[Tuple[bool, int]] = AUGMENTED_PASSES, priors: Optional[Priors] = None,
                      after_pass: Callable[[int], None] = lambda done: None) -> np.ndarray:
     """Share of the (flip, shift) passes whose prediction keeps each voxel, as float32 in [0, 1];
     ``after_pass(done)`` hears of each pass finished (the progress bar moves)."""
@@ -166,10 +171,11 @@ def with_cpu_fallback(run: Callable[[torch.device], Result], networks: Networks,
 
 
 def coarse_skull(model_input: ModelInput, networks: Networks, device: torch.device,
-                 progress: ProgressCallback = ignore_progress, averaged: bool = True) -> Tuple[Volume, torch.device]:
+                 progress: ProgressCallback = ignore_progress,
+                 test_time_augmentation: bool = True) -> Tuple[Volume, torch.device]:
     """The completion network's skull on its canonical grid, as the share of passes keeping each voxel."""
     cropped, grid = model_input.cropped, model_input.grid
-    passes = network_passes(averaged)
+    passes = network_passes(test_time_augmentation)
     stage = ProgressEvent("network", 0.2, f"{int(cropped.array.sum())} voxels on a {cropped.shape} grid, "
                                           f"{len(passes)} pass(es)")
     progress(stage)

@@ -1,7 +1,7 @@
 """Triangle meshes as VTK polydata (no Qt): coordinate transforms, triangle arrays, the checks a
 printable mesh must pass, and mesh files.
 
-These are the plain mesh operations the rest stands on: ``geometry`` builds surfaces from masks with
+These are the plain mesh operations the rest stands on: ``from_masks`` builds surfaces from masks with
 them, ``display_meshes`` lightens surfaces for viewing, ``distances`` measures between surfaces, and
 the pipeline, the Slicer module and the tests write and read meshes through ``export_mesh`` and
 ``read_mesh``. Nothing here knows about masks or voxels.
@@ -10,11 +10,11 @@ the pipeline, the Slicer module and the tests write and read meshes through ``ex
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
-from vtkmodules.util.numpy_support import numpy_to_vtkIdTypeArray, vtk_to_numpy
-from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
+from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray, vtk_to_numpy
+from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkImageData, vtkPolyData
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 from vtkmodules.vtkCommonTransforms import vtkTransform
 from vtkmodules.vtkFiltersCore import vtkFeatureEdges, vtkMassProperties, vtkReverseSense, vtkTriangleFilter
@@ -25,9 +25,9 @@ from vtkmodules.vtkIOLegacy import vtkPolyDataReader, vtkPolyDataWriter
 from vtkmodules.vtkIOPLY import vtkPLYReader, vtkPLYWriter
 from vtkmodules.vtkIOXML import vtkXMLPolyDataReader, vtkXMLPolyDataWriter
 
-from .errors import SparseImplantError
-from .io import PathLike, atomic_write
-from .volume import LPS_TO_RAS
+from ..errors import SparseImplantError
+from ..outputs import PathLike, atomic_write
+from ..pipeline.volume import LPS_TO_RAS
 
 COORDINATE_SYSTEMS = ("LPS", "RAS")
 
@@ -39,6 +39,15 @@ def vtk_matrix(values: np.ndarray) -> vtkMatrix4x4:
         for column in range(4):
             matrix.SetElement(row, column, float(values[row, column]))
     return matrix
+
+
+def image_data(array: np.ndarray, image: Optional[vtkImageData] = None) -> vtkImageData:
+    """A voxel array indexed (i, j, k) as VTK image scalars (i fastest, as VTK stores them), in ``image``
+    (a subclass such as Slicer's oriented image) or a new ``vtkImageData``; geometry is the caller's."""
+    image = vtkImageData() if image is None else image
+    image.SetDimensions(*array.shape)
+    image.GetPointData().SetScalars(numpy_to_vtk(np.ravel(array, order="F"), deep=True))
+    return image
 
 
 def transform_polydata(surface: vtkPolyData, matrix: np.ndarray) -> vtkPolyData:

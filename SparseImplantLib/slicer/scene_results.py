@@ -1,36 +1,34 @@
-"""The MRML side of SparseImplant, without Qt: what the Slicer module does to the scene.
-
-Everything here works on a bare ``vtkMRMLScene`` (the ``slicer-core`` package in CI, the application's
-scene inside Slicer): segmentation <-> ``Volume`` with geometry, the result segmentation and models,
-the signed-distance colour table and legend, the three linked 3D views and their layout, export.
-Nothing here modifies the input nodes; every call adds new nodes.
+"""One run's results in the scene: the result segmentation (completed skull and implant), the models
+pinned to the three views, the results table, and the export of segments for 3D printing. Each run
+adds new nodes, marked as results; earlier runs' nodes are hidden, never changed or removed.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import slicer
 import vtk
-from vtk.util import numpy_support
 
-from . import contract
-from .contract import DISTANCE_ARRAY
-from .errors import SparseImplantError
-from .io import PathLike
-from .meshes import transform_polydata, vtk_matrix
-from .metrics import METRICS
-from .render import color_limit_mm, defect_camera, diverging_lookup_table
-from .volume import LPS_TO_RAS, Volume
+from .. import contract
+from ..errors import SparseImplantError
+from ..metrics import METRICS
+from ..outputs import PathLike
+from ..pipeline.io import read_volume
+from ..pipeline.volume import LPS_TO_RAS, Volume
+from ..surfaces.meshes import read_mesh, transform_polydata
+from ..surfaces.view_style import distance_color_limit
+from .scene_input import enable_segmentations, oriented_image
+from .scene_views import BONE_COLOR, face_implant, show_distance, three_view_nodes
 
 COMPLETED_SEGMENT = "Completed skull"
 IMPLANT_SEGMENT = "Implant"
-BONE_COLOR = (0.945, 0.839, 0.569)  # Slicer's "bone" colour
 IMPLANT_COLOR = (0.27, 0.62, 0.92)
-DISTANCE_TITLE = "Signed distance (mm)"
+
+
 # DICOM/SNOMED terminology so the segments keep their meaning in exported .seg.nrrd / DICOM SEG.
 TERMINOLOGY = {
     COMPLETED_SEGMENT: "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
@@ -39,134 +37,9 @@ TERMINOLOGY = {
                      "~SCT^40388003^Implant~^^~Anatomic codes - DICOM master list~^^~^^",
 }
 
-LAYOUT_ID = 8501  # custom layouts live above Slicer's built-in ids
-VIEW_TAGS = ("SparseImplantCompleted", "SparseImplantImplant", "SparseImplantDistance")
-VIEW_LABELS = ("Completed skull", "Implant in defect", "Signed distance")
-LAYOUT_XML = (
-    '<layout type="horizontal">'
-    + "".join(
-        f'<item><view class="vtkMRMLViewNode" singletontag="{tag}">'
-        f'<property name="viewlabel" action="default">{label}</property></view></item>'
-        for tag, label in zip(VIEW_TAGS, VIEW_LABELS)
-    )
-    + "</layout>"
-)
-
-
-_SEGMENTATION_LOGICS: Dict[int, object] = {}
-
-
-def enable_segmentations(scene) -> None:
-    """Representation conversions need a segmentations logic on the scene: Slicer has one, a bare
-    ``slicer-core`` scene gets one here (kept alive for the scene's lifetime)."""
-    if hasattr(slicer, "app") or id(scene) in _SEGMENTATION_LOGICS:
-        return
-    logic = slicer.vtkSlicerSegmentationsModuleLogic()
-    logic.SetMRMLScene(scene)
-    _SEGMENTATION_LOGICS[id(scene)] = logic
-
-
-def _numpy_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
-    return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
-
-
-def _world_matrix(node) -> np.ndarray:
-    """4x4 from the node's coordinates to world RAS; only linear parent transforms can be honoured."""
-    transform = node.GetParentTransformNode()
-    if transform is None:
-        return np.eye(4)
-    if not transform.IsTransformToWorldLinear():
-        raise SparseImplantError(f"'{node.GetName()}' is under a non-linear transform: harden the transform first")
-    matrix = vtk.vtkMatrix4x4()
-    transform.GetMatrixTransformToWorld(matrix)
-    return _numpy_matrix(matrix)
-
-
-def volume_from_node(node) -> Volume:
-    """A scalar or labelmap volume node as a ``Volume`` (LPS geometry, parent transform applied)."""
-    image = node.GetImageData()
-    if image is None or image.GetPointData().GetScalars() is None:
-        raise SparseImplantError(f"volume '{node.GetName()}' has no voxels: load or create its image first")
-    if image.GetNumberOfScalarComponents() != 1:
-        raise SparseImplantError(f"volume '{node.GetName()}' has several components: select a scalar volume")
-    dims = image.GetDimensions()
-    array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1]).transpose(2, 1, 0)
-    ijk_to_ras = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(ijk_to_ras)
-    index_to_lps = LPS_TO_RAS @ _world_matrix(node) @ _numpy_matrix(ijk_to_ras)
-    spacing = np.linalg.norm(index_to_lps[:3, :3], axis=0)
-    return Volume(np.ascontiguousarray(array), spacing, index_to_lps[:3, 3], index_to_lps[:3, :3] / spacing)
-
-
-def _oriented_image(volume: Volume) -> "slicer.vtkOrientedImageData":
-    image = slicer.vtkOrientedImageData()
-    image.SetDimensions(*volume.shape)
-    image.SetImageToWorldMatrix(vtk_matrix(volume.index_to_ras()))
-    scalars = numpy_support.numpy_to_vtk(np.ravel(volume.array.astype(np.uint8), order="F"), deep=True,
-                                         array_type=vtk.VTK_UNSIGNED_CHAR)
-    image.GetPointData().SetScalars(scalars)
-    return image
-
-
-def add_labelmap_node(scene, volume: Volume, name: str) -> "slicer.vtkMRMLLabelMapVolumeNode":
-    """A labelmap volume node holding ``volume`` (image in IJK, geometry in IJKToRAS, as Slicer stores it)."""
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName(name))
-    image = vtk.vtkImageData()
-    image.SetDimensions(*volume.shape)
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(
-        np.ravel(volume.array.astype(np.uint8), order="F"), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
-    node.SetAndObserveImageData(image)
-    node.SetIJKToRASMatrix(vtk_matrix(volume.index_to_ras()))
-    return node
-
-
-def _node_ids(scene) -> set:
-    return {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
-
-
-def _pad(mask: Volume, margin_mm: float) -> Volume:
-    """Grow the grid by ``margin_mm`` on every side (the completed skull may reach beyond the input's box)."""
-    pad = np.ceil(margin_mm / mask.spacing).astype(int)
-    array = np.pad(mask.array, [(p, p) for p in pad])
-    origin = mask.origin - mask.direction @ (pad * mask.spacing)
-    return Volume(array, mask.spacing, origin, mask.direction)
-
-
-def segment_to_volume(segmentation_node, segment_id: str, reference: Optional[Volume] = None,
-                      margin_mm: float = 30.0) -> Volume:
-    """One segment as a binary mask: on ``reference``'s grid if given, else on the segmentation's
-    reference geometry, else on the segment's extent grown by ``margin_mm``."""
-    segmentation = segmentation_node.GetSegmentation()
-    if segmentation.GetSegment(segment_id) is None:
-        raise SparseImplantError(f"segmentation '{segmentation_node.GetName()}' has no segment '{segment_id}': pick an existing segment")
-    scene = segmentation_node.GetScene()
-    enable_segmentations(scene)
-    geometry_name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
-    has_geometry = bool(segmentation.GetConversionParameter(geometry_name))
-    existing = _node_ids(scene)
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__SparseImplantExport")
-    try:
-        reference_node = None
-        if reference is not None:
-            reference_node = add_labelmap_node(scene, reference.with_array(np.zeros(reference.shape, np.uint8)), "__SparseImplantGrid")
-        extent = (slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY if reference is not None or has_geometry
-                  else slicer.vtkSegmentation.EXTENT_UNION_OF_SEGMENTS)
-        ids = vtk.vtkStringArray()
-        ids.InsertNextValue(segment_id)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-                segmentation_node, ids, labelmap, reference_node, extent):
-            raise SparseImplantError(f"could not export segment '{segment_id}' as a labelmap: check that it is not empty")
-        mask = volume_from_node(labelmap)
-    finally:
-        # The export also creates display and colour nodes: remove everything this call added.
-        for node_id in _node_ids(scene) - existing:
-            scene.RemoveNode(scene.GetNodeByID(node_id))
-    mask = mask.with_array((mask.array > 0).astype(np.uint8))
-    return mask if reference is not None or has_geometry else _pad(mask, margin_mm)
-
 
 def _set_segment(segmentation_node, name: str, mask: Volume, color: Tuple[float, float, float]) -> str:
-    segment_id = segmentation_node.AddSegmentFromBinaryLabelmapRepresentation(_oriented_image(mask), name, color)
+    segment_id = segmentation_node.AddSegmentFromBinaryLabelmapRepresentation(oriented_image(mask), name, color)
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     segment.SetTerminology(TERMINOLOGY[name])
     return segment_id
@@ -181,7 +54,7 @@ def add_result_segmentation(scene, completed: Volume, implant: Volume, name: str
     node.CreateDefaultDisplayNodes()
     converter = slicer.vtkSegmentationConverter
     node.GetSegmentation().SetConversionParameter(converter.GetReferenceImageGeometryParameterName(),
-                                                  converter.SerializeImageGeometry(_oriented_image(completed)))
+                                                  converter.SerializeImageGeometry(oriented_image(completed)))
     _set_segment(node, COMPLETED_SEGMENT, completed, BONE_COLOR)
     _set_segment(node, IMPLANT_SEGMENT, implant, IMPLANT_COLOR)
     return node
@@ -197,102 +70,6 @@ def add_model(scene, surface_lps: vtk.vtkPolyData, name: str, color: Tuple[float
     display.SetColor(*color)
     display.SetViewNodeIDs([view.GetID() for view in view_nodes])
     return node
-
-
-def distance_color_node(scene, max_abs_mm: float) -> "slicer.vtkMRMLColorTableNode":
-    """The library's diverging map (blue = inside/removed, red = outside/added) as a colour table."""
-    table = diverging_lookup_table(max_abs_mm)
-    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", scene.GenerateUniqueName("SparseImplant signed distance"))
-    node.SetTypeToUser()
-    node.SetNumberOfColors(table.GetNumberOfTableValues())
-    for index in range(table.GetNumberOfTableValues()):
-        node.SetColor(index, *table.GetTableValue(index))
-    node.GetLookupTable().SetRange(*table.GetRange())
-    return node
-
-
-def show_distance(model_node, max_abs_mm: float, view_nodes: Sequence = ()) -> "slicer.vtkMRMLColorLegendDisplayNode":
-    """Colour a model by its signed-distance array, symmetric around 0, with a titled legend in mm."""
-    polydata = model_node.GetPolyData()
-    if polydata is None or polydata.GetPointData().GetArray(DISTANCE_ARRAY) is None:
-        raise SparseImplantError(f"model '{model_node.GetName()}' has no '{DISTANCE_ARRAY}' point array")
-    scene = model_node.GetScene()
-    colors = distance_color_node(scene, max_abs_mm)
-    display = model_node.GetDisplayNode()
-    display.SetActiveScalar(DISTANCE_ARRAY, vtk.vtkAssignAttribute.POINT_DATA)
-    display.SetAndObserveColorNodeID(colors.GetID())
-    display.SetScalarRangeFlag(slicer.vtkMRMLDisplayNode.UseManualScalarRange)
-    display.SetScalarRange(-max_abs_mm, max_abs_mm)
-    display.SetScalarVisibility(True)
-    legend = slicer.vtkMRMLColorLegendDisplayNode()  # not registered in a bare scene: create it directly
-    legend.SetName(f"{model_node.GetName()} legend")
-    scene.AddNode(legend)
-    legend.SetAndObservePrimaryDisplayNode(display)
-    model_node.AddAndObserveDisplayNodeID(legend.GetID())
-    legend.SetTitleText(DISTANCE_TITLE)
-    legend.SetLabelFormat("%.1f")
-    legend.SetViewNodeIDs([view.GetID() for view in view_nodes])
-    legend.SetVisibility(True)
-    return legend
-
-
-def layout_node(scene) -> "slicer.vtkMRMLLayoutNode":
-    """The scene's layout node (Slicer has one; a bare scene gets one)."""
-    node = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
-    if node is None:
-        node = slicer.vtkMRMLLayoutNode()
-        node.SetSingletonTag("vtkMRMLLayoutNode")
-        scene.AddNode(node)
-    return node
-
-
-def three_view_nodes(scene) -> List["slicer.vtkMRMLViewNode"]:
-    """The three linked 3D views (reused across runs) and the layout that shows them side by side."""
-    layout = layout_node(scene)
-    if not layout.IsLayoutDescription(LAYOUT_ID):
-        layout.AddLayoutDescription(LAYOUT_ID, LAYOUT_XML)
-    views = []
-    for tag, label in zip(VIEW_TAGS, VIEW_LABELS):
-        view = scene.GetSingletonNode(tag, "vtkMRMLViewNode")
-        if view is None:
-            view = slicer.vtkMRMLViewNode()
-            view.SetSingletonTag(tag)
-            view.SetName(f"View{tag}")
-            view.SetLayoutName(tag)
-            view.SetLayoutLabel(label)
-            view.SetLayoutColor(*BONE_COLOR)
-            scene.AddNode(view)
-        view.SetLinkedControl(True)
-        view.SetBoxVisible(False)
-        view.SetAxisLabelsVisible(False)
-        views.append(view)
-    return views
-
-
-def view_camera(scene, view) -> "slicer.vtkMRMLCameraNode":
-    """The camera node of a 3D view (found by the view's layout name, as Slicer pairs them; added if missing)."""
-    collection = scene.GetNodesByClass("vtkMRMLCameraNode")
-    for index in range(collection.GetNumberOfItems()):
-        camera = collection.GetItemAsObject(index)
-        if camera.GetLayoutName() == view.GetLayoutName():
-            return camera
-    camera = scene.AddNewNodeByClass("vtkMRMLCameraNode", f"Camera{view.GetLayoutName()}")
-    camera.SetLayoutName(view.GetLayoutName())
-    return camera
-
-
-def face_implant(scene, views: Sequence, completed_ras: vtk.vtkPolyData, implant_ras: Optional[vtk.vtkPolyData]) -> None:
-    """Turn the views' cameras to look at the skull from the implant's side (``render.defect_camera``)."""
-    camera = defect_camera(completed_ras, implant_ras)
-    for view in views:
-        node = view_camera(scene, view)
-        node.SetFocalPoint(*camera.GetFocalPoint())
-        node.SetPosition(*camera.GetPosition())
-        node.SetViewUp(*camera.GetViewUp())
-
-
-def show_three_view_layout(scene) -> None:
-    layout_node(scene).SetViewArrangement(LAYOUT_ID)
 
 
 @dataclass
@@ -362,9 +139,7 @@ def add_results(scene, completed: Volume, implant: Volume, surfaces: Dict[str, v
     if surfaces.get("implant") is not None:
         result.models["implant"] = add_model(scene, surfaces["implant"], f"{name} - implant", IMPLANT_COLOR, [views[1]])
     result.models["distance"] = add_model(scene, surfaces["distance"], f"{name} - signed distance", BONE_COLOR, [views[2]])
-    values = surfaces["distance"].GetPointData().GetArray(DISTANCE_ARRAY)
-    largest = max(abs(v) for v in values.GetRange()) if values is not None and values.GetNumberOfTuples() else 1.0
-    result.legend = show_distance(result.models["distance"], color_limit_mm(largest), [views[2]])
+    result.legend = show_distance(result.models["distance"], distance_color_limit(surfaces["distance"]), [views[2]])
     implant_model = result.models.get("implant")
     face_implant(scene, views, result.models["completed"].GetPolyData(),
                  implant_model.GetPolyData() if implant_model is not None else None)
@@ -373,6 +148,46 @@ def add_results(scene, completed: Volume, implant: Volume, surfaces: Dict[str, v
     for node in result.all_nodes():
         node.SetAttribute(RESULT_ATTRIBUTE, result.segmentation.GetName())
     return result
+
+
+def _put_under(hierarchy: "slicer.vtkMRMLSubjectHierarchyNode", node: "slicer.vtkMRMLNode", parent: int) -> None:
+    """Move ``node``'s subject-hierarchy item under ``parent``. Slicer gives every new data node an item
+    (its plugin logic); a bare slicer-core scene has none, so the node gets its item here."""
+    item = hierarchy.GetItemByDataNode(node)
+    if item:
+        hierarchy.SetItemParent(item, parent)
+    else:
+        hierarchy.CreateItem(parent, node)
+
+
+def place_with_input(result: ResultNodes, input_node: "slicer.vtkMRMLNode") -> int:
+    """File one run's results with the node it read, as TotalSegmentator and MONAIAuto3DSeg file theirs.
+
+    The segmentation goes directly under the input's parent (its study, a folder, or the scene): a
+    study's direct children are the series that DICOM export offers. The models and the results table
+    go into a folder for the run beside it, so that a study keeps one segmentation and one folder per
+    run instead of six loose nodes; the legend is a display node of the distance model and moves with
+    it. A CT volume input becomes the segmentation's reference geometry (Segment Editor, DICOM SEG
+    export), and a segment input passes on its own reference volume; the masks are on that grid
+    already, so no voxel changes. The input is only read.
+    Returns the folder's item."""
+    scene = result.segmentation.GetScene()
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    input_item = hierarchy.GetItemByDataNode(input_node)
+    parent = hierarchy.GetItemParent(input_item) if input_item else hierarchy.GetSceneItemID()
+    _put_under(hierarchy, result.segmentation, parent)
+    folder = hierarchy.CreateFolderItem(parent, f"{result.segmentation.GetName()} - models and results")
+    for node in [*result.models.values(), result.metrics_table]:
+        if node is not None:
+            _put_under(hierarchy, node, folder)
+    role = result.segmentation.GetReferenceImageGeometryReferenceRole()
+    if input_node.IsA("vtkMRMLScalarVolumeNode"):
+        result.segmentation.SetReferenceImageGeometryParameterFromVolumeNode(input_node)
+    elif input_node.GetNodeReference(role) is not None:
+        # A segment input's own reference volume, for DICOM SEG export; its masks came out on that
+        # volume's geometry already, so the segmentation's geometry parameter stays as it is.
+        result.segmentation.SetNodeReferenceID(role, input_node.GetNodeReferenceID(role))
+    return folder
 
 
 MESH_PREFERENCE = ("vtk", "stl", "ply", "obj")  # first found wins: VTK keeps the distance array
@@ -391,18 +206,21 @@ def result_files(output_dir: PathLike) -> Dict[str, Path]:
     return files
 
 
-def add_results_from_folder(scene, output_dir: PathLike, name: str = "Implant design") -> ResultNodes:
-    """Load what ``sparseimplant generate`` wrote (the Slicer module runs it in a subprocess)."""
-    import json
+def read_report(output_dir: PathLike) -> Optional[dict]:
+    """The run's report.json, or None when the worker did not get as far as writing it."""
+    path = Path(output_dir) / contract.REPORT_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
-    from .io import read_volume
-    from .meshes import read_mesh
 
+def add_results_from_folder(scene, output_dir: PathLike, name: str = "Implant design",
+                            report: Optional[dict] = None) -> ResultNodes:
+    """Load what ``sparseimplant generate`` wrote (the Slicer module runs it in a subprocess);
+    ``report``: its report.json when the caller has read it already (``read_report``)."""
     folder = Path(output_dir)
     files = result_files(folder)
-    if not files["report"].is_file():
+    report = report if report is not None else read_report(folder)
+    if report is None:
         raise SparseImplantError(f"'{folder}' holds no {contract.REPORT_FILE}: the generate step did not finish")
-    report = json.loads(files["report"].read_text())
     missing = [key for key in ("completed", "defective") if key not in files]
     if missing:
         raise SparseImplantError(f"'{folder}' lacks the {missing[0]} skull mesh: run generate again")

@@ -20,12 +20,12 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from . import __version__, contract
-from .contract import COMPLETED_FILE, IMPLANT_FILE, MESH_FORMATS, output_names
-from .errors import SparseImplantError
-from .evaluate import evaluate_case
-from .checks import doubts, result_doubts
-from .metrics import dice
+from .. import __version__, contract
+from ..contract import COMPLETED_FILE, IMPLANT_FILE, MESH_FORMATS, output_names
+from ..errors import SparseImplantError
+from ..evaluate import evaluate_case
+from .doubts import design_doubts
+from ..metrics import dice
 from .inference import (
     OUTPUT_SMOOTHING,
     Networks,
@@ -37,11 +37,11 @@ from .inference import (
     select_device,
 )
 from .io import read_mask, write_volume
-from .outputs import check_output, staged_output
-from .pose import pose_doubts, straighten
+from ..outputs import staged_output
+from .pose import measure_head, straighten_head
 from .postprocess import extract_implant
 from .priors import estimate_priors
-from .progress import ProgressCallback, ProgressEvent, ignore_progress
+from ..progress import ProgressCallback, ProgressEvent, ignore_progress
 from .volume import Volume, paste, resample_mask, resample_soft_mask
 
 METHODS = ("network", "mirror", "fitted")  # how the skull is completed: the network, or one prior alone (baselines)
@@ -49,6 +49,42 @@ METHODS = ("network", "mirror", "fitted")  # how the skull is completed: the net
 
 @dataclass
 class GenerateOptions:
+    """What ``generate`` does beyond its input and output paths; the defaults are the CLI's.
+
+    Attributes:
+        model (str, optional): the completion model's registry name; None: the registry's first
+            completion model.
+        device (str): ``"auto"`` (CUDA when available, else the CPU), ``"cpu"`` or ``"cuda"``. On CUDA
+            out-of-memory the networks move to the CPU and the run goes on there (the report says
+            which device finished).
+        label (int, optional): the skull's value in a multi-label input; None: the input must be
+            binary (one non-zero value). Excludes ``threshold_hu``.
+        threshold_hu (float, optional): treat the input as a CT and take voxels at or above this
+            value (HU) as bone. Excludes ``label``.
+        reference (Path, optional): ground-truth implant mask on the input's geometry: adds
+            ``metrics`` to the report and measures the distance map against defective + reference.
+        mesh_formats (Sequence[str]): formats of every mesh, from ``contract.MESH_FORMATS``
+            (stl, obj, ply, vtk, vtp). Default ``("stl",)``.
+        overwrite (bool): replace results already in the output folder; without it such a folder
+            is refused. Default False.
+        preview_size (tuple[int, int]): preview.png's (width, height) in pixels. Default (1800, 600).
+        model_dir (Path, optional): folder holding the model registry; None:
+            ``registry.default_model_dir()`` (``SPARSEIMPLANT_MODEL_DIR`` or the bundled models).
+        test_time_augmentation (bool): average the completion network over
+            ``inference.AUGMENTED_PASSES`` (4 passes); False: one pass, a quarter of the compute.
+            Default True.
+        keep_logit (float, optional): the completion model's pruning threshold (a voxel is kept
+            where its logit exceeds it) instead of its registry value, for tuning.
+        refine_model (str, optional): super-resolution model: a name, ``"auto"`` (the registry's
+            model for the completion model's grid, if any) or ``"none"``. Default ``"auto"``.
+        preview (bool): write preview.png; the Slicer module draws its own views and skips it.
+            Default True.
+        full_resolution_meshes (bool): write the whole-skull meshes as extracted instead of their
+            display copies. Default False.
+        straighten (bool): lay the network's grid with the scan's bottom cut level and the head
+            facing forward (``pose``). Default True.
+    """
+
     model: Optional[str] = None
     device: str = "auto"
     label: Optional[int] = None
@@ -58,7 +94,8 @@ class GenerateOptions:
     overwrite: bool = False
     preview_size: Tuple[int, int] = (1800, 600)
     model_dir: Optional[Path] = None
-    averaged: bool = True  # average the network over AVERAGED_PASSES (False: one pass, a quarter of the compute)
+    test_time_augmentation: bool = True  # average the network over AUGMENTED_PASSES (False: one pass, a quarter of the compute)
+    keep_logit: Optional[float] = None  # the completion model's pruning threshold instead of its registry value (tuning)
     refine_model: Optional[str] = "auto"  # super-resolution model: a name, "auto" (the registry's, if any) or "none"
     preview: bool = True  # preview.png; the Slicer module draws its own views and skips it
     full_resolution_meshes: bool = False  # whole-skull meshes as extracted, not their display copies (display_meshes.display_mesh)
@@ -97,17 +134,41 @@ class Design:
 
 def design_implant(defective: Volume, networks: Networks, device: torch.device,
                    progress: ProgressCallback = ignore_progress, clock: Optional[StageClock] = None,
-                   averaged: bool = True, straighten_skull: bool = True, method: str = "network") -> Design:
+                   test_time_augmentation: bool = True, straighten: bool = True, method: str = "network") -> Design:
     """Complete the skull and cut the implant; every doubt is also issued as a warning. With
-    ``straighten_skull``, the network sees the skull with the scan's bottom cut level and the head
-    facing forward, as it saw its training skulls (``pose.straighten``). ``method`` (``METHODS``): the
-    network, or one prior alone, the baselines ``bench generalization`` sets beside it."""
+    ``straighten``, the network sees the skull with the scan's bottom cut level and the head facing
+    forward, as it saw its training skulls (``pose.straighten_head``). ``method`` (``METHODS``): the
+    network, or one prior alone, the baselines ``bench generalization`` sets beside it.
+
+    Args:
+        defective (Volume): the defective skull as a binary mask (``io.read_mask``), with its geometry.
+        networks (Networks): the loaded models (``inference.load_networks``); the refiner, if any, is
+            used only with ``method="network"``.
+        device (torch.device): where the networks run.
+        progress (ProgressCallback): receives stages pose, priors, network, refine, restore and
+            implant (fractions 0.1 to 0.7). Default: ignored.
+        clock (StageClock, optional): adds this call's seconds per stage to it; default a new one.
+        test_time_augmentation (bool): average 4 network passes (``inference.AUGMENTED_PASSES``)
+            instead of one. Default True.
+        straighten (bool): as above; False only measures the head's pose. Default True.
+        method (str): ``"network"``, ``"mirror"`` or ``"fitted"``. Default ``"network"``.
+
+    Returns:
+        Design: ``completed`` and ``implant`` as uint8 masks on ``defective``'s geometry (completed
+        = defective | implant), the device that finished (the CPU after a CUDA out-of-memory
+        fallback), the doubts as ``warnings``, and the ``pose`` and ``priors`` reports (the latter
+        with ``expected_missing_ml`` and ``agreement_dsc``, the Dice of the bone added on the model's
+        grid with the priors' expected missing bone).
+
+    Raises:
+        SparseImplantError: ``method`` is unknown, or the skull vanishes on the model's grid.
+    """
     if method not in METHODS:
         raise SparseImplantError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
     clock = clock or StageClock()
     with clock.stage("pose"):
         progress(ProgressEvent("pose", 0.1, "finding the scan's bottom cut and the head's pose"))
-        straightened = straighten(defective, straighten_skull)
+        straightened = straighten_head(defective) if straighten else measure_head(defective)
     with clock.stage("network"):
         model_input = model_grid_input(defective, networks.info, straightened.axes)
     with clock.stage("priors"):  # the network's guides when it takes them, and a check on its result always
@@ -121,7 +182,7 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
         skull = model_input.grid.with_array(paste(completed_on_grid, model_input.box, model_input.grid.shape))
     else:
         with clock.stage("network"):
-            skull, device = coarse_skull(model_input, networks, device, progress, averaged)
+            skull, device = coarse_skull(model_input, networks, device, progress, test_time_augmentation)
     skull_on_model_grid = skull
     if networks.refiner is not None and method == "network":
         with clock.stage("refine"):
@@ -142,145 +203,11 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
     design = Design(completed, implant, device, pose=straightened.report(),
                     priors={**priors.report(model_input.grid.direction), "expected_missing_ml": round(expected_ml, 1),
                             "agreement_dsc": round(agreement, 3)})
-    design.warnings = (doubts(model_input.cropped, design.implant_ml) + pose_doubts(straightened.pose)
-                       + priors.doubts() + result_doubts(expected_ml, design.implant_ml, agreement))
-    if not implant_array.any():
-        design.warnings.append("the network added no bone: the implant is empty (is the skull already complete?)")
+    design.warnings = design_doubts(model_input.cropped, design.implant_ml, straightened.pose, priors,
+                                    expected_ml, agreement)
     for message in design.warnings:
         warnings.warn(message)
     return design
-
-
-def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[str]] = None, model: Optional[str] = None,
-                  device: str = "auto", model_dir: Optional[Path] = None, overwrite: bool = False,
-                  progress: ProgressCallback = ignore_progress, keep_logit: Optional[float] = None,
-                  averaged: bool = True, refine_model: Optional[str] = "auto", straighten: bool = True) -> list[dict]:
-    """Batch prediction over a SkullFix/SkullBreak folder: OUTDIR/<case>/{completed_skull,implant}.nrrd,
-    the layout ``evaluate`` reads, and OUTDIR/<case>/report.json (``case_report``), each case's files
-    staged and moved in as one set; then OUTDIR/predict_summary.json (``predict_summary``), also
-    refreshed for the cases finished when a later one fails. ``keep_logit`` overrides the completion
-    model's pruning threshold (tuning); ``averaged``, ``refine_model`` and ``straighten`` as in
-    ``GenerateOptions``. Returns this run's case reports, in order."""
-    from .data.datasets import NOT_BINARY_REMEDY, list_cases
-    from .evaluate import json_safe
-
-    output_dir = Path(output_dir)
-    selected = list_cases(data_root, cases=cases, with_implants=False)
-    for files in selected:
-        check_output(output_dir / files.key, contract.PREDICT_CASE_FILES, overwrite)
-    chosen = select_device(device)
-    networks = load_networks(model, refine_model, chosen, model_dir)
-    if keep_logit is not None:
-        networks.completion.keep_logit = keep_logit
-    records: List[dict] = []
-    try:
-        for index, files in enumerate(selected):
-            case_progress = _case_progress(progress, index, len(selected), files.key)
-            case_progress(ProgressEvent("read", 0.0, "reading"))
-            clock = StageClock()
-            with staged_output(output_dir / files.key, contract.PREDICT_CASE_FILES, overwrite) as staging:
-                with clock.stage("read"):
-                    defective = read_mask(files.defective_path, remedy=NOT_BINARY_REMEDY)
-                design = design_implant(defective, networks, chosen, case_progress, clock, averaged=averaged,
-                                        straighten_skull=straighten)
-                case_progress(ProgressEvent("write", 0.9, "writing"))
-                with clock.stage("write"):
-                    write_volume(staging / COMPLETED_FILE, design.completed)
-                    write_volume(staging / IMPLANT_FILE, design.implant)
-                report = case_report(files.key, files.defective_path, design, networks, clock)
-                text = json.dumps(json_safe(report), indent=2) + "\n"
-                (staging / contract.REPORT_FILE).write_text(text, encoding="utf-8")
-            records.append(report)
-    except BaseException:
-        if records:  # the finished cases stay: the summary must list them (without hiding this error)
-            try:
-                write_predict_summary(output_dir)
-            except Exception:  # noqa: BLE001
-                pass
-        raise
-    summary = write_predict_summary(output_dir)
-    doubtful = f"; {len(summary['doubtful'])} doubtful" if summary["doubtful"] else ""
-    progress(ProgressEvent("done", 1.0, f"{len(selected)} case(s) in {output_dir}{doubtful}"))
-    return records
-
-
-def _case_progress(progress: ProgressCallback, index: int, count: int, case: str) -> ProgressCallback:
-    """``progress`` for one case of a batch: its events fill the case's share of the bar, named by case."""
-
-    def report(event: ProgressEvent) -> None:
-        fraction = (index + min(max(event.fraction, 0.0), 1.0)) / count
-        message = f"case {case}: {event.message}" if event.message else f"case {case}"
-        progress(ProgressEvent(event.stage, fraction, message))
-
-    return report
-
-
-def case_report(case: str, input_path: Path, design: Design, networks: Networks, clock: StageClock) -> dict:
-    """What ``predict`` writes as OUTDIR/<case>/report.json (and returns per case): the implant's
-    volume, the doubts about it, the pose and priors the network saw, the device and each stage's time."""
-    return {
-        "case": case,
-        "input": str(input_path),
-        "model": networks.info.name,
-        "refinement": networks.refiner_info.name if networks.refiner_info else None,
-        "device": design.device.type,
-        "implant_volume_ml": round(design.implant_ml, 3),
-        "warnings": list(design.warnings),
-        "pose": design.pose,
-        "priors": design.priors,
-        "timings_s": dict(clock.timings),
-    }
-
-
-def predict_summary(output_dir: Path) -> dict:
-    """Every case of ``output_dir`` with a predict report (this run's and earlier runs' into the same
-    folder, so a batch run in parts adds up): its warning count and implant volume, sorted by case;
-    and the doubtful cases, those with warnings, with their warnings. Unreadable reports are left out."""
-    output_dir = Path(output_dir)
-    reports = []
-    for path in [*output_dir.glob(f"*/{contract.REPORT_FILE}"), *output_dir.glob(f"*/*/{contract.REPORT_FILE}")]:
-        report = _read_case_report(path)
-        # A report counts where its case's folder is (not a staging or kept-aside folder, not a generate report).
-        if report is not None and report["case"] == path.parent.relative_to(output_dir).as_posix():
-            reports.append(report)
-    reports.sort(key=lambda report: report["case"])
-    return {
-        "cases": [{"case": r["case"], "warning_count": len(r["warnings"]),
-                   "implant_volume_ml": r.get("implant_volume_ml")} for r in reports],
-        "doubtful": [{"case": r["case"], "warnings": r["warnings"]} for r in reports if r["warnings"]],
-    }
-
-
-def _read_case_report(path: Path) -> Optional[dict]:
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if (not isinstance(report, dict) or not isinstance(report.get("case"), str)
-            or not isinstance(report.get("warnings"), list)):
-        return None
-    report["warnings"] = [str(warning) for warning in report["warnings"]]
-    return report
-
-
-def write_predict_summary(output_dir: Path) -> dict:
-    """Write ``predict_summary`` atomically as OUTDIR/predict_summary.json and return it (nothing is
-    written into an output folder that does not exist: no case was predicted)."""
-    from .io import atomic_write
-
-    output_dir = Path(output_dir)
-    summary = predict_summary(output_dir)
-    if not output_dir.is_dir():
-        return summary
-    text = json.dumps(summary, indent=2) + "\n"
-    path = output_dir / contract.PREDICT_SUMMARY_FILE
-    try:
-        atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise SparseImplantError(f"cannot write the batch summary '{path}' ({reason}): the cases' results and "
-                                 "reports are in their folders; clear the way for that file") from None
-    return summary
 
 
 def _check_options(input_path: Path, output_dir: Path, options: GenerateOptions) -> None:
@@ -300,12 +227,40 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
     ``DISPLAY_TOLERANCE_MM`` of the full-resolution surfaces, a fifth of their triangles) unless
     ``options.full_resolution_meshes``; the implant mesh, which is printed, is always full resolution.
     The distance map is the completed skull's display mesh, its vertices measured against the
-    full-resolution reference surface."""
-    from .display_meshes import display_mesh
-    from .distances import add_signed_distance, distance_statistics, vertices_near_changes
-    from .geometry import surface_from_mask, without_specks
-    from .implant_report import implant_report
-    from .meshes import export_mesh
+    full-resolution reference surface.
+
+    Writes into ``output_dir`` (``contract.output_names``): completed_skull.nrrd and implant.nrrd on
+    the input's geometry, completed_skull, defective_skull and implant meshes in each of
+    ``options.mesh_formats`` (no implant mesh for an empty implant), distance_map.vtp (per-vertex
+    ``SignedDistance_mm``), preview.png when ``options.preview``, and report.json. The files are
+    staged and moved in together only if every step succeeded (``outputs.staged_output``).
+
+    Args:
+        input_path (Path or str): the defective skull: a binary or label mask, or a CT with
+            ``options.threshold_hu`` (NRRD, NIfTI, MHA/MHD).
+        output_dir (Path or str): the results' folder, created if missing.
+        options (GenerateOptions): see its attributes. Default ``GenerateOptions()``.
+        progress (ProgressCallback): receives ``ProgressEvent``s from read (0.0) to done (1.0).
+            Default: ignored.
+
+    Returns:
+        dict: the report: input, model, device (the one that finished), timings_s (per stage),
+        threads, network_passes, voxels (defective, completed, implant counts), implant_volume_ml,
+        implant_report (None for an empty implant), warnings, pose, priors, distance (mean_abs,
+        mean_signed, max_abs, p95_abs in mm), versions, and metrics when ``options.reference``.
+
+    Raises:
+        SparseImplantError: a user error, with its fix in the message: unknown mesh format, model or
+            label; an unknown or unavailable device; label and threshold together; an unreadable,
+            non-3D or non-binary input; a reference of another geometry; an output folder that would
+            overwrite the input, is not writable, or holds results without ``options.overwrite``; the
+            skull vanishing on the model's grid. On any error nothing is moved into the output folder.
+    """
+    from ..surfaces.display_meshes import display_mesh
+    from ..surfaces.distances import add_signed_distance, distance_statistics, vertices_near_changes
+    from ..surfaces.from_masks import surface_from_mask, without_specks
+    from ..surfaces.implant_report import implant_report
+    from ..surfaces.meshes import export_mesh
 
     input_path, output_dir = Path(input_path), Path(output_dir)
     _check_options(input_path, output_dir, options)
@@ -319,9 +274,11 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             if reference is not None and not reference.same_geometry(defective):
                 raise SparseImplantError("the reference implant's geometry differs from the input's: resample it onto the input")
             device = select_device(options.device)
-            networks = load_networks(options.model, options.refine_model, device, options.model_dir)
+            networks = load_networks(options.model, options.refine_model, device, options.model_dir,
+                                     options.keep_logit)
         progress(ProgressEvent("read", 0.05, f"model {networks.info.name} on {device.type}"))
-        design = design_implant(defective, networks, device, progress, clock, options.averaged, options.straighten)
+        design = design_implant(defective, networks, device, progress, clock, options.test_time_augmentation,
+                                options.straighten)
         completed, implant, device = design.completed, design.implant, design.device
         implant_array = implant.array > 0
         progress(ProgressEvent("meshes", 0.75, "surfaces of the skulls and the implant"))
@@ -356,7 +313,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
                         export_mesh(surface, staging / contract.mesh_file(stem, fmt))
             export_mesh(distance_surface, staging / contract.DISTANCE_MAP_FILE)
         if options.preview:
-            from .render import render_three_panel
+            from ..surfaces.render import render_three_panel
 
             with clock.stage("preview"):
                 render_three_panel(completed_view, defective_view, implant_surface, distance_surface,
@@ -367,7 +324,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             "device": device.type,
             "timings_s": clock.timings,
             "threads": _threads(),
-            "network_passes": len(network_passes(options.averaged)),
+            "network_passes": len(network_passes(options.test_time_augmentation)),
             "voxels": {
                 "defective": int(np.count_nonzero(defective.array)),
                 "completed": int(np.count_nonzero(completed.array)),
@@ -383,7 +340,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
         }
         if reference is not None:
             report["metrics"] = evaluate_case(implant, reference, defective, completed, case=input_path.name)
-        (staging / contract.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        (staging / contract.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     progress(ProgressEvent("done", 1.0, f"results in {output_dir}"))
     return report
 

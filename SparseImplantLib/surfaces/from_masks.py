@@ -14,9 +14,9 @@ import math
 import os
 
 import numpy as np
-from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.vtkCommonCore import vtkSMPTools
-from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPolyData
+from vtkmodules.vtkCommonDataModel import vtkPolyData
 from vtkmodules.vtkFiltersCore import (
     vtkFlyingEdges3D,
     vtkPolyDataConnectivityFilter,
@@ -26,8 +26,8 @@ from vtkmodules.vtkFiltersCore import (
 )
 from vtkmodules.vtkImagingGeneral import vtkImageGaussianSmooth
 
-from .meshes import COORDINATE_SYSTEMS, transform_polydata
-from .volume import LPS_TO_RAS, Volume, foreground_box
+from .meshes import COORDINATE_SYSTEMS, image_data, transform_polydata
+from ..pipeline.volume import LPS_TO_RAS, Volume, foreground_box
 
 PAD = 3  # zero voxels around the cropped mask: room for the blur, so the surface stays closed
 SMOOTHING_ITERATIONS = 20
@@ -75,10 +75,7 @@ def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERAT
     cropped = np.pad((mask.array[box] != 0).astype(np.uint8), PAD)  # a zero border closes the surface
     start = np.array([s.start for s in box], dtype=float) - PAD
 
-    image = vtkImageData()
-    image.SetDimensions(*cropped.shape)
-    scalars = numpy_to_vtk(np.ascontiguousarray(cropped.transpose(2, 1, 0), dtype=np.float32).reshape(-1), deep=True)
-    image.GetPointData().SetScalars(scalars)
+    image = image_data(cropped.astype(np.float32))
 
     # Marching cubes on the lightly blurred mask: always closed and manifold (surface nets and discrete
     # marching cubes leave non-manifold edges where voxels touch only along an edge).

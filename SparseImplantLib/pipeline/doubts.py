@@ -7,30 +7,40 @@ of the network, and compare with what the network added:
 - the opening: rays from the vault's centre through the upper skull that meet no bone mark the missing
   vault; their solid angle times the skull's radius squared and its bone thickness gives a rough volume;
 - the skull's size and proportions against the range of adult skulls the model was trained on;
-- the priors (``priors``): how much bone the mirror image and the fitted mean skull expect missing,
-  against how much the implant adds, and where.
+- the head's pose (``pose``): turned further than any training head, or unlike every training skull;
+- the priors (``priors``): how well each fits, and how much bone the mirror image and the fitted mean
+  skull expect missing against how much the implant adds, and where.
+
+``design_doubts`` gathers them all; ``refusals`` is the other side (inputs turned away outright).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 from scipy import ndimage
 
+from .pose import POOR_MATCH, TRAINING_TURN_DEG, Pose
+from .priors import POOR_FIT_MM, POOR_MIRROR_MM, Priors
 from .volume import Volume, find_foreground_box
 
 RAY_COUNT = 3000
 LOWEST_ELEVATION_DEG = 15.0  # below this, natural openings (orbits, ears, foramen magnum) begin
 INNER_SHARE = 0.35  # bone nearer the centre than this share of the skull's half-size is not vault
-# Canonical extents (mm) of the adult skulls SkullFix holds, with room on either side.
+# A skull whose canonical extent (mm) lies outside these is unlike the adult skulls the model was trained on
+# (often a wrong spacing or orientation in the header): the ranges span SkullFix's skulls with room either side.
 EXTENT_RANGE_MM = {"left-right": (100.0, 185.0), "anterior-posterior": (140.0, 250.0), "superior-inferior": (90.0, 260.0)}
+# An opening of LARGE_OPENING_ML or more (the vault's, or the bone the priors expect missing) is checked
+# against the implant; smaller ones are not (the opening's volume is a rough estimate). On a large vault
+# opening, an implant under LITTLE_BONE_ML (or a quarter of the opening, if more) is doubtful.
 LITTLE_BONE_ML = 5.0
 LARGE_OPENING_ML = 10.0
-# The priors' view (``priors.Priors.missing``, the union of both baselines' added bone, which exceeds the
-# true opening: 1.3-2 times on SkullFix 050-051): an implant of less than this share of it, or that
-# overlaps it less than this (DSC on the model grid), is doubtful.
+# The priors' view (``priors.Priors.missing``, the union of both baselines' added bone) overstates the true
+# opening, so the implant is doubtful only when it adds less than UNFILLED_SHARE of it, or overlaps it less
+# than LOW_AGREEMENT_DSC (DSC on the model grid). Provisional: the measured overstatement behind the share,
+# and what the check flagged, are in results/notes/experiments.md; not yet calibrated on a full bench run.
 UNFILLED_SHARE = 0.3
 LOW_AGREEMENT_DSC = 0.2
 
@@ -81,7 +91,7 @@ def vault_opening(skull: Volume) -> Opening:
     return Opening(solid_angle, area / 100.0, area * max(thickness_mm, spacing) / 1000.0)
 
 
-def doubts(skull_on_grid: Volume, implant_ml: float) -> List[str]:
+def skull_doubts(skull_on_grid: Volume, implant_ml: float) -> List[str]:
     """Plain-language warnings about a design: ``skull_on_grid`` is the input on the model's canonical
     grid, ``implant_ml`` the volume of the implant that came out."""
     messages = []
@@ -104,7 +114,7 @@ def doubts(skull_on_grid: Volume, implant_ml: float) -> List[str]:
     return messages
 
 
-def result_doubts(expected_ml: float, implant_ml: float, agreement_dsc: float) -> List[str]:
+def agreement_doubts(expected_ml: float, implant_ml: float, agreement_dsc: float) -> List[str]:
     """Warnings when the implant disagrees with the bone the skull's mirror image and the fitted mean
     skull expect missing (``expected_ml``), wherever the opening is (front, side, low temporal)."""
     if expected_ml < LARGE_OPENING_ML:
@@ -117,3 +127,42 @@ def result_doubts(expected_ml: float, implant_ml: float, agreement_dsc: float) -
         return [f"the implant lies elsewhere than the bone the skull's mirror image and the fitted mean skull expect "
                 f"missing (overlap DSC {agreement_dsc:.2f}): review its shape and place before use"]
     return []
+
+
+def pose_doubts(pose: Optional[Pose]) -> List[str]:
+    """Plain-language warnings about the head's pose (``pose.estimate_pose``)."""
+    if pose is None:
+        return []
+    if pose.turn_deg > TRAINING_TURN_DEG:
+        return [f"the head lies turned by about {pose.turn_deg:.0f}° from the mean training skull, further than the "
+                f"training heads ({TRAINING_TURN_DEG:.0f}°): the implant may be incomplete or misplaced; check the "
+                "file's orientation, and review the implant before use"]
+    if pose.match < POOR_MATCH:
+        return [f"the skull matches the training skulls poorly (template match {pose.match:.2f}, training skulls "
+                f"{POOR_MATCH:.2f} or more): it may be incomplete, cut off, or not a skull; review the implant before use"]
+    return []
+
+
+def priors_doubts(priors: Priors) -> List[str]:
+    """Plain-language warnings when a prior fits the skull poorly (its guide is then a poor one)."""
+    messages = []
+    if priors.plane is not None and priors.plane.residual_mm > POOR_MIRROR_MM:
+        messages.append(f"the skull's mirror image lies {priors.plane.residual_mm:.1f} mm from it (median; "
+                        f"symmetric skulls {POOR_MIRROR_MM:.1f} mm or less): the skull is unusually asymmetric "
+                        "or badly segmented, so its healthy side is a poor guide; review the implant before use")
+    if priors.fit is not None and priors.fit.residual_mm > POOR_FIT_MM:
+        messages.append(f"the mean training skull fits this skull poorly (median {priors.fit.residual_mm:.1f} mm "
+                        f"off, training skulls {POOR_FIT_MM:.1f} mm or less): it may be incomplete, unusual "
+                        "or not a skull; review the implant before use")
+    return messages
+
+
+def design_doubts(skull_on_grid: Volume, implant_ml: float, pose: Optional[Pose], priors: Priors,
+                  expected_ml: float, agreement_dsc: float) -> List[str]:
+    """Every doubt about one design, in the order the report lists them: the skull and the opening, the
+    head's pose, the priors' fit, the implant against the priors' expectation, an empty implant."""
+    messages = (skull_doubts(skull_on_grid, implant_ml) + pose_doubts(pose) + priors_doubts(priors)
+                + agreement_doubts(expected_ml, implant_ml, agreement_dsc))
+    if implant_ml == 0:
+        messages.append("the network added no bone: the implant is empty (is the skull already complete?)")
+    return messages

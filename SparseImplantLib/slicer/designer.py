@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
-from . import mrml
-from .errors import SparseImplantError
-from .io import check_skull_mask, write_volume
+from . import scene_results
+from .scene_input import segment_to_volume, volume_from_node
+from .scene_views import three_view_nodes
+from ..errors import SparseImplantError
+from ..pipeline.io import write_volume
+from ..pipeline.refusals import check_skull_mask
 from .job import GenerateJob, GenerateRequest
 
 LIBRARY_PARENT = Path(__file__).resolve().parents[1]  # folder holding SparseImplantLib (module dir in Slicer)
@@ -38,6 +41,16 @@ class DesignInputs:
     device: str = "auto"
     refine: bool = True  # super-resolution refinement when the registry has a model for it
     straighten: bool = True  # level the scan's bottom cut and turn the head to face forward first (False: as it lies)
+
+    @property
+    def from_segment(self) -> bool:
+        """Whether the run reads the chosen segment; it wins over the CT volume, which the panel may keep selected."""
+        return self.segmentation_node is not None and bool(self.segment_id)
+
+    @property
+    def source_node(self) -> object:
+        """The node the run reads (the segment's segmentation, else the CT volume; None if neither)."""
+        return self.segmentation_node if self.from_segment else self.ct_volume_node
 
 
 def design_inputs(parameters, devices: Mapping[str, str]) -> DesignInputs:
@@ -80,18 +93,18 @@ class ImplantDesigner:
         work = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=self.work_root))
         try:
             threshold = None
-            if inputs.segmentation_node is not None and inputs.segment_id:
-                skull = mrml.segment_to_volume(inputs.segmentation_node, inputs.segment_id)
+            if inputs.from_segment:
+                skull = segment_to_volume(inputs.segmentation_node, inputs.segment_id)
                 check_skull_mask(skull, f"segment '{inputs.segment_id}'")
             elif inputs.ct_volume_node is not None:
-                skull = mrml.volume_from_node(inputs.ct_volume_node)
+                skull = volume_from_node(inputs.ct_volume_node)
                 threshold = inputs.threshold_hu
             else:
                 raise SparseImplantError("no input selected: choose the defective skull segment or a CT volume")
             input_path = write_volume(work / "input.nrrd", skull)
             reference_path = None
             if inputs.reference_segmentation_node is not None and inputs.reference_segment_id:
-                reference = mrml.segment_to_volume(inputs.reference_segmentation_node, inputs.reference_segment_id,
+                reference = segment_to_volume(inputs.reference_segmentation_node, inputs.reference_segment_id,
                                                    reference=skull)
                 reference_path = write_volume(work / "reference.nrrd", reference)
         except BaseException:
@@ -119,15 +132,26 @@ class ImplantDesigner:
             raise SparseImplantError(f"cannot start the worker '{self.python}' ({error.strerror or error}): "
                                      "reinstall 3D Slicer or check that PythonSlicer is beside Slicer") from error
 
-    def load(self, request: GenerateRequest, name: str, inputs: Optional[DesignInputs] = None) -> mrml.ResultNodes:
-        """Add the finished run's results to the scene under a new, unique name; the input and reference
-        segmentations are kept out of the three views, which show the results alone."""
-        result = mrml.add_results_from_folder(self.scene, request.output_dir, name=name)
+    @staticmethod
+    def report(request: GenerateRequest) -> Optional[dict]:
+        """The finished run's report.json, read once: pass it on to ``load``; None if it wrote none."""
+        return scene_results.read_report(request.output_dir)
+
+    def load(self, request: GenerateRequest, name: str, inputs: Optional[DesignInputs] = None,
+             report: Optional[dict] = None) -> scene_results.ResultNodes:
+        """Add the finished run's results to the scene under a new, unique name. With ``inputs``, the
+        results are filed with the node the run read (its study; a CT becomes the segmentation's reference
+        geometry: ``scene_results.place_with_input``) and the input and reference nodes are kept out of
+        the three views, which show the results alone. ``report``: the run's report.json as ``report``
+        read it (read here if not given)."""
+        result = scene_results.add_results_from_folder(self.scene, request.output_dir, name=name, report=report)
         if inputs is not None:
-            views = mrml.three_view_nodes(self.scene)
+            views = three_view_nodes(self.scene)
             for node in (inputs.segmentation_node, inputs.reference_segmentation_node, inputs.ct_volume_node):
                 if node is not None:
-                    mrml.keep_out_of_views(node, views)
+                    scene_results.keep_out_of_views(node, views)
+            if inputs.source_node is not None:
+                scene_results.place_with_input(result, inputs.source_node)
         return result
 
     @staticmethod

@@ -21,9 +21,9 @@ from vtkmodules.vtkCommonDataModel import vtkPolyData
 from vtkmodules.vtkFiltersCore import vtkMassProperties, vtkTriangleFilter
 
 from .distances import signed_distance
-from .geometry import with_normals
+from .from_masks import with_normals
 from .meshes import open_edge_counts
-from .volume import Volume, find_foreground_box
+from ..pipeline.volume import Volume, find_foreground_box
 
 BORDER_REACH_MM = 5.0  # skull vertices this close to the implant (either side of its surface) can be its border
 FACING_COSINE = -float(np.cos(np.radians(30.0)))  # skull faces implant: normals within 30 degrees of opposite
@@ -72,7 +72,7 @@ def implant_report(implant_surface: vtkPolyData, implant: Volume, skull_surface:
                    reach_mm: float = BORDER_REACH_MM) -> ImplantReport:
     """The report for an implant: ``implant_surface`` (the mesh to print, LPS mm), ``implant`` (its mask)
     and ``skull_surface`` (the defective skull's surface, LPS mm, with point normals as
-    ``geometry.surface_from_mask`` gives)."""
+    ``from_masks.surface_from_mask`` gives)."""
     start = time.perf_counter()
     volume_mm3, area_mm2 = mass_properties(implant_surface)
     thinnest, median, thickest = thickness_mm(implant, implant_surface)
@@ -100,7 +100,7 @@ def mass_properties(surface: vtkPolyData) -> Tuple[float, float]:
 
 def local_thickness_mm(mask: Volume, surface: vtkPolyData) -> np.ndarray:
     """The wall thickness (mm) of the implant ``surface`` (the mesh to print, LPS mm, as
-    ``geometry.surface_from_mask`` builds it from ``mask``), measured across the wall where its medial
+    ``from_masks.surface_from_mask`` builds it from ``mask``), measured across the wall where its medial
     surface passes: one value per pair of voxels found on either side of that surface.
 
     Why this definition: the thickness a lab means is the distance between the two faces of the wall,

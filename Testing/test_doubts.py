@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import shell_skull
-from SparseImplantLib.checks import doubts, vault_opening
-from SparseImplantLib.volume import Volume
+from SparseImplantLib.pipeline.doubts import skull_doubts, vault_opening
+from SparseImplantLib.pipeline.volume import Volume
 
 
 def on_grid(mask: np.ndarray, spacing: float = 2.0) -> Volume:
@@ -33,24 +33,24 @@ def test_the_opening_of_a_vault_is_measured(head):
 def test_a_large_opening_left_almost_empty_is_doubted(head):
     defective, implant = head
     cap_ml = implant.sum() * 8.0 / 1000
-    assert doubts(on_grid(defective), implant_ml=cap_ml) == []
-    (message,) = doubts(on_grid(defective), implant_ml=1.0)
+    assert skull_doubts(on_grid(defective), implant_ml=cap_ml) == []
+    (message,) = skull_doubts(on_grid(defective), implant_ml=1.0)
     assert message.startswith("the network added only 1.0 ml of bone") and "do not use it unreviewed" in message
 
 
 def test_a_skull_of_the_wrong_size_or_sideways_is_doubted(head):
     defective, implant = head
     complete = defective | implant
-    tiny = doubts(on_grid(complete, spacing=0.5), implant_ml=0.0)  # a header that says 0.5 mm for 2 mm voxels
+    tiny = skull_doubts(on_grid(complete, spacing=0.5), implant_ml=0.0)  # a header that says 0.5 mm for 2 mm voxels
     assert any("outside the" in message and "check the spacing" in message for message in tiny)
     sideways = complete[:, :70, :]  # 176 mm wide, 140 mm long
-    assert any("wider left-right" in message for message in doubts(on_grid(sideways), implant_ml=0.0))
+    assert any("wider left-right" in message for message in skull_doubts(on_grid(sideways), implant_ml=0.0))
 
 
 def test_an_implant_far_from_what_the_priors_expect_is_doubted():
-    from SparseImplantLib.checks import result_doubts
+    from SparseImplantLib.pipeline.doubts import agreement_doubts
 
-    assert result_doubts(expected_ml=60.0, implant_ml=55.0, agreement_dsc=0.7) == []
-    assert "likely incomplete" in result_doubts(60.0, 12.0, 0.7)[0]
-    assert "lies elsewhere" in result_doubts(60.0, 55.0, 0.1)[0]
-    assert result_doubts(expected_ml=4.0, implant_ml=0.0, agreement_dsc=0.0) == []  # nothing much missing
+    assert agreement_doubts(expected_ml=60.0, implant_ml=55.0, agreement_dsc=0.7) == []
+    assert "likely incomplete" in agreement_doubts(60.0, 12.0, 0.7)[0]
+    assert "lies elsewhere" in agreement_doubts(60.0, 55.0, 0.1)[0]
+    assert agreement_doubts(expected_ml=4.0, implant_ml=0.0, agreement_dsc=0.0) == []  # nothing much missing

@@ -10,10 +10,10 @@ from vtkmodules.vtkCommonCore import vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 
 from conftest import oblique_direction, shell_skull
-from SparseImplantLib import display_meshes, distances, geometry, meshes
+from SparseImplantLib.surfaces import display_meshes, distances, from_masks, meshes
 from SparseImplantLib.contract import DISTANCE_ARRAY
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.volume import Volume
+from SparseImplantLib.pipeline.volume import Volume
 
 
 def box_mask(shape=(30, 28, 26), low=(8, 7, 6), high=(20, 19, 16)) -> np.ndarray:
@@ -28,14 +28,14 @@ def oblique_volume(mask: np.ndarray) -> Volume:
 
 def test_surface_is_closed_manifold_and_outward():
     _, implant = shell_skull()
-    surface = geometry.surface_from_mask(oblique_volume(implant))
+    surface = from_masks.surface_from_mask(oblique_volume(implant))
     assert meshes.open_edge_counts(surface) == {"boundary": 0, "non_manifold": 0}
     assert meshes.enclosed_volume_mm3(surface) > 0
 
 
 def test_surface_sits_at_the_mask_in_physical_space():
     volume = oblique_volume(box_mask())
-    surface = geometry.surface_from_mask(volume, smoothing_iterations=0)
+    surface = from_masks.surface_from_mask(volume, smoothing_iterations=0)
     voxels = np.argwhere(volume.array)
     centre_index = voxels.mean(axis=0)
     expected_centre = volume.index_to_lps() @ np.append(centre_index, 1.0)
@@ -43,15 +43,15 @@ def test_surface_sits_at_the_mask_in_physical_space():
     assert np.linalg.norm(points.mean(axis=0) - expected_centre[:3]) < 0.6
     expected_volume = voxels.shape[0] * volume.voxel_volume_mm3
     assert meshes.enclosed_volume_mm3(surface) == pytest.approx(expected_volume, rel=0.08)
-    ras = geometry.surface_from_mask(volume, smoothing_iterations=0, coordinates="RAS")
+    ras = from_masks.surface_from_mask(volume, smoothing_iterations=0, coordinates="RAS")
     assert np.allclose(np.array(ras.GetPoint(0))[:2], -np.array(surface.GetPoint(0))[:2])
 
 
 def test_signed_distance_sign_and_size():
     inner = oblique_volume(box_mask(low=(10, 9, 8), high=(18, 17, 14)))
     outer = oblique_volume(box_mask())
-    inner_surface = geometry.surface_from_mask(inner, smoothing_iterations=0)
-    outer_surface = geometry.surface_from_mask(outer, smoothing_iterations=0)
+    inner_surface = from_masks.surface_from_mask(inner, smoothing_iterations=0)
+    outer_surface = from_masks.surface_from_mask(outer, smoothing_iterations=0)
     inside = distances.signed_distance(inner_surface, outer_surface)
     outside = distances.signed_distance(outer_surface, inner_surface)
     assert (inside < 0).mean() > 0.99 and (outside > 0).mean() > 0.99
@@ -72,8 +72,8 @@ def triangle_areas(surface: vtkPolyData) -> np.ndarray:
 def test_zero_area_triangles_leave_the_distances_unchanged():
     """A reference with triangles whose corners lie on one line (the display meshes had some) gives
     the distances of the same surface without them."""
-    outer = geometry.surface_from_mask(oblique_volume(box_mask()), smoothing_iterations=0)
-    inner = geometry.surface_from_mask(oblique_volume(box_mask(low=(10, 9, 8), high=(18, 17, 14))), smoothing_iterations=0)
+    outer = from_masks.surface_from_mask(oblique_volume(box_mask()), smoothing_iterations=0)
+    inner = from_masks.surface_from_mask(oblique_volume(box_mask(low=(10, 9, 8), high=(18, 17, 14))), smoothing_iterations=0)
     points = vtk_to_numpy(outer.GetPoints().GetData())
     triangles = vtk_to_numpy(outer.GetPolys().GetConnectivityArray()).reshape(-1, 3)
     a, b = triangles[0, 0], triangles[0, 1]
@@ -96,7 +96,7 @@ def test_distance_searched_near_changes_equals_the_full_search():
     holed = plate.copy()
     holed[10:30, 10:30, 3:9] = 0
     complete, defective = oblique_volume(plate), oblique_volume(holed)
-    complete_surface, defective_surface = geometry.surface_from_mask(complete), geometry.surface_from_mask(defective)
+    complete_surface, defective_surface = from_masks.surface_from_mask(complete), from_masks.surface_from_mask(defective)
     near = distances.vertices_near_changes(complete_surface, complete, defective)
     assert 0.05 < near.mean() < 0.9
     full = distances.signed_distance(complete_surface, defective_surface)
@@ -112,7 +112,7 @@ def test_distance_searched_near_changes_equals_the_full_search():
 def test_export_round_trip_keeps_bounds_and_volume(tmp_path, suffix):
     _, implant = shell_skull()
     volume = oblique_volume(implant)
-    surface = distances.add_signed_distance(geometry.surface_from_mask(volume), geometry.surface_from_mask(volume))
+    surface = distances.add_signed_distance(from_masks.surface_from_mask(volume), from_masks.surface_from_mask(volume))
     path = meshes.export_mesh(surface, tmp_path / f"implant{suffix}")
     loaded = meshes.read_mesh(path)
     voxel = float(max(volume.spacing))
@@ -131,7 +131,7 @@ def test_export_round_trip_keeps_bounds_and_volume(tmp_path, suffix):
 
 def test_ras_export_flips_x_and_y(tmp_path):
     volume = oblique_volume(box_mask())
-    surface = geometry.surface_from_mask(volume)
+    surface = from_masks.surface_from_mask(volume)
     lps = meshes.read_mesh(meshes.export_mesh(surface, tmp_path / "lps.stl"))
     ras = meshes.read_mesh(meshes.export_mesh(surface, tmp_path / "ras.stl", coordinates="RAS"))
     b_lps, b_ras = np.array(lps.GetBounds()), np.array(ras.GetBounds())
@@ -140,13 +140,13 @@ def test_ras_export_flips_x_and_y(tmp_path):
 
 
 def test_unsupported_export_format(tmp_path):
-    surface = geometry.surface_from_mask(oblique_volume(box_mask()))
+    surface = from_masks.surface_from_mask(oblique_volume(box_mask()))
     with pytest.raises(SparseImplantError, match="cannot export meshes as '.fbx'"):
         meshes.export_mesh(surface, tmp_path / "implant.fbx")
 
 
 def test_empty_mask_gives_empty_surface():
-    assert geometry.surface_from_mask(oblique_volume(np.zeros((5, 5, 5), np.uint8))).GetNumberOfPoints() == 0
+    assert from_masks.surface_from_mask(oblique_volume(np.zeros((5, 5, 5), np.uint8))).GetNumberOfPoints() == 0
 
 
 @pytest.mark.parametrize("mirrored", [False, True])
@@ -157,7 +157,7 @@ def test_normals_point_out_of_the_bone_around_cavities_and_islands(mirrored):
     mask |= np.sqrt(((grid - 38.0) ** 2).sum(axis=0)) < 3  # and a separate island
     direction = np.diag([-1.0, 1.0, 1.0]) if mirrored else oblique_direction(20.0)
     volume = Volume(mask.astype(np.uint8), spacing=(0.8, 0.6, 1.2), origin=(5.0, -3.0, 2.0), direction=direction)
-    surface = geometry.surface_from_mask(volume)
+    surface = from_masks.surface_from_mask(volume)
     points = vtk_to_numpy(surface.GetPoints().GetData())
     normals = vtk_to_numpy(surface.GetPointData().GetNormals())
     to_index = np.linalg.inv(volume.index_to_lps())
@@ -171,8 +171,8 @@ def test_display_mesh_is_lighter_and_close_and_keeps_both_sides_of_thin_bone():
     plate = np.zeros((60, 60, 14), np.uint8)
     plate[4:56, 4:56, 6:8] = 1  # two voxels thick: thinner than a display cell
     volume = Volume(plate, spacing=(0.5, 0.5, 0.5), origin=(0.0, 0.0, 0.0), direction=oblique_direction(20.0))
-    full = geometry.surface_from_mask(volume)
-    full = distances.add_signed_distance(full, geometry.surface_from_mask(volume, smoothing_iterations=0))
+    full = from_masks.surface_from_mask(volume)
+    full = distances.add_signed_distance(full, from_masks.surface_from_mask(volume, smoothing_iterations=0))
     shown = display_meshes.display_mesh(full)
     assert shown.GetNumberOfCells() < 0.4 * full.GetNumberOfCells()
     assert triangle_areas(shown).min() > 1e-6
@@ -212,7 +212,7 @@ def porous_plate() -> Volume:
 def test_display_mesh_is_closed_and_manifold_where_clusters_would_break_the_surface():
     """Clustering alone left holes and fins here (76 open and 103 non-manifold edges, the dark specks
     of the 3D views); the clusters that break the surface are split until none does."""
-    full = geometry.surface_from_mask(porous_plate())
+    full = from_masks.surface_from_mask(porous_plate())
     assert meshes.open_edge_counts(full) == {"boundary": 0, "non_manifold": 0}
     shown = display_meshes.display_mesh(full)
     assert meshes.open_edge_counts(shown) == {"boundary": 0, "non_manifold": 0}
@@ -227,7 +227,7 @@ def test_display_mesh_of_voxels_meeting_only_at_corners_is_the_surface_itself():
     """Where no cluster can be merged without breaking the surface (blobs that meet only at corners
     and edges), the copy is the full-resolution surface, closed and manifold, rather than a broken one."""
     blobs = (np.indices((16, 16, 16)).sum(axis=0) % 2 == 0) & np.pad(np.ones((10, 10, 10), bool), 3)
-    full = geometry.surface_from_mask(Volume(blobs.astype(np.uint8), spacing=(0.5, 0.5, 0.5), origin=(0.0, 0.0, 0.0),
+    full = from_masks.surface_from_mask(Volume(blobs.astype(np.uint8), spacing=(0.5, 0.5, 0.5), origin=(0.0, 0.0, 0.0),
                                              direction=oblique_direction(20.0)))
     shown = display_meshes.display_mesh(full)
     assert meshes.open_edge_counts(shown) == {"boundary": 0, "non_manifold": 0} and edges_pair_up(shown)

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .sparse import CoordinateManager, SparseTensor, batch_coordinates, to_mask
+from ..sparse import CoordinateManager, SparseTensor, batch_coordinates, to_mask
 from .volume import Box, Volume, canonical_grid, foreground_box, resample_mask, resample_soft_mask
 
 REFINE_MARGIN_MM = 12.0

@@ -18,11 +18,11 @@ from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkSMPTools
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 from vtkmodules.vtkFiltersCore import vtkImplicitPolyDataDistance
 
-from .contract import DISTANCE_ARRAY
-from .errors import SparseImplantError
-from .geometry import surface_reach_mm
+from ..contract import DISTANCE_ARRAY
+from ..errors import SparseImplantError
+from .from_masks import surface_reach_mm
 from .meshes import without_zero_area_triangles
-from .volume import LPS_TO_RAS, Volume, foreground_box
+from ..pipeline.volume import LPS_TO_RAS, Volume, foreground_box
 
 
 def signed_distance(surface: vtkPolyData, reference: vtkPolyData, where: Optional[np.ndarray] = None) -> np.ndarray:

@@ -29,8 +29,8 @@ import numpy as np
 from scipy import ndimage, optimize
 from scipy.spatial.transform import Rotation
 
-from .errors import SparseImplantError
-from .models.registry import default_model_dir
+from ..errors import SparseImplantError
+from ..models.registry import default_model_dir
 from .pose import occupancy_share, spread_sample
 
 SHAPE_TEMPLATE_FILE = "shape-template.npz"
@@ -38,13 +38,14 @@ CAP_MM = 6.0  # a mirrored voxel this far from bone or further costs the same, w
 AGREE_MM = 2.5  # a mirrored voxel within this of bone agrees with the skull (about one model voxel)
 MIRROR_SEARCH_DEG = 35.0  # the plane's normal is sought within this of the grid's left-right axis
 MIRROR_OFFSET_MM = 15.0  # ... and its offset within this of the skull's middle
-FIT_SEARCH_DEG = 30.0  # the mean skull's turn is sought within this about each axis (training heads lie within 25)
+FIT_SEARCH_DEG = 30.0  # the mean skull's turn is sought within this about each axis: beyond pose.TRAINING_TURN_DEG
 FIT_SCALE_LIMIT = 0.2  # per-axis scale within exp(+-this): 0.82-1.22, wider than adult skulls differ
 FITTED_SITE = 0.5  # grid voxels where the fitted mean skull has at least this share of skulls hold a site
-SAMPLE_POINTS = 4000
-FIELD_MARGIN = 5  # grid voxels above the skull's lowest slice where missing bone is not looked for  # skull voxels the fits look at (a fixed, evenly spread subset)
+SAMPLE_POINTS = 4000  # skull voxels the fits look at (a fixed, evenly spread subset)
+FIELD_MARGIN = 5  # grid voxels above the skull's lowest slice where missing bone is not looked for
 # A fit is poor when its residual (median distance of the skull's voxels to the other surface) exceeds
-# these: the mirrored skull on the skull, the skull on the fitted mean skull's bone.
+# these: the mirrored skull on the skull, the skull on the fitted mean skull's bone. POOR_FIT_MM lies above
+# the training skulls' residuals (Utilities/make_shape_template.py prints them; results/notes/experiments.md).
 POOR_MIRROR_MM = 2.0
 POOR_FIT_MM = 3.0
 
@@ -273,19 +274,6 @@ class Priors:
             fit = {"residual_mm": round(self.fit.residual_mm, 2), "match": round(self.fit.match, 3),
                    "scales": [round(float(s), 3) for s in self.fit.scales]}
         return {"mirror_plane": plane, "fitted_skull": fit}
-
-    def doubts(self) -> List[str]:
-        """Plain-language warnings when a prior fits the skull poorly."""
-        messages = []
-        if self.plane is not None and self.plane.residual_mm > POOR_MIRROR_MM:
-            messages.append(f"the skull's mirror image lies {self.plane.residual_mm:.1f} mm from it (median; "
-                            f"symmetric skulls {POOR_MIRROR_MM:.1f} mm or less): the skull is unusually asymmetric "
-                            "or badly segmented, so its healthy side is a poor guide; review the implant before use")
-        if self.fit is not None and self.fit.residual_mm > POOR_FIT_MM:
-            messages.append(f"the mean training skull fits this skull poorly (median {self.fit.residual_mm:.1f} mm "
-                            f"off, training skulls {POOR_FIT_MM:.1f} mm or less): it may be incomplete, unusual "
-                            "or not a skull; review the implant before use")
-        return messages
 
     def completed(self, defective: np.ndarray, which: str) -> np.ndarray:
         """The skull completed by one prior alone (``which``: mirror or fitted), the baselines the network

@@ -29,29 +29,39 @@ import numpy as np
 from scipy import ndimage, optimize
 from scipy.spatial.transform import Rotation
 
-from .errors import SparseImplantError
-from .models.registry import default_model_dir
+from ..errors import SparseImplantError
+from ..models.registry import default_model_dir
 from .volume import Volume, canonical_grid, resample_mask
 
 TEMPLATE_FILE = "pose-template.npz"
-TEMPLATE_SPACING_MM = 4.0
-SEARCH_DEG = 30.0  # the coarse search covers turns up to this about each axis
+TEMPLATE_SPACING_MM = 4.0  # the template's grid, and the spacing the skull is sampled at to be matched against it
+# The coarse turn search covers turns up to SEARCH_DEG about each axis in SEARCH_STEP_DEG steps, beyond
+# TRAINING_TURN_DEG, so a head turned past the training heads is still measured (and warned about).
+SEARCH_DEG = 30.0
 SEARCH_STEP_DEG = 10.0
-# SkullFix's training heads lie within 23° of their mean but one (40°); median 8.4°, nine in ten
-# within 17.7° (Utilities/make_pose_template.py prints the spread).
+# A head turned further than this from the mean training skull gets a warning (doubts.pose_doubts): the
+# network has seen no head turned further. The value is the training heads' spread, one outlier aside;
+# Utilities/make_pose_template.py prints each training case's turn (recorded in results/notes/experiments.md).
 TRAINING_TURN_DEG = 25.0
-POOR_MATCH = 0.3  # the training skulls' defective skulls match 0.39 to 0.56 (Utilities/make_pose_template.py)
+# A template match below this is a skull unlike every training skull (a warning): set below the lowest
+# match of any training case's defective skull, so a training skull never warns (same script, same notes).
+POOR_MATCH = 0.3
 GROSS_LOCAL_DEG = 30.0  # each quarter-turn frame is tried turned by up to this about each axis (in 15° steps)
-GROSS_MARGIN = 0.05  # another frame must match the mean skull this much better than L, P, S to be taken
-GROSS_POINTS = 1500
-CUT_SPACING_MM = 2.0
+# Another quarter-turn frame is taken only when it matches the mean skull this much better than L, P, S,
+# so a header that already says how the head lies keeps its frame when another scores about the same.
+GROSS_MARGIN = 0.05
+GROSS_POINTS = 1500  # the gross search matches this many skull voxels (an even subset) per frame and turn
+CUT_SPACING_MM = 2.0  # the cut is sought among the skull's voxels at this spacing (a voxel counts this squared)
 CUT_SEARCH_DEG = 60.0  # the cut's normal is sought within this of straight down (gantry tilt and head pose together)
-CUT_DEPTH_MM = 2.5  # bone within this of the lowest plane lies on the cut
+CUT_DEPTH_MM = 2.5  # bone within this of the lowest plane lies on the cut: one CUT_SPACING_MM layer, with slack
 LEAST_CUT_AREA_CM2 = 6.0  # less bone flat on the lowest plane is a skull that ends naturally, not a cut
-# A cut is flat: tipping the plane by 5° leaves a small share of its bone on it (SkullFix cases 040,
-# 041, 009, upright and pitched by 25°: 4.2-7.9 times less), a rounded skull base much of it (2.1 times
-# less on a closed egg-shaped shell; Testing/test_pose.py).
+# A cut is flat: it must hold at least this many times the bone of the planes tipped 5° from it (their
+# median). A flat cut keeps a third of its bone or less when tipped, a rounded skull base about half, so
+# the base of a skull that ends naturally is not taken for a cut (figures: results/notes/experiments.md;
+# the rounded base is Testing/test_pose.py's closed shell).
 LEAST_SHARPNESS = 3.0
+# The best few separate planes are refined and tested, not only the first: the side of a skull turned far
+# can hold as much bone as a cut tilted as far, though never as flat (find_cut).
 CUT_CANDIDATES = 8
 
 
@@ -214,7 +224,7 @@ def estimate_pose(mask: Volume, template: Optional[Template] = None, axes: Optio
     """The rotation R that best lays the skull onto the template: the skull's points p, seen as
     R^T (p - centroid) + shift, fall where the training skulls have bone. With ``axes`` (the network's
     grid axes), p are taken along those axes: the turn is the one the network sees. None when the
-    skull is too small or thin to show at the template's 4 mm (``checks.doubts`` says so about its size)."""
+    skull is too small or thin to show at the template's 4 mm (``doubts.skull_doubts`` says so about its size)."""
     template = template or load_template()
     points = skull_points(mask, template.spacing)
     if len(points) < 4:
@@ -294,33 +304,23 @@ def upright_axes(mask: Volume, template: Optional[Template] = None) -> np.ndarra
     return best[2] if best[0] > upright + GROSS_MARGIN else np.eye(3)
 
 
-def straighten(mask: Volume, enabled: bool = True, template: Optional[Template] = None) -> Straightening:
+def straighten_head(mask: Volume, template: Optional[Template] = None) -> Straightening:
     """Turn a head lying on its side or upside down upright (``upright_axes``), level the scan's bottom
-    cut and turn the head to face forward (``enabled``), and measure the head's remaining turn; without
-    ``enabled``, only measure it on L, P, S axes."""
-    axes = upright_axes(mask, template) if enabled else np.eye(3)
-    cut = find_cut(mask, down=-axes[:, 2]) if enabled else None
+    cut, turn the head to face forward, and measure the head's remaining turn."""
+    axes = upright_axes(mask, template)
+    cut = find_cut(mask, down=-axes[:, 2])
     axes = cut.levelling(axes) if cut is not None else axes
     pose = estimate_pose(mask, template, axes=axes)
     yaw = 0.0
-    if enabled and pose is not None:
+    if pose is not None:
         yaw = pose.yaw_deg
         axes, pose = axes @ vertical_turn(yaw), pose.facing_forward()
-    return Straightening(axes if enabled else None, cut, yaw, pose)
+    return Straightening(axes, cut, yaw, pose)
 
 
-def pose_doubts(pose: Optional[Pose]) -> List[str]:
-    """Plain-language warnings about the head's pose (``checks.doubts`` covers the rest)."""
-    if pose is None:
-        return []
-    if pose.turn_deg > TRAINING_TURN_DEG:
-        return [f"the head lies turned by about {pose.turn_deg:.0f}° from the mean training skull, further than the "
-                f"training heads ({TRAINING_TURN_DEG:.0f}°): the implant may be incomplete or misplaced; check the "
-                "file's orientation, and review the implant before use"]
-    if pose.match < POOR_MATCH:
-        return [f"the skull matches the training skulls poorly (template match {pose.match:.2f}, training skulls "
-                f"{POOR_MATCH:.2f} or more): it may be incomplete, cut off, or not a skull; review the implant before use"]
-    return []
+def measure_head(mask: Volume, template: Optional[Template] = None) -> Straightening:
+    """The head as it lies on L, P, S axes (``generate --no-straighten``): its turn measured, nothing moved."""
+    return Straightening(None, None, 0.0, estimate_pose(mask, template, axes=np.eye(3)))
 
 
 def build_template(clouds: Sequence[np.ndarray], spacing: float = TEMPLATE_SPACING_MM,

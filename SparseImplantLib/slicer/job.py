@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence
 
-from .contract import ERROR_PREFIX, WARNING_PREFIX
-from .progress import ProgressEvent
+from ..contract import ERROR_PREFIX, WARNING_PREFIX
+from ..progress import ProgressEvent
 
 READER_ERROR_PREFIX = "sparseimplant: lost the worker's output: "
 
@@ -66,7 +66,7 @@ class GenerateRequest:
     reference: Optional[Path] = None
     model_dir: Optional[Path] = None
     refine: bool = True  # False: --refine-model none
-    straighten: bool = True  # False: --as-it-lies (the network sees the skull as it lies in the file)
+    straighten: bool = True  # False: --no-straighten (the network sees the skull as it lies in the file)
     mesh_formats: Sequence[str] = ("vtk",)  # Slicer exports STL/OBJ itself; VTK keeps the distance array
     preview: bool = False  # the module draws its own three views, so no preview.png
 
@@ -83,7 +83,7 @@ class GenerateRequest:
         if not self.refine:
             command += ["--refine-model", "none"]
         if not self.straighten:
-            command.append("--as-it-lies")
+            command.append("--no-straighten")
         return command
 
 

@@ -1,23 +1,21 @@
-"""What the Slicer module's panel decides, without Qt: selections, outcome of a run, dependencies, licence.
+"""What the Slicer module's panel decides outside a run, without Qt: selections, the default input,
+how a finished run ends for the user (``run_outcome``, ``warnings_text``), and the licence.
 
-``SparseImplant.py`` only wires widgets and dialogs to these; they are tested in CI with plain
-objects standing in for the parameter node and the selectors (same attribute and method names).
+The run itself (Generate / Cancel, progress, loading or reporting its end) is ``run_controller``'s
+state machine, which classifies a finished run with ``run_outcome``; ``SparseImplant.py`` only wires
+widgets and dialogs to both (its run view shows the warnings as ``warnings_text`` words them).
+These are tested in CI with plain objects standing in for the parameter node and the selectors
+(same attribute and method names).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence
 
 from .job import GenerateJob
 
-TORCH_MINIMUM = "2.1"  # the oldest PyTorch the library supports (pyproject.toml: torch>=2.1)
-# import name -> pip requirement, for what PythonSlicer may lack besides torch
-PIP_REQUIREMENTS = {"safetensors": "safetensors>=0.4", "scipy": "scipy>=1.10", "tqdm": "tqdm>=4.60",
-                    "SimpleITK": "SimpleITK>=2.3"}
 # Acknowledged terms are remembered under this key with this value; a change of terms changes the value.
 LICENCE_SETTINGS_KEY = "SparseImplant/AcknowledgedTerms"
 LICENCE_TERMS = "skullfix-cc-by-nc-sa-4.0"
@@ -123,28 +121,6 @@ def warnings_text(warnings: Sequence[str]) -> str:
         return ""
     heading = "1 warning" if len(distinct) == 1 else f"{len(distinct)} warnings"
     return "\n".join([f"{heading} from this run:", *(f"\u2022 {warning}" for warning in distinct)])
-
-
-def release(version: str) -> Tuple[int, ...]:
-    """The numeric release of a version string: '2.8.0+cu121' -> (2, 8, 0)."""
-    match = re.match(r"\d+(\.\d+)*", version.strip())
-    if match is None:
-        raise ValueError(f"not a version: '{version}'")
-    return tuple(int(part) for part in match.group(0).split("."))
-
-
-def torch_problem(installed: Optional[str], minimum: str = TORCH_MINIMUM) -> Optional[str]:
-    """Why the installed PyTorch will not do (None: it will). ``installed`` is its version or None."""
-    if installed is None:
-        return "PyTorch is not installed"
-    if release(installed) < release(minimum):
-        return f"PyTorch {installed} is older than {minimum}, the oldest this extension supports"
-    return None
-
-
-def missing_requirements(requirements: Dict[str, str] = PIP_REQUIREMENTS) -> List[str]:
-    """The pip requirements whose module cannot be found (found without importing it)."""
-    return [requirement for module, requirement in requirements.items() if importlib.util.find_spec(module) is None]
 
 
 def licence_acknowledged(settings) -> bool:
