@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from conftest import shell_skull
 from SparseImplantLib.metrics import dice
-from SparseImplantLib.pipeline.postprocess import ball, extract_implant
+from SparseImplantLib.pipeline.postprocess import ball, extract_implant, without_bone_layers
 
 
 def test_ball_is_anisotropic():
@@ -40,6 +40,43 @@ def test_nothing_added_gives_empty_implant():
     assert not extract_implant(defective, defective, (1.0, 1.0, 1.0)).any()
 
 
+def bone_layer(defective, azimuth_deg, thickness=2, half_width=10):
+    """A patch ``thickness`` voxels thick lying on the outside of ``shell_skull``'s side around
+    ``azimuth_deg``: bone added on bone, as a network thickens a skull."""
+    shape = np.asarray(defective.shape)
+    grid = np.indices(defective.shape).astype(float)
+    centre = (shape - 1) / 2
+    offset = grid - centre[:, None, None, None]
+    distance = np.sqrt((offset ** 2).sum(axis=0))
+    radius = distance[defective.astype(bool)].max()
+    direction = np.array([np.cos(np.radians(azimuth_deg)), np.sin(np.radians(azimuth_deg)), 0.0])
+    along = np.tensordot(direction, offset, axes=1)
+    across = np.sqrt(np.maximum(distance ** 2 - along ** 2, 0))
+    return (distance > radius) & (distance <= radius + thickness) & (along > 0) & (across <= half_width)
+
+
+def test_layers_on_the_bone_are_no_implant():
+    """Bone added onto a complete skull fills no opening: no implant. Beside an opening, the plug
+    that fills it stays and the layers elsewhere go."""
+    complete, _ = shell_skull(shape=(56, 56, 48), radius=20.0, thickness=4.0, defect=False)
+    layers = bone_layer(complete, 0, thickness=1, half_width=8) | bone_layer(complete, 120, half_width=10) | bone_layer(complete, 240, half_width=9)
+    assert not extract_implant(complete.astype(bool) | layers, complete, (1.0, 1.0, 1.0)).any()
+    defective, implant = shell_skull(shape=(56, 56, 48), radius=20.0, thickness=4.0)
+    result = extract_implant((defective | implant).astype(bool) | layers, defective, (1.0, 1.0, 1.0))
+    assert not (result & layers).any()
+    assert dice(result, implant) > 0.95
+
+
+def test_a_small_plug_fills_its_opening():
+    """A small opening's plug meets the skull over a larger share of its surface than a large one's
+    (here 0.44, as a 2 ml craniotomy's on a CT grid), and still counts as filling it."""
+    complete, _ = shell_skull(shape=(56, 56, 48), radius=20.0, thickness=4.0, defect=False)
+    grid = np.indices(complete.shape).astype(float)
+    plug = complete.astype(bool) & (grid[0] > 27.5) & (np.hypot(grid[1] - 27.5, grid[2] - 23.5) <= 7)
+    kept = without_bone_layers(plug.copy(), complete.astype(bool) & ~plug)
+    assert np.array_equal(kept, plug)
+
+
 def whole_box_implant(completed, defective, spacing, opening_radius_mm=1.0, min_fraction_of_largest=0.1):
     """The clean-up done plainly over the difference's whole bounding box: what extract_implant must equal."""
     from SparseImplantLib.pipeline.volume import foreground_box
@@ -60,7 +97,7 @@ def whole_box_implant(completed, defective, spacing, opening_radius_mm=1.0, min_
     restored = ndimage.binary_dilation(np.isin(labels, keep), iterations=max(structure.shape) // 2 + 1,
                                        mask=difference[box])
     implant[box] = ndimage.binary_fill_holes(restored) & ~defective[box].astype(bool)
-    return implant
+    return without_bone_layers(implant, defective.astype(bool))
 
 
 def with_blobs(defective, blobs):

@@ -231,7 +231,7 @@ def test_an_empty_implant_is_a_warning_not_plain_done():
     controller.start("parameters", ready)
     controller.poll()
     controller.poll()
-    assert view.status == ("No implant: the network added no bone (is the skull already complete?). See the log.",
+    assert view.status == ("No implant: the network filled no opening (is the skull already complete?). See the log.",
                            "warning")
     assert controller.result is view.result is not None
 
@@ -352,7 +352,7 @@ def test_real_runs_load_into_the_scene_and_a_rerun_hides_the_first(tmp_path, syn
     assert not first.models["completed"].GetDisplayNode().GetVisibility()  # kept, hidden
     assert second.models["completed"].GetDisplayNode().GetVisibility()
     assert view.result is second and view.failures == [] and view.progress == 100
-    assert view.status == ("No implant: the network added no bone (is the skull already complete?). See the log.",
+    assert view.status == ("No implant: the network filled no opening (is the skull already complete?). See the log.",
                            "warning")  # the seeded, untrained 'tiny' model of the shared run adds no bone
     assert second.metrics_table is not None  # from the report.json that was read once
     assert list((tmp_path / "work").iterdir()) == []  # both work folders removed

@@ -164,5 +164,5 @@ def design_doubts(skull_on_grid: Volume, implant_ml: float, pose: Optional[Pose]
     messages = (skull_doubts(skull_on_grid, implant_ml) + pose_doubts(pose) + priors_doubts(priors)
                 + agreement_doubts(expected_ml, implant_ml, agreement_dsc))
     if implant_ml == 0:
-        messages.append("the network added no bone: the implant is empty (is the skull already complete?)")
+        messages.append("the implant is empty: the network filled no opening (is the skull already complete?)")
     return messages

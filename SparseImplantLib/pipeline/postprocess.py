@@ -4,7 +4,9 @@ The raw difference holds the implant plus a thin rim wherever the completed surf
 voxel-for-voxel with the defective one. An opening separates the implant from rims thinner than the
 structuring element, connected components that do not touch the defect border are dropped, the kept
 pieces get back the edge voxels the opening shaved off, and holes are filled, so the result is one
-solid piece that reaches the defect border.
+solid piece that reaches the defect border. Last, pieces that lie on the skull instead of filling an
+opening in it go (``without_bone_layers``): a network that fills little of an opening still thickens
+the bone here and there, and those layers are no implant.
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ from scipy import ndimage
 from .volume import Box, find_foreground_box
 
 BLOCK = 8  # voxels per block edge when grouping the opened difference into separately labelled regions
+# A piece that fills an opening meets the skull along its rim only; a layer on the bone touches it over
+# a whole face. A piece with more than this share of its surface voxels next to bone is a layer: true
+# implants have 0.09-0.16 (SkullFix, 11 cases of 000-059), 0.09-0.23 (synthetic defects of every kind),
+# small craniotomies (2-4 ml) 0.39-0.45,
+# the network's layers on complete skulls 0.74-1.0 (results/notes/experiments.md, "Stray bone").
+ON_BONE_SHARE = 0.6
+CUBE = np.ones((3, 3, 3), dtype=bool)
 
 
 def ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
@@ -73,6 +82,26 @@ def extract_implant(
     filled = ndimage.binary_fill_holes(restored[pieces])
     region = _within(box, _within(around, pieces))
     implant[region] = filled & ~defective[region]
+    return without_bone_layers(implant, defective)
+
+
+def without_bone_layers(implant: np.ndarray, defective: np.ndarray) -> np.ndarray:
+    """``implant`` without its 26-connected pieces that lie on the skull (more than ``ON_BONE_SHARE`` of
+    their surface voxels next to ``defective`` bone): they thicken the bone, they fill no opening, so a
+    complete skull gets no implant. Both boolean, same shape; ``implant`` is changed in place."""
+    box = find_foreground_box(implant, 2)
+    if box is None:
+        return implant
+    pieces = implant[box]
+    labels, count = ndimage.label(pieces, structure=CUBE)
+    surface = pieces & ~ndimage.binary_erosion(pieces, structure=CUBE)
+    near_bone = ndimage.binary_dilation(defective[box], structure=CUBE)
+    surface_voxels = np.bincount(labels[surface], minlength=count + 1)
+    on_bone = np.bincount(labels[surface & near_bone], minlength=count + 1)
+    layers = np.flatnonzero(on_bone > ON_BONE_SHARE * surface_voxels)
+    layers = layers[layers > 0]
+    if layers.size:
+        pieces[np.isin(labels, layers)] = False
     return implant
 
 
@@ -103,12 +132,11 @@ def _kept_components(opened: np.ndarray, bone: np.ndarray, min_fraction_of_large
     of connected occupied blocks and is labelled there. Groups go largest first: once a group holds
     fewer voxels than the bound set by the largest touching component so far, neither it nor any
     group after it holds a component to keep."""
-    cube = np.ones((3, 3, 3), dtype=bool)
     blocks = tuple(-(-n // block) for n in opened.shape)
     padded = np.zeros(tuple(n * block for n in blocks), dtype=bool)
     padded[tuple(slice(0, n) for n in opened.shape)] = opened
     counts = padded.reshape(blocks[0], block, blocks[1], block, blocks[2], block).sum(axis=(1, 3, 5), dtype=np.int32)
-    groups, group_count = ndimage.label(counts > 0, structure=cube)
+    groups, group_count = ndimage.label(counts > 0, structure=CUBE)
     totals = ndimage.sum_labels(counts, groups, np.arange(1, group_count + 1))
     extents = ndimage.find_objects(groups)
     pieces = []  # (region, labels, touching labels, their sizes) per group that has touching components
@@ -119,9 +147,9 @@ def _kept_components(opened: np.ndarray, bone: np.ndarray, min_fraction_of_large
         region = tuple(slice(e.start * block, min(e.stop * block, n)) for e, n in zip(extents[group], opened.shape))
         member = _expand(groups[extents[group]] == group + 1, block)
         piece = opened[region] & member[tuple(slice(0, r.stop - r.start) for r in region)]
-        labels, count = ndimage.label(piece, structure=cube)
+        labels, count = ndimage.label(piece, structure=CUBE)
         grown = tuple(slice(max(r.start - 1, 0), min(r.stop + 1, n)) for r, n in zip(region, opened.shape))
-        near_bone = ndimage.binary_dilation(bone[grown], structure=cube)
+        near_bone = ndimage.binary_dilation(bone[grown], structure=CUBE)
         near_bone = near_bone[tuple(slice(r.start - g.start, r.stop - g.start) for r, g in zip(region, grown))]
         touching = np.unique(labels[near_bone & piece])
         touching = touching[touching > 0]

@@ -181,7 +181,7 @@ class RunController:
 
     def _done_text(self, outcome: RunOutcome, name: str) -> str:
         if outcome.empty_implant:
-            return self.translate("No implant: the network added no bone (is the skull already complete?). "
+            return self.translate("No implant: the network filled no opening (is the skull already complete?). "
                                   "See the log.")
         if outcome.warnings:
             return self.translate("Done with {count} warning(s): '{name}'. {first}").format(
