@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
-from .contract import DEVICES, ERROR_PREFIX, MESH_FORMATS, WARNING_PREFIX
+from .contract import DEVICES, ERROR_PREFIX, MESH_FORMATS, METHODS, WARNING_PREFIX
 from .errors import SparseImplantError
 from .progress import PROGRESS_PREFIX, ProgressCallback, ProgressEvent, TerminalProgress
 
@@ -97,6 +97,10 @@ def _add_network_choices(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-time-augmentation", action=argparse.BooleanOptionalAction, default=True,
                         help="average four network passes (left-right flip x grid shift; default); without it, one pass: "
                              "a quarter of the network's compute for a slightly lower implant DSC (README, Bundled model)")
+    parser.add_argument("--method", choices=METHODS, default="network",
+                        help="how the skull is completed: the network (default), or one of the patient's own priors "
+                             "alone: mirror (the healthy side mirrored) or fitted (the mean skull fitted to this one; "
+                             "README, Defects anywhere, for where each does better than the bundled network)")
     parser.add_argument("--straighten", action=argparse.BooleanOptionalAction, default=True,
                         help="level the plane where the scan ends below the skull and turn the head to face forward before "
                              "the network sees it (default); without it, the skull as it lies on L, P, S axes (README, How it works)")
@@ -106,7 +110,7 @@ def _network_options(args: argparse.Namespace) -> dict:
     """The ``GenerateOptions`` fields that generate and predict share (``_add_network_choices``, model, device)."""
     return {"model": args.model, "device": args.device, "model_dir": args.model_dir, "overwrite": args.overwrite,
             "refine_model": args.refine_model, "test_time_augmentation": args.test_time_augmentation,
-            "straighten": args.straighten}
+            "straighten": args.straighten, "method": args.method}
 
 
 def _without_done(report: ProgressCallback) -> ProgressCallback:

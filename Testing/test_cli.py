@@ -393,3 +393,16 @@ def test_evaluate_does_not_point_to_options_it_lacks(tmp_path, capsys, tiny_skul
     write_volume(tmp_path / "pred" / "001" / "implant.nrrd", labels.with_array(labels.array * 2 + (labels.array == 0)))
     code, _, stderr = run_cli(capsys, "evaluate", "--predictions", tmp_path / "pred", "--data", tiny_skullfix, "--cases", "001")
     assert code == 1 and "predictions must be binary masks" in stderr and "--label" not in stderr
+
+
+def test_method_fitted_completes_the_skull_with_the_fitted_mean_skull(tmp_path):
+    """--method picks how the skull is completed; the report says which. On the sample, the fitted mean
+    skull alone fills its opening (no network involved)."""
+    from conftest import SAMPLE_DEFECTIVE
+
+    out = tmp_path / "fitted"
+    assert main(["generate", str(SAMPLE_DEFECTIVE), "-o", str(out), "--method", "fitted", "--device", "cpu",
+                 "--progress", "none", "--no-preview", "--mesh-formats", "vtk"]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["method"] == "fitted"
+    assert report["implant_volume_ml"] > 20  # the sample's opening is about 47 ml

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from ..contract import METHODS
 from ..errors import SparseImplantError
 
 # Not results/bench/, whose committed files the README quotes: those are replaced only on purpose (-o results/bench).
@@ -17,7 +18,6 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / 
 MODES = ("inference", "train")
 GRID_SIZES = ("64", "128", "256", "512")  # the keys of network.GRIDS, here so that parsing needs no torch
 GENERALIZATION_GROUPS = ("skullfix", "defect", "orientation", "rotation", "source")  # generalization.GROUPS
-METHODS = ("network", "mirror", "fitted")  # pipeline.METHODS (not imported: the parser loads without torch)
 WORKER_METHODS = ("sparse", "dense", "minkowski")  # the methods network.worker measures
 
 

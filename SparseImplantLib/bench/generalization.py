@@ -12,7 +12,7 @@ challenge metrics at full resolution against its own ground truth:
 - ``rotation:<axes>``: the head turned by 25 degrees (pitch, roll or yaw, either way), resampled;
 - ``source:<name>``: another skull source: 1 mm voxels, 3 mm slices, bone one voxel thinner or thicker.
 
-The SkullFix and defect groups also run the two baselines the network must beat (``pipeline.generate.METHODS``):
+The SkullFix and defect groups also run the two baselines the network must beat (``contract.METHODS``):
 the defective skull completed by its own mirror image alone, and by the fitted mean skull alone, cut
 into an implant by the same post-processing.
 
@@ -200,6 +200,7 @@ def run_variant(variant: Variant, networks, device, baseline: Optional[np.ndarra
            "seconds": round(seconds, 1),
            "true_ml": round(float(truth.array.sum()) * truth.voxel_volume_mm3 / 1000, 2),
            "implant_ml": round(design.implant_ml, 2), "warnings": design.warnings, "pose": design.pose,
+           "priors": design.priors,  # what the doubts weighed: expected missing bone, agreement with it
            **evaluate_case(implant, truth, defective, completed, case=variant.case)}
     if variant.undo is not None and baseline is not None:
         row["agreement_dsc"] = dice(variant.undo(implant.array), baseline)
@@ -208,7 +209,7 @@ def run_variant(variant: Variant, networks, device, baseline: Optional[np.ndarra
 
 def summarise(rows: Sequence[dict]) -> List[dict]:
     """One line per (group, name, method) and per (group, method): n, mean DSC, bDSC, HD95, failures."""
-    from ..pipeline.generate import METHODS
+    from ..contract import METHODS
 
     lines = []
     keys = sorted({(row["group"], row["name"]) for row in rows}, key=lambda k: (GROUPS.index(k[0]), k[1]))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import __version__, contract
-from ..contract import COMPLETED_FILE, IMPLANT_FILE, MESH_FORMATS, output_names
+from ..contract import COMPLETED_FILE, IMPLANT_FILE, MESH_FORMATS, METHODS, output_names
 from ..errors import SparseImplantError
 from ..evaluate import evaluate_case
 from .doubts import design_doubts
@@ -44,7 +44,6 @@ from .priors import estimate_priors
 from ..progress import ProgressCallback, ProgressEvent, ignore_progress
 from .volume import Volume, paste, resample_mask, resample_soft_mask
 
-METHODS = ("network", "mirror", "fitted")  # how the skull is completed: the network, or one prior alone (baselines)
 
 
 @dataclass
@@ -83,6 +82,8 @@ class GenerateOptions:
             display copies. Default False.
         straighten (bool): lay the network's grid with the scan's bottom cut level and the head
             facing forward (``pose``). Default True.
+        method (str): how the skull is completed (``contract.METHODS``): ``"network"`` (default), or
+            one prior alone, ``"mirror"`` or ``"fitted"`` (``priors.Priors.completed``).
     """
 
     model: Optional[str] = None
@@ -100,6 +101,7 @@ class GenerateOptions:
     preview: bool = True  # preview.png; the Slicer module draws its own views and skips it
     full_resolution_meshes: bool = False  # whole-skull meshes as extracted, not their display copies (display_meshes.display_mesh)
     straighten: bool = True  # lay the network's grid with the scan's bottom cut level and the head facing forward (pose)
+    method: str = "network"  # how the skull is completed (METHODS): the network, or one prior alone
 
 
 @dataclass
@@ -278,7 +280,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
                                      options.keep_logit)
         progress(ProgressEvent("read", 0.05, f"model {networks.info.name} on {device.type}"))
         design = design_implant(defective, networks, device, progress, clock, options.test_time_augmentation,
-                                options.straighten)
+                                options.straighten, options.method)
         completed, implant, device = design.completed, design.implant, design.device
         implant_array = implant.array > 0
         progress(ProgressEvent("meshes", 0.75, "surfaces of the skulls and the implant"))
@@ -324,6 +326,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             "device": device.type,
             "timings_s": clock.timings,
             "threads": _threads(),
+            "method": options.method,
             "network_passes": len(network_passes(options.test_time_augmentation)),
             "voxels": {
                 "defective": int(np.count_nonzero(defective.array)),

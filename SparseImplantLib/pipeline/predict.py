@@ -45,7 +45,7 @@ def predict_cases(data_root: Path, output_dir: Path, cases: Optional[Sequence[st
                 with clock.stage("read"):
                     defective = read_mask(files.defective_path, remedy=NOT_BINARY_REMEDY)
                 design = design_implant(defective, networks, chosen, case_progress, clock,
-                                        options.test_time_augmentation, options.straighten)
+                                        options.test_time_augmentation, options.straighten, options.method)
                 case_progress(ProgressEvent("write", 0.9, "writing"))
                 with clock.stage("write"):
                     write_volume(staging / COMPLETED_FILE, design.completed)

@@ -32,6 +32,7 @@ from scipy.spatial.transform import Rotation
 from ..errors import SparseImplantError
 from ..models.registry import default_model_dir
 from .pose import occupancy_share, spread_sample
+from .postprocess import without_bone_layers
 
 SHAPE_TEMPLATE_FILE = "shape-template.npz"
 CAP_MM = 6.0  # a mirrored voxel this far from bone or further costs the same, wherever it lands
@@ -279,8 +280,9 @@ class Priors:
         """The skull completed by one prior alone (``which``: mirror or fitted), the baselines the network
         is measured against: the defective skull with the prior's bone that fills an opening. A layer one
         voxel thick along the skull is the prior lying a little off (no skull is quite symmetric, nor the
-        mean), not missing bone: the added bone is opened by one voxel, and only its pieces of at least
-        a tenth of the largest are kept, as ``postprocess.extract_implant`` keeps an implant's."""
+        mean), not missing bone: the added bone is opened by one voxel, only its pieces of at least a
+        tenth of the largest are kept, and of those the ones that fill an opening rather than lie on
+        the bone, as ``postprocess.extract_implant`` keeps an implant's."""
         skull = np.asarray(defective) != 0
         prior = self.mirror if which == "mirror" else self.fitted >= FITTED_SITE
         added = ndimage.binary_opening(prior & ~skull, structure=ndimage.generate_binary_structure(3, 1))
@@ -288,7 +290,8 @@ class Priors:
         if count == 0:
             return skull
         sizes = np.bincount(labels.ravel())[1:]
-        return skull | np.isin(labels, np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1)
+        kept = np.isin(labels, np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1)
+        return skull | without_bone_layers(kept, skull)
 
     def missing(self, defective: np.ndarray) -> np.ndarray:
         """Where the priors say bone is missing: the bone either baseline adds (``completed``), between
