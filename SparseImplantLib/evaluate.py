@@ -15,14 +15,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import metrics
-from .metrics import METRICS
 from .contract import COMPLETED_FILE, IMPLANT_FILE
 from .data.datasets import describe_geometry_difference, list_cases
 from .errors import SparseImplantError
+from .metrics import METRICS
 from .outputs import PathLike, atomic_write, staged_output
 from .pipeline.io import mask_from_labels, read_volume
-from .progress import ProgressCallback, ProgressEvent, ignore_progress
 from .pipeline.volume import Volume
+from .progress import ProgressCallback, ProgressEvent, ignore_progress
 
 REPORT_MARKDOWN = "evaluation.md"
 REPORT_JSON = "evaluation.json"

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import oblique_direction, shell_skull
 from SparseImplantLib.data.defects import DEFECT_KINDS
+from SparseImplantLib.pipeline.volume import Volume
 from SparseImplantLib.train.augment import OWN_DEFECT, Augmentation, Pose, draw, posed_grid, rotation_matrix, sample_posed
 from SparseImplantLib.train.samples import make_source
-from SparseImplantLib.pipeline.volume import Volume
 
 STEADY = Augmentation.preset("none")
 

@@ -11,9 +11,9 @@ import json
 
 import pytest
 
-from SparseImplantLib.pipeline.io import read_mask
 from SparseImplantLib.metrics import dice, hd95
 from SparseImplantLib.models.registry import find_model, load_network
+from SparseImplantLib.pipeline.io import read_mask
 
 # The model card (README, "Bundled model") lists case 050; these floors leave room for CPU/BLAS noise
 # while still failing on a broken model, a wrong pruning threshold or a geometry mix-up.

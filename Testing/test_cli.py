@@ -17,11 +17,11 @@ import SimpleITK as sitk
 from conftest import PROJECT_ROOT, make_registry
 from SparseImplantLib.cli import main
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.pipeline.io import read_mask, write_volume
-from SparseImplantLib.surfaces.meshes import read_mesh
 from SparseImplantLib.outputs import MANIFEST
-from SparseImplantLib.progress import ProgressEvent
+from SparseImplantLib.pipeline.io import read_mask, write_volume
 from SparseImplantLib.pipeline.volume import Volume
+from SparseImplantLib.progress import ProgressEvent
+from SparseImplantLib.surfaces.meshes import read_mesh
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core is part of the test extras")
 
 from conftest import shown_in_view, skull_segmentation  # noqa: E402
+from SparseImplantLib.errors import SparseImplantError  # noqa: E402
+from SparseImplantLib.outputs import MANIFEST  # noqa: E402
+from SparseImplantLib.pipeline.io import read_mask, read_volume  # noqa: E402
 from SparseImplantLib.slicer import scene_input, scene_results, scene_views  # noqa: E402
 from SparseImplantLib.slicer.designer import LIBRARY_PARENT, DesignInputs, ImplantDesigner  # noqa: E402
-from SparseImplantLib.errors import SparseImplantError  # noqa: E402
-from SparseImplantLib.pipeline.io import read_mask, read_volume  # noqa: E402
-from SparseImplantLib.outputs import MANIFEST  # noqa: E402
 
 
 def run_to_end(job, timeout_s: float = 300.0):

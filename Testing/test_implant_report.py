@@ -12,9 +12,9 @@ from vtkmodules.vtkCommonCore import vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
 
 from conftest import oblique_direction
+from SparseImplantLib.pipeline.volume import Volume
 from SparseImplantLib.surfaces.from_masks import surface_from_mask, without_specks
 from SparseImplantLib.surfaces.implant_report import border_fit_mm, implant_report, local_thickness_mm, mass_properties
-from SparseImplantLib.pipeline.volume import Volume
 
 CT_SPACING = (0.48, 0.48, 0.63)  # a head CT's grid (SkullFix: 0.48 x 0.48 x 0.63 mm)
 

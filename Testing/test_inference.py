@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from conftest import SAMPLE_IMPLANT, oblique_direction
-from SparseImplantLib.pipeline import inference
-from SparseImplantLib.pipeline.io import read_mask
 from SparseImplantLib.models.completion import CompletionNet
 from SparseImplantLib.models.registry import ModelInfo
+from SparseImplantLib.pipeline import inference
+from SparseImplantLib.pipeline.io import read_mask
 from SparseImplantLib.pipeline.priors import Priors
-from SparseImplantLib.progress import ProgressEvent
 from SparseImplantLib.pipeline.volume import Volume, reorient, undo_reorient
+from SparseImplantLib.progress import ProgressEvent
 
 
 def test_averaged_passes_undo_their_flip_and_shift(monkeypatch):

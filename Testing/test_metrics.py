@@ -11,11 +11,11 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from conftest import SAMPLE_DEFECTIVE, SAMPLE_IMPLANT, oblique_direction, shell_skull
-from SparseImplantLib.errors import SparseImplantError
 from SparseImplantLib.cli import build_parser
+from SparseImplantLib.errors import SparseImplantError
 from SparseImplantLib.evaluate import evaluate_case, evaluate_folders
-from SparseImplantLib.pipeline.io import read_mask, write_volume
 from SparseImplantLib.metrics import border_dice, completed_skull_dice, dice, hd95
+from SparseImplantLib.pipeline.io import read_mask, write_volume
 from SparseImplantLib.pipeline.volume import Volume
 
 SPACING = (0.5, 0.7, 2.0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from SparseImplantLib.cli import main
 from SparseImplantLib.contract import output_names
-from SparseImplantLib.pipeline.io import write_volume
 from SparseImplantLib.outputs import MANIFEST
+from SparseImplantLib.pipeline.io import write_volume
 
 
 def test_no_preview_writes_every_output_but_the_png(tmp_path, model_dir, synthetic_skull):

@@ -14,8 +14,8 @@ import pytest
 
 from conftest import PROJECT_ROOT
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.pipeline.io import write_volume
 from SparseImplantLib.outputs import HOST, LOCK, MANIFEST, UNMOVED_PREFIX, staged_output
+from SparseImplantLib.pipeline.io import write_volume
 
 
 @pytest.fixture

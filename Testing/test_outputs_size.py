@@ -11,12 +11,12 @@ from vtkmodules.vtkFiltersCore import vtkCellCenters, vtkPolyDataConnectivityFil
 
 from conftest import SAMPLE_DEFECTIVE
 from SparseImplantLib import contract
-from SparseImplantLib.surfaces import display_meshes, distances, from_masks, meshes
 from SparseImplantLib.bench.generate import TARGET_MEGABYTES
 from SparseImplantLib.cli import build_parser
-from SparseImplantLib.pipeline.io import read_mask, read_volume
 from SparseImplantLib.outputs import MANIFEST
 from SparseImplantLib.pipeline.generate import GenerateOptions, generate, output_names
+from SparseImplantLib.pipeline.io import read_mask, read_volume
+from SparseImplantLib.surfaces import display_meshes, distances, from_masks, meshes
 
 pytestmark = pytest.mark.slow
 

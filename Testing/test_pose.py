@@ -7,13 +7,13 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from conftest import SAMPLE_DEFECTIVE, SAMPLE_IMPLANT
-from SparseImplantLib.pipeline import doubts, pose
 from SparseImplantLib.bench.generalization import rotated
+from SparseImplantLib.models.registry import ModelInfo
+from SparseImplantLib.pipeline import doubts, pose
 from SparseImplantLib.pipeline.inference import model_grid_input
 from SparseImplantLib.pipeline.io import read_mask
-from SparseImplantLib.models.registry import ModelInfo
-from SparseImplantLib.train.augment import rotation_matrix
 from SparseImplantLib.pipeline.volume import Volume, canonical_grid
+from SparseImplantLib.train.augment import rotation_matrix
 
 CUT_SLOPE = 0.25  # the ovoid's base is cut by the plane up = -30 + 0.25 * back (mm): tilted 14° about L
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from SparseImplantLib.pipeline import generate as pipeline
-from SparseImplantLib.pipeline import predict as batch
 from SparseImplantLib.cli import main
 from SparseImplantLib.errors import SparseImplantError
 from SparseImplantLib.outputs import MANIFEST
+from SparseImplantLib.pipeline import generate as pipeline
+from SparseImplantLib.pipeline import predict as batch
 from SparseImplantLib.progress import PROGRESS_PREFIX, ProgressEvent, ignore_progress
 
 REPORT_KEYS = {"case", "input", "model", "refinement", "device", "implant_volume_ml", "warnings", "pose", "priors",

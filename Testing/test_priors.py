@@ -18,8 +18,8 @@ from SparseImplantLib.pipeline.priors import (
     fit_points,
     mirrored_mask,
 )
-from SparseImplantLib.sparse import from_mask, to_mask
 from SparseImplantLib.pipeline.superres import batch_input
+from SparseImplantLib.sparse import from_mask, to_mask
 
 SPACING = 2.0
 SHAPE = (90, 100, 80)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import read_png, shell_skull
+from SparseImplantLib.pipeline.volume import Volume
 from SparseImplantLib.surfaces import from_masks
 from SparseImplantLib.surfaces.distances import add_signed_distance
 from SparseImplantLib.surfaces.render import (
@@ -19,7 +20,6 @@ from SparseImplantLib.surfaces.render import (
     offscreen_window,
     render_three_panel,
 )
-from SparseImplantLib.pipeline.volume import Volume
 
 
 def test_lookup_table_is_diverging_and_centred():

@@ -13,14 +13,14 @@ vtk = pytest.importorskip("vtk")
 from vtk.util.numpy_support import vtk_to_numpy  # noqa: E402
 
 from conftest import load_utility, read_png, shown_in_view  # noqa: E402
-from SparseImplantLib.slicer import scene_input, scene_results, scene_views  # noqa: E402
 from SparseImplantLib.contract import DISTANCE_ARRAY  # noqa: E402
-from SparseImplantLib.surfaces.distances import add_signed_distance  # noqa: E402
 from SparseImplantLib.errors import SparseImplantError  # noqa: E402
+from SparseImplantLib.pipeline.volume import LPS_TO_RAS, Volume  # noqa: E402
+from SparseImplantLib.slicer import scene_input, scene_results, scene_views  # noqa: E402
+from SparseImplantLib.surfaces.distances import add_signed_distance  # noqa: E402
 from SparseImplantLib.surfaces.from_masks import surface_from_mask  # noqa: E402
 from SparseImplantLib.surfaces.meshes import transform_polydata  # noqa: E402
 from SparseImplantLib.surfaces.render import defect_camera  # noqa: E402
-from SparseImplantLib.pipeline.volume import LPS_TO_RAS, Volume  # noqa: E402
 
 
 @pytest.fixture

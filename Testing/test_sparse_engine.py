@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from SparseImplantLib.sparse.halo_table import HALO_TABLE_MIN_VOXELS, halo_table_for
-from SparseImplantLib.sparse.kernel_map import CoordinateManager, kernel_offsets
-from SparseImplantLib.sparse.keys import CoordinateSet
 from SparseImplantLib.sparse import (
     BatchNorm, Conv3d, GenerativeConvTranspose3d, ReLU, SparseTensor, from_mask, pack, prune, target_mask, to_dense, unpack,
 )
+from SparseImplantLib.sparse.halo_table import HALO_TABLE_MIN_VOXELS, halo_table_for
+from SparseImplantLib.sparse.kernel_map import CoordinateManager, kernel_offsets
+from SparseImplantLib.sparse.keys import CoordinateSet
 
 
 def dense_weight(kernel: torch.Tensor, k: int) -> torch.Tensor:

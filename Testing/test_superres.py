@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import shell_skull
-from SparseImplantLib.pipeline import superres
 from SparseImplantLib.cli import main
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.pipeline.io import write_volume
 from SparseImplantLib.models.completion import CHANNEL_PRESETS, CompletionNet
 from SparseImplantLib.models.registry import ModelInfo, find_model, find_refiner, load_registry, save_network, write_registry
+from SparseImplantLib.pipeline import superres
+from SparseImplantLib.pipeline.io import write_volume
 from SparseImplantLib.pipeline.volume import Volume
 
 

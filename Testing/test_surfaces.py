@@ -10,10 +10,10 @@ from vtkmodules.vtkCommonCore import vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 
 from conftest import oblique_direction, shell_skull
-from SparseImplantLib.surfaces import display_meshes, distances, from_masks, meshes
 from SparseImplantLib.contract import DISTANCE_ARRAY
 from SparseImplantLib.errors import SparseImplantError
 from SparseImplantLib.pipeline.volume import Volume
+from SparseImplantLib.surfaces import display_meshes, distances, from_masks, meshes
 
 
 def box_mask(shape=(30, 28, 26), low=(8, 7, 6), high=(20, 19, 16)) -> np.ndarray:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import PROJECT_ROOT, make_registry, shell_skull
-from SparseImplantLib.pipeline.volume import Volume
 from SparseImplantLib.cli import main
 from SparseImplantLib.models.registry import ModelInfo, load_network
+from SparseImplantLib.pipeline.volume import Volume
 
 
 def train_args(data, output, iterations, *extra):

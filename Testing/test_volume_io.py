@@ -8,8 +8,8 @@ import pytest
 
 from conftest import SAMPLE_DEFECTIVE
 from SparseImplantLib.errors import SparseImplantError
-from SparseImplantLib.pipeline.io import read_mask, read_volume, write_volume
 from SparseImplantLib.outputs import MANIFEST, staged_output
+from SparseImplantLib.pipeline.io import read_mask, read_volume, write_volume
 from SparseImplantLib.pipeline.volume import Volume, crop, foreground_box, paste, resample_mask, resample_mask_to_spacing
 
 

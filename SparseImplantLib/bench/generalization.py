@@ -243,9 +243,7 @@ def run(data_root: Path, cases: Sequence[str], output_dir: Path, model: Optional
     from ..pipeline.inference import load_networks, select_device
 
     device = select_device(device_name)
-    networks = load_networks(model, "none", device, model_dir)
-    if keep_logit is not None:
-        networks.completion.keep_logit = keep_logit
+    networks = load_networks(model, "none", device, model_dir, keep_logit)
     rows: List[dict] = []
     baseline: Tuple[str, Optional[np.ndarray]] = ("", None)  # the stored file's implant of the current case
     for variant in build_suite(data_root, cases, groups):

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from ..errors import SparseImplantError
-from ..outputs import atomic_write
 from ..models.completion import CHANNEL_PRESETS, LEVELS, CompletionNet, completion_loss
 from ..models.dense_twin import GRID_MULTIPLE, DenseCompletionNet
+from ..outputs import atomic_write
 from ..sparse import Conv3d, GenerativeConvTranspose3d, from_mask
 from .memory import available_mb, current_rss_mb, peak_rss_mb, reset_peak
 from .report import markdown_table, write_results

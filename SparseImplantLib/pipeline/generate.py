@@ -24,8 +24,10 @@ from .. import __version__, contract
 from ..contract import COMPLETED_FILE, IMPLANT_FILE, MESH_FORMATS, METHODS, output_names
 from ..errors import SparseImplantError
 from ..evaluate import evaluate_case
-from .doubts import design_doubts
 from ..metrics import dice
+from ..outputs import staged_output
+from ..progress import ProgressCallback, ProgressEvent, ignore_progress
+from .doubts import design_doubts
 from .inference import (
     OUTPUT_SMOOTHING,
     Networks,
@@ -37,13 +39,10 @@ from .inference import (
     select_device,
 )
 from .io import read_mask, write_volume
-from ..outputs import staged_output
 from .pose import measure_head, straighten_head
 from .postprocess import extract_implant
 from .priors import estimate_priors
-from ..progress import ProgressCallback, ProgressEvent, ignore_progress
 from .volume import Volume, paste, resample_mask, resample_soft_mask
-
 
 
 @dataclass

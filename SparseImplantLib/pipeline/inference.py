@@ -20,9 +20,9 @@ from ..contract import DEVICES
 from ..errors import SparseImplantError
 from ..models.completion import CompletionNet
 from ..models.registry import ModelInfo, find_model, find_refiner, load_network
-from .priors import Priors, channel_input
 from ..progress import ProgressCallback, ProgressEvent, ignore_progress
 from ..sparse import to_mask
+from .priors import Priors, channel_input
 from .superres import batch_input, refine_skull
 from .volume import Box, Volume, canonical_grid, crop, foreground_box, paste, resample_mask
 

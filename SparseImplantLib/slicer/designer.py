@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
-from . import scene_results
-from .scene_input import segment_to_volume, volume_from_node
-from .scene_views import three_view_nodes
 from ..errors import SparseImplantError
 from ..pipeline.io import write_volume
 from ..pipeline.refusals import check_skull_mask
+from . import scene_results
 from .job import GenerateJob, GenerateRequest
+from .scene_input import segment_to_volume, volume_from_node
+from .scene_views import three_view_nodes
 
 LIBRARY_PARENT = Path(__file__).resolve().parents[1]  # folder holding SparseImplantLib (module dir in Slicer)
 

@@ -20,9 +20,9 @@ from vtkmodules.vtkFiltersCore import vtkImplicitPolyDataDistance
 
 from ..contract import DISTANCE_ARRAY
 from ..errors import SparseImplantError
+from ..pipeline.volume import LPS_TO_RAS, Volume, foreground_box
 from .from_masks import surface_reach_mm
 from .meshes import without_zero_area_triangles
-from ..pipeline.volume import LPS_TO_RAS, Volume, foreground_box
 
 
 def signed_distance(surface: vtkPolyData, reference: vtkPolyData, where: Optional[np.ndarray] = None) -> np.ndarray:

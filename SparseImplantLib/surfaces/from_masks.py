@@ -26,8 +26,8 @@ from vtkmodules.vtkFiltersCore import (
 )
 from vtkmodules.vtkImagingGeneral import vtkImageGaussianSmooth
 
-from .meshes import COORDINATE_SYSTEMS, image_data, transform_polydata
 from ..pipeline.volume import LPS_TO_RAS, Volume, foreground_box
+from .meshes import COORDINATE_SYSTEMS, image_data, transform_polydata
 
 PAD = 3  # zero voxels around the cropped mask: room for the blur, so the surface stays closed
 SMOOTHING_ITERATIONS = 20

@@ -20,10 +20,10 @@ from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 from vtkmodules.vtkFiltersCore import vtkMassProperties, vtkTriangleFilter
 
+from ..pipeline.volume import Volume, find_foreground_box
 from .distances import signed_distance
 from .from_masks import with_normals
 from .meshes import open_edge_counts
-from ..pipeline.volume import Volume, find_foreground_box
 
 BORDER_REACH_MM = 5.0  # skull vertices this close to the implant (either side of its surface) can be its border
 FACING_COSINE = -float(np.cos(np.radians(30.0)))  # skull faces implant: normals within 30 degrees of opposite
