@@ -10,10 +10,11 @@ import pytest
 from vtkmodules.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray, vtk_to_numpy
 from vtkmodules.vtkCommonCore import vtkPoints
 from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkPolyData
+from vtkmodules.vtkFiltersGeneral import vtkCurvatures
 
 from conftest import oblique_direction
 from SparseImplantLib.pipeline.volume import Volume
-from SparseImplantLib.surfaces.from_masks import surface_from_mask, without_specks
+from SparseImplantLib.surfaces.from_masks import distance_to_vertices, printable_implant_surface, surface_from_mask, without_specks
 from SparseImplantLib.surfaces.implant_report import border_fit_mm, implant_report, local_thickness_mm, mass_properties
 
 CT_SPACING = (0.48, 0.48, 0.63)  # a head CT's grid (SkullFix: 0.48 x 0.48 x 0.63 mm)
@@ -53,7 +54,8 @@ def skull_with_hole(implant_radius, spacing=(0.5, 0.5, 0.5), thickness=5.0, radi
 
 
 def surfaces(defective: Volume, implant: Volume):
-    return surface_from_mask(defective), without_specks(surface_from_mask(implant))
+    skull_surface = surface_from_mask(defective)
+    return skull_surface, printable_implant_surface(implant, skull_surface)
 
 
 @pytest.mark.parametrize("voxels", [7, 8])
@@ -191,3 +193,30 @@ def test_generate_puts_the_report_in_report_json(tmp_path, monkeypatch, model_di
     assert fit["thickness_mm"]["median"] == pytest.approx(5.0, abs=0.25)
     assert fit["gap_mm"] < 0.25 and fit["overlap_mm"] < 0.25 and fit["watertight"] is True
     assert fit["volume_ml"] == pytest.approx(report["implant_volume_ml"], rel=0.03) and fit["seconds"] < 5
+
+
+def median_mean_curvature(surface, skull_surface, from_skull_mm=5.0) -> float:
+    """Median |mean curvature| (1/mm) of the vertices at least ``from_skull_mm`` from the skull: a smooth
+    cap of radius R gives 1/R, voxel steps many times more."""
+    curvatures = vtkCurvatures()
+    curvatures.SetInputData(surface)
+    curvatures.SetCurvatureTypeToMean()
+    curvatures.Update()
+    values = np.abs(vtk_to_numpy(curvatures.GetOutput().GetPointData().GetArray("Mean_Curvature")))
+    points = vtk_to_numpy(surface.GetPoints().GetData()).astype(float)
+    return float(np.median(values[distance_to_vertices(points, skull_surface, from_skull_mm) >= from_skull_mm]))
+
+
+def test_the_printed_implant_is_smooth_where_its_mask_is_stepped_and_fits_the_border_as_before():
+    """Issue 29, item 2: a cap cut from spherical shells of radius 37.5 and 42.5 mm, on a CT grid: the
+    skulls' light smoothing leaves its voxel steps (curvature many times 1/R); the printed surface is as
+    curved as the spheres, and keeps the border gap, overlap and watertightness of the light one."""
+    defective, implant = skull_with_hole(16.0, spacing=CT_SPACING, hole=16.0)
+    skull_surface = surface_from_mask(defective)
+    stepped = without_specks(surface_from_mask(implant))
+    printed = printable_implant_surface(implant, skull_surface)
+    sphere = 1 / 40.0
+    assert median_mean_curvature(stepped, skull_surface) > 3 * sphere
+    assert median_mean_curvature(printed, skull_surface) == pytest.approx(sphere, rel=0.3)
+    assert border_fit_mm(printed, skull_surface) == border_fit_mm(stepped, skull_surface)
+    assert implant_report(printed, implant, skull_surface).watertight

@@ -259,7 +259,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
     """
     from ..surfaces.display_meshes import display_mesh
     from ..surfaces.distances import add_signed_distance, distance_statistics, vertices_near_changes
-    from ..surfaces.from_masks import surface_from_mask, without_specks
+    from ..surfaces.from_masks import printable_implant_surface, surface_from_mask
     from ..surfaces.implant_report import implant_report
     from ..surfaces.meshes import export_mesh
 
@@ -286,7 +286,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
         with clock.stage("meshes"):  # several seconds: each step moves the bar
             completed_surface = surface_from_mask(completed)
             defective_surface = surface_from_mask(defective)
-            implant_surface = without_specks(surface_from_mask(implant)) if implant_array.any() else None
+            implant_surface = printable_implant_surface(implant, defective_surface) if implant_array.any() else None
             progress(ProgressEvent("meshes", 0.8, "display meshes"))
             completed_view, defective_view = display_mesh(completed_surface), display_mesh(defective_surface)
             progress(ProgressEvent("meshes", 0.85, "signed distances and the implant report"))

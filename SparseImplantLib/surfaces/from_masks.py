@@ -14,7 +14,8 @@ import math
 import os
 
 import numpy as np
-from vtkmodules.util.numpy_support import vtk_to_numpy
+from scipy.spatial import cKDTree
+from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 from vtkmodules.vtkCommonCore import vtkSMPTools
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 from vtkmodules.vtkFiltersCore import (
@@ -31,7 +32,18 @@ from .meshes import COORDINATE_SYSTEMS, image_data, transform_polydata
 
 PAD = 3  # zero voxels around the cropped mask: room for the blur, so the surface stays closed
 SMOOTHING_ITERATIONS = 20
+PASS_BAND = 0.01  # Slicer's smoothing factor 0.5
 BLUR_SIGMA_VOXELS = 0.6
+# The implant's mask comes from a smooth field cut at one half, so its voxel steps are regular: where
+# the surface runs nearly parallel to a grid plane they shade as rings (the steps of a contour map).
+# The printed implant's faces are smoothed harder than the skulls' (IMPLANT_*), which takes the rings
+# away; near the skull (within BORDER_KEEP_MM, blending in up to BORDER_BLEND_MM) it keeps the lightly
+# smoothed surface, so its fit to the defect border is that of its mask, as the lab report measures it
+# (results/notes/experiments.md, "Ripples").
+IMPLANT_SMOOTHING_ITERATIONS = 60
+IMPLANT_PASS_BAND = 0.001
+BORDER_KEEP_MM = 2.5
+BORDER_BLEND_MM = 4.0
 
 # VTK's wheels start with the sequential SMP backend; threads make surface extraction and smoothing
 # faster with identical output (README, Benchmarks). A backend chosen by the host (Slicer's TBB, or the
@@ -60,12 +72,46 @@ def without_specks(surface: vtkPolyData, least_share: float = 0.1) -> vtkPolyDat
     return kept
 
 
+def printable_implant_surface(implant: Volume, skull_surface: vtkPolyData) -> vtkPolyData:
+    """The implant's mesh as printed, without specks: its faces smoothed free of voxel rings, its rim
+    where it meets ``skull_surface`` (the defective skull's surface in LPS mm) as lightly smoothed as
+    the skulls', so the border fit stays that of the mask."""
+    light = without_specks(surface_from_mask(implant))
+    if light.GetNumberOfPoints() == 0:
+        return light
+    smoother = _windowed_sinc(light, IMPLANT_SMOOTHING_ITERATIONS, IMPLANT_PASS_BAND)
+    points = vtk_to_numpy(light.GetPoints().GetData()).astype(np.float64)
+    smoothed = vtk_to_numpy(smoother.GetPoints().GetData()).astype(np.float64)
+    to_skull = distance_to_vertices(points, skull_surface, BORDER_BLEND_MM)
+    weight = np.clip((to_skull - BORDER_KEEP_MM) / (BORDER_BLEND_MM - BORDER_KEEP_MM), 0.0, 1.0)[:, None]
+    result = vtkPolyData()
+    result.DeepCopy(light)
+    result.GetPoints().SetData(numpy_to_vtk(points + weight * (smoothed - points), deep=True))
+    return with_normals(result)
+
+
+def distance_to_vertices(points: np.ndarray, surface: vtkPolyData, reach_mm: float) -> np.ndarray:
+    """Distance (mm) from each of ``points`` to the nearest vertex of ``surface``, capped at ``reach_mm``:
+    only the surface's vertices within reach of the points' box are looked at."""
+    if surface.GetNumberOfPoints() == 0:
+        return np.full(len(points), reach_mm)
+    vertices = vtk_to_numpy(surface.GetPoints().GetData())
+    low, high = points.min(axis=0) - reach_mm, points.max(axis=0) + reach_mm
+    near = vertices[np.all((vertices >= low) & (vertices <= high), axis=1)]
+    if len(near) == 0:
+        return np.full(len(points), reach_mm)
+    distances, _ = cKDTree(near).query(points, distance_upper_bound=reach_mm)
+    return np.minimum(distances, reach_mm)
+
+
 def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERATIONS, decimate: float = 0.0,
-                      coordinates: str = "LPS", smoothing_sigma_voxels: float = BLUR_SIGMA_VOXELS) -> vtkPolyData:
+                      coordinates: str = "LPS", smoothing_sigma_voxels: float = BLUR_SIGMA_VOXELS,
+                      pass_band: float = PASS_BAND) -> vtkPolyData:
     """Closed triangle surface of the non-zero voxels, in LPS (default) or RAS millimetres.
 
     The 0.5 iso-surface of the mask blurred by ``smoothing_sigma_voxels``, then windowed-sinc smoothed
-    (``smoothing_iterations``, 0 = none); ``decimate`` is the fraction of triangles to remove.
+    (``smoothing_iterations``, 0 = none, with ``pass_band``: lower is smoother); ``decimate`` is the
+    fraction of triangles to remove.
     """
     if coordinates not in COORDINATE_SYSTEMS:
         raise ValueError(f"coordinates must be one of {COORDINATE_SYSTEMS}")
@@ -93,16 +139,7 @@ def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERAT
     contour.Update()
     surface = contour.GetOutput()
     if smoothing_iterations > 0:
-        smoother = vtkWindowedSincPolyDataFilter()
-        smoother.SetInputData(surface)
-        smoother.SetNumberOfIterations(smoothing_iterations)
-        smoother.SetPassBand(0.01)  # Slicer's smoothing factor 0.5
-        smoother.BoundarySmoothingOff()
-        smoother.FeatureEdgeSmoothingOff()
-        smoother.NonManifoldSmoothingOn()
-        smoother.NormalizeCoordinatesOn()
-        smoother.Update()
-        surface = smoother.GetOutput()
+        surface = _windowed_sinc(surface, smoothing_iterations, pass_band)
 
     if decimate > 0:
         decimator = vtkQuadricDecimation()
@@ -119,6 +156,21 @@ def surface_from_mask(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERAT
         matrix = LPS_TO_RAS @ matrix
     surface = transform_polydata(surface, matrix)
     return with_normals(surface)
+
+
+def _windowed_sinc(surface: vtkPolyData, iterations: int, pass_band: float) -> vtkPolyData:
+    """VTK's windowed-sinc smoothing (Slicer's surface smoothing): moves vertices only, so a closed,
+    manifold surface stays so; a lower ``pass_band`` smooths more."""
+    smoother = vtkWindowedSincPolyDataFilter()
+    smoother.SetInputData(surface)
+    smoother.SetNumberOfIterations(iterations)
+    smoother.SetPassBand(pass_band)
+    smoother.BoundarySmoothingOff()
+    smoother.FeatureEdgeSmoothingOff()
+    smoother.NonManifoldSmoothingOn()
+    smoother.NormalizeCoordinatesOn()
+    smoother.Update()
+    return smoother.GetOutput()
 
 
 def with_normals(surface: vtkPolyData) -> vtkPolyData:
