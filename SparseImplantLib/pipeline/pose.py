@@ -220,13 +220,15 @@ def _turned(angles_deg: np.ndarray) -> np.ndarray:
     return Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()
 
 
-def estimate_pose(mask: Volume, template: Optional[Template] = None, axes: Optional[np.ndarray] = None) -> Optional[Pose]:
+def estimate_pose(mask: Volume, template: Optional[Template] = None, axes: Optional[np.ndarray] = None,
+                  points: Optional[np.ndarray] = None) -> Optional[Pose]:
     """The rotation R that best lays the skull onto the template: the skull's points p, seen as
     R^T (p - centroid) + shift, fall where the training skulls have bone. With ``axes`` (the network's
     grid axes), p are taken along those axes: the turn is the one the network sees. None when the
-    skull is too small or thin to show at the template's 4 mm (``doubts.skull_doubts`` says so about its size)."""
+    skull is too small or thin to show at the template's 4 mm (``doubts.skull_doubts`` says so about its
+    size). ``points``: the mask's ``skull_points`` at the template's spacing, when already taken."""
     template = template or load_template()
-    points = skull_points(mask, template.spacing)
+    points = skull_points(mask, template.spacing) if points is None else points
     if len(points) < 4:
         return None
     return pose_of_points(points if axes is None else points @ axes, template)
@@ -281,13 +283,14 @@ def _cube_turns() -> List[np.ndarray]:
     return turns
 
 
-def upright_axes(mask: Volume, template: Optional[Template] = None) -> np.ndarray:
+def upright_axes(mask: Volume, template: Optional[Template] = None, points: Optional[np.ndarray] = None) -> np.ndarray:
     """Grid axes (columns, LPS) on which the head lies within about 45° of upright: of the 24 quarter-turn
     frames, the one where the skull, turned by up to ``GROSS_LOCAL_DEG`` more, best matches the mean
     training skull; L, P, S unless another beats them by ``GROSS_MARGIN`` (a header that says the head
-    lies on its side or upside down, or a prone scan stored as supine)."""
+    lies on its side or upside down, or a prone scan stored as supine). ``points``: the mask's
+    ``skull_points`` at the template's spacing, when already taken."""
     template = template or load_template()
-    points = skull_points(mask, template.spacing)
+    points = skull_points(mask, template.spacing) if points is None else points
     if len(points) < 4:
         return np.eye(3)
     offsets = spread_sample(points - points.mean(axis=0), GROSS_POINTS)
@@ -307,10 +310,12 @@ def upright_axes(mask: Volume, template: Optional[Template] = None) -> np.ndarra
 def straighten_head(mask: Volume, template: Optional[Template] = None) -> Straightening:
     """Turn a head lying on its side or upside down upright (``upright_axes``), level the scan's bottom
     cut, turn the head to face forward, and measure the head's remaining turn."""
-    axes = upright_axes(mask, template)
+    template = template or load_template()
+    points = skull_points(mask, template.spacing)  # resampling the mask costs more than both fits
+    axes = upright_axes(mask, template, points)
     cut = find_cut(mask, down=-axes[:, 2])
     axes = cut.levelling(axes) if cut is not None else axes
-    pose = estimate_pose(mask, template, axes=axes)
+    pose = estimate_pose(mask, template, axes=axes, points=points)
     yaw = 0.0
     if pose is not None:
         yaw = pose.yaw_deg
