@@ -40,6 +40,11 @@ AGREE_MM = 2.5  # a mirrored voxel within this of bone agrees with the skull (ab
 MIRROR_SEARCH_DEG = 35.0  # the plane's normal is sought within this of the grid's left-right axis
 MIRROR_OFFSET_MM = 15.0  # ... and its offset within this of the skull's middle
 FIT_SEARCH_DEG = 30.0  # the mean skull's turn is sought within this about each axis: beyond pose.TRAINING_TURN_DEG
+# The skull's centroid sits higher or lower in it with the scan's bottom cut: the fit starts from each
+# of these heights too. From the centroid alone, a complete skull cut low (SkullFix 056) was fitted
+# turned 132° (residual 2.66 mm; the mean skull's bone as a 127 ml thick layer); from 8-16 mm lower,
+# 0.31 mm (results/notes/experiments.md, "Fitted mean skull").
+FIT_HEIGHT_STARTS_MM = (-16.0, -8.0, 0.0, 8.0, 16.0)
 FIT_SCALE_LIMIT = 0.2  # per-axis scale within exp(+-this): 0.82-1.22, wider than adult skulls differ
 FITTED_SITE = 0.5  # grid voxels where the fitted mean skull has at least this share of skulls hold a site
 SAMPLE_POINTS = 4000  # skull voxels the fits look at (a fixed, evenly spread subset)
@@ -210,9 +215,10 @@ def fit_shape(mask: np.ndarray, spacing: float, template: Optional[ShapeTemplate
 
 def fit_points(points: np.ndarray, template: ShapeTemplate, rotation: Optional[np.ndarray] = None) -> ShapeFit:
     """The turn, per-axis scale and shift that put the skull's voxels (``points``, mm) nearest the mean
-    skull's bone (distances capped at ``CAP_MM``, so bone the mean skull lacks cannot pull the fit). ``rotation`` (columns: the skull's own axes in the points' frame, e.g.
-    ``pose.Pose.rotation``) starts the search; without it, turns up to ``FIT_SEARCH_DEG`` about each
-    axis are tried."""
+    skull's bone (distances capped at ``CAP_MM``, so bone the mean skull lacks cannot pull the fit).
+    ``rotation`` (columns: the skull's own axes in the points' frame, e.g. ``pose.Pose.rotation``)
+    starts the search; without it, turns up to ``FIT_SEARCH_DEG`` about each axis are tried, each
+    from the heights ``FIT_HEIGHT_STARTS_MM``, and the best of them refined."""
     centre = points.mean(axis=0)
     sample, coarse = spread_sample(points - centre, SAMPLE_POINTS), spread_sample(points - centre, 800)
 
@@ -224,11 +230,12 @@ def fit_points(points: np.ndarray, template: ShapeTemplate, rotation: Optional[n
         return float(template.sample(u, capped, outside=CAP_MM).mean()) + penalty
 
     if rotation is not None:
-        starts = [Rotation.from_matrix(rotation).as_rotvec()]
+        turns = [Rotation.from_matrix(rotation).as_rotvec()]
     else:
         steps = np.deg2rad(np.arange(-FIT_SEARCH_DEG, FIT_SEARCH_DEG + 1e-9, 10.0))
-        starts = [Rotation.from_euler("xyz", angles).as_rotvec() for angles in itertools.product(steps, repeat=3)]
-    start = min((np.concatenate([rotvec, np.zeros(6)]) for rotvec in starts), key=lambda p: mismatch(p, coarse))
+        turns = [Rotation.from_euler("xyz", angles).as_rotvec() for angles in itertools.product(steps, repeat=3)]
+    starts = (np.concatenate([rotvec, np.zeros(5), [height]]) for rotvec in turns for height in FIT_HEIGHT_STARTS_MM)
+    start = min(starts, key=lambda p: mismatch(p, coarse))
     refined = optimize.minimize(mismatch, start, args=(sample,), method="Powell",
                                 options={"xtol": 1e-3, "ftol": 1e-5, "maxfev": 3000})
     matrix = _fit_matrix(refined.x)
@@ -282,10 +289,12 @@ class Priors:
         voxel thick along the skull is the prior lying a little off (no skull is quite symmetric, nor the
         mean), not missing bone: the added bone is opened by one voxel, only its pieces of at least a
         tenth of the largest are kept, and of those the ones that fill an opening rather than lie on
-        the bone, as ``postprocess.extract_implant`` keeps an implant's."""
+        the bone, as ``postprocess.extract_implant`` keeps an implant's; none below the skull's lowest
+        slice (``_within_field``)."""
         skull = np.asarray(defective) != 0
         prior = self.mirror if which == "mirror" else self.fitted >= FITTED_SITE
-        added = ndimage.binary_opening(prior & ~skull, structure=ndimage.generate_binary_structure(3, 1))
+        added = ndimage.binary_opening(_within_field(prior & ~skull, skull),
+                                       structure=ndimage.generate_binary_structure(3, 1))
         labels, count = ndimage.label(added, structure=np.ones((3, 3, 3)))
         if count == 0:
             return skull
@@ -294,17 +303,21 @@ class Priors:
         return skull | without_bone_layers(kept, skull)
 
     def missing(self, defective: np.ndarray) -> np.ndarray:
-        """Where the priors say bone is missing: the bone either baseline adds (``completed``), between
-        the skull's lowest slice (plus ``FIELD_MARGIN`` voxels) and its top: below, a scan's field of
-        view may end anywhere, which no prior can tell from missing bone."""
+        """Where the priors say bone is missing: the bone either baseline adds (``completed``)."""
         skull = np.asarray(defective) != 0
-        expected = (self.completed(skull, "mirror") | self.completed(skull, "fitted")) & ~skull
-        levels = np.flatnonzero(skull.any(axis=(0, 1)))
-        if levels.size == 0:
-            return expected
-        expected[:, :, :levels[0] + FIELD_MARGIN] = False
-        expected[:, :, levels[-1] + 1:] = False
-        return expected
+        return (self.completed(skull, "mirror") | self.completed(skull, "fitted")) & ~skull
+
+
+def _within_field(added: np.ndarray, skull: np.ndarray) -> np.ndarray:
+    """``added`` between the skull's lowest slice (plus ``FIELD_MARGIN`` voxels) and its top: below, a
+    scan's field of view may end anywhere, which no prior can tell from missing bone (a mean skull
+    reaching below a scan cut high would add its whole lower part). Changed in place."""
+    levels = np.flatnonzero(skull.any(axis=(0, 1)))
+    if levels.size == 0:
+        return added
+    added[:, :, :levels[0] + FIELD_MARGIN] = False
+    added[:, :, levels[-1] + 1:] = False
+    return added
 
 
 def estimate_priors(defective: np.ndarray, spacing: float, rotation: Optional[np.ndarray] = None,
