@@ -97,10 +97,12 @@ def _add_network_choices(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-time-augmentation", action=argparse.BooleanOptionalAction, default=True,
                         help="average four network passes (left-right flip x grid shift; default); without it, one pass: "
                              "a quarter of the network's compute for a slightly lower implant DSC (README, Bundled model)")
-    parser.add_argument("--method", choices=METHODS, default="network",
-                        help="how the skull is completed: the network (default), or one of the patient's own priors "
-                             "alone: mirror (the healthy side mirrored) or fitted (the mean skull fitted to this one; "
-                             "README, Defects anywhere, for where each does better than the bundled network)")
+    parser.add_argument("--method", choices=METHODS, default="auto",
+                        help="how the skull is completed: auto (default) = the network, or, where it leaves most of "
+                             "the bone the skull's mirror image and the fitted mean skull expect missing open, the "
+                             "fitted mean skull (the report's completed_by says which, and a warning); network = the "
+                             "network alone; or one of the patient's own priors alone: mirror (the healthy side "
+                             "mirrored) or fitted (the mean skull fitted to this one). README, Defects anywhere")
     parser.add_argument("--straighten", action=argparse.BooleanOptionalAction, default=True,
                         help="level the plane where the scan ends below the skull and turn the head to face forward before "
                              "the network sees it (default); without it, the skull as it lies on L, P, S axes (README, How it works)")

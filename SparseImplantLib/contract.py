@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import List, Sequence
 
 DEVICES = ("auto", "cpu", "cuda")  # --device: auto = CUDA when available, else the CPU
-METHODS = ("network", "mirror", "fitted")  # --method: the network, or one prior alone (the baselines)
+METHODS = ("auto", "network", "mirror", "fitted")  # --method: auto = the network, or the fitted mean skull where it leaves the opening open; or one of them alone
 COMPLETED_FILE = "completed_skull.nrrd"
 IMPLANT_FILE = "implant.nrrd"
 MESH_STEMS = ("completed_skull", "defective_skull", "implant")  # defective: the fit check beside the implant

@@ -404,5 +404,31 @@ def test_method_fitted_completes_the_skull_with_the_fitted_mean_skull(tmp_path):
     assert main(["generate", str(SAMPLE_DEFECTIVE), "-o", str(out), "--method", "fitted", "--device", "cpu",
                  "--progress", "none", "--no-preview", "--mesh-formats", "vtk"]) == 0
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert report["method"] == "fitted"
+    assert report["method"] == report["completed_by"] == "fitted"
     assert report["implant_volume_ml"] > 20  # the sample's opening is about 47 ml
+
+
+def test_method_auto_fills_what_the_network_leaves_open_with_the_fitted_mean_skull(tmp_path, monkeypatch):
+    """--method auto (the default): a network that adds no bone to the sample's 47 ml opening is
+    replaced by the fitted mean skull, and the report and warnings say so; --method network keeps the
+    network's empty implant."""
+    from conftest import SAMPLE_DEFECTIVE
+    from SparseImplantLib.pipeline import generate
+    from SparseImplantLib.pipeline.volume import paste
+
+    def adds_nothing(model_input, networks, device, progress, test_time_augmentation):
+        skull = model_input.cropped.array.astype(np.float32)
+        return model_input.grid.with_array(paste(skull, model_input.box, model_input.grid.shape)), device
+
+    monkeypatch.setattr(generate, "coarse_skull", adds_nothing)
+    reports = {}
+    for method in ("auto", "network"):
+        out = tmp_path / method
+        assert main(["generate", str(SAMPLE_DEFECTIVE), "-o", str(out), "--method", method, "--device", "cpu",
+                     "--progress", "none", "--no-preview", "--mesh-formats", "vtk"]) == 0
+        reports[method] = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    auto, network = reports["auto"], reports["network"]
+    assert auto["completed_by"] == "fitted" and auto["implant_volume_ml"] > 20
+    assert "the implant is the fitted mean skull's instead" in auto["warnings"][0]
+    assert network["completed_by"] == "network" and network["implant_volume_ml"] == 0
+    assert any("likely incomplete" in message for message in network["warnings"])

@@ -54,3 +54,17 @@ def test_an_implant_far_from_what_the_priors_expect_is_doubted():
     assert "likely incomplete" in agreement_doubts(60.0, 12.0, 0.7)[0]
     assert "lies elsewhere" in agreement_doubts(60.0, 55.0, 0.1)[0]
     assert agreement_doubts(expected_ml=4.0, implant_ml=0.0, agreement_dsc=0.0) == []  # nothing much missing
+
+
+def test_the_fitted_mean_skull_fills_in_only_where_the_network_leaves_the_opening_and_it_fits():
+    from types import SimpleNamespace
+
+    from SparseImplantLib.pipeline.doubts import fitted_fills_instead
+
+    fits, poor = SimpleNamespace(fit=SimpleNamespace(residual_mm=0.3)), SimpleNamespace(fit=SimpleNamespace(residual_mm=3.5))
+    assert fitted_fills_instead(30.0, 2.0, fits)  # a lateral opening the network leaves empty
+    assert fitted_fills_instead(3.0, 0.0, fits)  # a small craniotomy
+    assert not fitted_fills_instead(30.0, 20.0, fits)  # the network fills most of it
+    assert not fitted_fills_instead(1.0, 0.0, fits)  # a complete skull: nothing expected missing
+    assert not fitted_fills_instead(30.0, 2.0, poor)  # the mean skull fits poorly: no better a guess
+    assert not fitted_fills_instead(30.0, 2.0, SimpleNamespace(fit=None))

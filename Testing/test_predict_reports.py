@@ -16,7 +16,7 @@ from SparseImplantLib.pipeline import generate as pipeline
 from SparseImplantLib.pipeline import predict as batch
 from SparseImplantLib.progress import PROGRESS_PREFIX, ProgressEvent, ignore_progress
 
-REPORT_KEYS = {"case", "input", "model", "refinement", "device", "implant_volume_ml", "warnings", "pose", "priors",
+REPORT_KEYS = {"case", "input", "model", "refinement", "device", "completed_by", "implant_volume_ml", "warnings", "pose", "priors",
                "timings_s"}
 
 
@@ -26,7 +26,7 @@ def stand_in(monkeypatch, *warnings_per_case):
     plans = iter(warnings_per_case)
 
     def design(defective, networks, device, progress=ignore_progress, clock=None, test_time_augmentation=True,
-               straighten=True, method="network"):
+               straighten=True, method="auto"):
         plan = next(plans)
         if isinstance(plan, Exception):
             raise plan

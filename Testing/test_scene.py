@@ -167,7 +167,7 @@ def test_results_from_a_generate_folder(scene, synthetic_skull, tmp_path, genera
     labels = [table.GetValue(row, 0).ToString() for row in range(table.GetNumberOfRows())]
     fit = ["Implant area", "Thickness (min)", "Thickness (median)", "Thickness (max)", "Border gap (95th pct.)",
            "Border overlap (95th pct.)", "Watertight"] if report["implant_report"] else []
-    assert labels == (["Implant volume", *fit, "Dice (implant)", "Border Dice (10 mm)", "HD95", "Dice (completed skull)"]
+    assert labels == (["Designed by", "Implant volume", *fit, "Dice (implant)", "Border Dice (10 mm)", "HD95", "Dice (completed skull)"]
                       + [f"Time: {stage}" for stage in report["timings_s"]])
     completed = scene_input.segment_to_volume(result.segmentation, result.segmentation.GetSegmentation()
                                        .GetSegmentIdBySegmentName(scene_results.COMPLETED_SEGMENT))

@@ -197,7 +197,7 @@ def run_variant(variant: Variant, networks, device, baseline: Optional[np.ndarra
     seconds = time.perf_counter() - started
     completed, implant = design.completed, design.implant
     row = {"case": variant.case, "group": variant.group, "name": variant.name, "method": method,
-           "seconds": round(seconds, 1),
+           "completed_by": design.completed_by, "seconds": round(seconds, 1),
            "true_ml": round(float(truth.array.sum()) * truth.voxel_volume_mm3 / 1000, 2),
            "implant_ml": round(design.implant_ml, 2), "warnings": design.warnings, "pose": design.pose,
            "priors": design.priors,  # what the doubts weighed: expected missing bone, agreement with it

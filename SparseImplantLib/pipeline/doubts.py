@@ -44,6 +44,10 @@ LARGE_OPENING_ML = 10.0
 # grid) lies elsewhere. The figures behind both are in results/notes/experiments.md ("Doubts").
 UNFILLED_SHARE = 0.5
 LOW_AGREEMENT_DSC = 0.2
+# With method auto, the fitted mean skull fills an opening the network leaves open (under UNFILLED_SHARE of
+# the bone the priors expect missing) from FALLBACK_FROM_ML on, small craniotomies (about 3 ml) included:
+# on a complete skull the fitted mean skull adds nothing, so a fallback there still gives no implant.
+FALLBACK_FROM_ML = 2.0
 
 
 @dataclass(frozen=True)
@@ -115,12 +119,26 @@ def skull_doubts(skull_on_grid: Volume, implant_ml: float) -> List[str]:
     return messages
 
 
+def leaves_opening(expected_ml: float, implant_ml: float, from_ml: float = LARGE_OPENING_ML) -> bool:
+    """Whether an implant of ``implant_ml`` leaves most of an opening of ``from_ml`` or more open: under
+    ``UNFILLED_SHARE`` of the bone the priors expect missing (``expected_ml``)."""
+    return expected_ml >= from_ml and implant_ml < UNFILLED_SHARE * expected_ml
+
+
+def fitted_fills_instead(expected_ml: float, implant_ml: float, priors: Priors) -> bool:
+    """With method auto: whether the fitted mean skull fills the opening instead of the network's
+    implant, which leaves most of it open (``FALLBACK_FROM_ML``), provided the mean skull fits this
+    skull (its residual within ``POOR_FIT_MM``; a poor fit is no better a guess, and is warned)."""
+    return (leaves_opening(expected_ml, implant_ml, FALLBACK_FROM_ML) and priors.fit is not None
+            and priors.fit.residual_mm <= POOR_FIT_MM)
+
+
 def agreement_doubts(expected_ml: float, implant_ml: float, agreement_dsc: float) -> List[str]:
     """Warnings when the implant disagrees with the bone the skull's mirror image and the fitted mean
     skull expect missing (``expected_ml``), wherever the opening is (front, side, low temporal)."""
     if expected_ml < LARGE_OPENING_ML:
         return []
-    if implant_ml < UNFILLED_SHARE * expected_ml:
+    if leaves_opening(expected_ml, implant_ml):
         return [f"the implant adds {implant_ml:.1f} ml of bone, but the skull's mirror image and the fitted mean skull "
                 f"expect about {expected_ml:.0f} ml missing: the implant is likely incomplete; check the segmentation, "
                 "and do not use it unreviewed"]
@@ -165,5 +183,5 @@ def design_doubts(skull_on_grid: Volume, implant_ml: float, pose: Optional[Pose]
     messages = (skull_doubts(skull_on_grid, implant_ml) + pose_doubts(pose) + priors_doubts(priors)
                 + agreement_doubts(expected_ml, implant_ml, agreement_dsc))
     if implant_ml == 0:
-        messages.append("the implant is empty: the network filled no opening (is the skull already complete?)")
+        messages.append("the implant is empty: no opening was filled (is the skull already complete?)")
     return messages

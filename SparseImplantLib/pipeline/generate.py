@@ -27,7 +27,7 @@ from ..evaluate import evaluate_case
 from ..metrics import dice
 from ..outputs import staged_output
 from ..progress import ProgressCallback, ProgressEvent, ignore_progress
-from .doubts import design_doubts
+from .doubts import design_doubts, fitted_fills_instead
 from .inference import (
     OUTPUT_SMOOTHING,
     Networks,
@@ -81,8 +81,10 @@ class GenerateOptions:
             display copies. Default False.
         straighten (bool): lay the network's grid with the scan's bottom cut level and the head
             facing forward (``pose``). Default True.
-        method (str): how the skull is completed (``contract.METHODS``): ``"network"`` (default), or
-            one prior alone, ``"mirror"`` or ``"fitted"`` (``priors.Priors.completed``).
+        method (str): how the skull is completed (``contract.METHODS``): ``"auto"`` (default: the
+            network, or the fitted mean skull where the network leaves most of the opening open,
+            ``doubts.fitted_fills_instead``), ``"network"`` alone, or one prior alone, ``"mirror"`` or
+            ``"fitted"`` (``priors.Priors.completed``).
     """
 
     model: Optional[str] = None
@@ -100,7 +102,7 @@ class GenerateOptions:
     preview: bool = True  # preview.png; the Slicer module draws its own views and skips it
     full_resolution_meshes: bool = False  # whole-skull meshes as extracted, not their display copies (display_meshes.display_mesh)
     straighten: bool = True  # lay the network's grid with the scan's bottom cut level and the head facing forward (pose)
-    method: str = "network"  # how the skull is completed (METHODS): the network, or one prior alone
+    method: str = "auto"  # how the skull is completed (METHODS): the network or, where it leaves the opening, the fitted mean skull
 
 
 @dataclass
@@ -127,6 +129,7 @@ class Design:
     warnings: List[str] = field(default_factory=list)
     pose: Optional[dict] = None  # the scan's bottom cut and the head's turn as the network saw it (pose)
     priors: Optional[dict] = None  # the symmetry plane, the mean skull's fit and what they expect missing
+    completed_by: str = "network"  # network, mirror or fitted: with method auto, the fitted mean skull when the network leaves the opening
 
     @property
     def implant_ml(self) -> float:
@@ -135,16 +138,18 @@ class Design:
 
 def design_implant(defective: Volume, networks: Networks, device: torch.device,
                    progress: ProgressCallback = ignore_progress, clock: Optional[StageClock] = None,
-                   test_time_augmentation: bool = True, straighten: bool = True, method: str = "network") -> Design:
+                   test_time_augmentation: bool = True, straighten: bool = True, method: str = "auto") -> Design:
     """Complete the skull and cut the implant; every doubt is also issued as a warning. With
     ``straighten``, the network sees the skull with the scan's bottom cut level and the head facing
     forward, as it saw its training skulls (``pose.straighten_head``). ``method`` (``METHODS``): the
-    network, or one prior alone, the baselines ``bench generalization`` sets beside it.
+    network, falling back on the fitted mean skull where the network leaves most of the bone the priors
+    expect missing open (auto), or either alone, or one prior alone, the baselines ``bench
+    generalization`` sets beside it.
 
     Args:
         defective (Volume): the defective skull as a binary mask (``io.read_mask``), with its geometry.
         networks (Networks): the loaded models (``inference.load_networks``); the refiner, if any, is
-            used only with ``method="network"``.
+            used only where the network completes the skull.
         device (torch.device): where the networks run.
         progress (ProgressCallback): receives stages pose, priors, network, refine, restore and
             implant (fractions 0.1 to 0.7). Default: ignored.
@@ -152,14 +157,15 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
         test_time_augmentation (bool): average 4 network passes (``inference.AUGMENTED_PASSES``)
             instead of one. Default True.
         straighten (bool): as above; False only measures the head's pose. Default True.
-        method (str): ``"network"``, ``"mirror"`` or ``"fitted"``. Default ``"network"``.
+        method (str): ``"auto"``, ``"network"``, ``"mirror"`` or ``"fitted"``. Default ``"auto"``.
 
     Returns:
         Design: ``completed`` and ``implant`` as uint8 masks on ``defective``'s geometry (completed
         = defective | implant), the device that finished (the CPU after a CUDA out-of-memory
         fallback), the doubts as ``warnings``, and the ``pose`` and ``priors`` reports (the latter
         with ``expected_missing_ml`` and ``agreement_dsc``, the Dice of the bone added on the model's
-        grid with the priors' expected missing bone).
+        grid with the priors' expected missing bone), and ``completed_by``: which method made the
+        implant (with auto, "network" or "fitted"; a fallback is also the first warning).
 
     Raises:
         SparseImplantError: ``method`` is unknown, or the skull vanishes on the model's grid.
@@ -175,8 +181,50 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
     with clock.stage("priors"):  # the network's guides when it takes them, and a check on its result always
         progress(ProgressEvent("priors", 0.15, "mirroring the skull and fitting the mean skull"))
         priors = estimate_priors(model_input.cropped.array, model_input.cropped.spacing[0])
+        expected = priors.missing(model_input.cropped.array)
     if networks.info.priors:
         model_input.priors = priors
+    expected_ml = float(expected.sum()) * model_input.cropped.voxel_volume_mm3 / 1000.0
+    first = "network" if method == "auto" else method
+    outcome = _complete(defective, model_input, priors, expected, networks, device, first, progress, clock,
+                        test_time_augmentation)
+    notes = []
+    if method == "auto" and fitted_fills_instead(expected_ml, outcome.implant_ml, priors):
+        # The network leaves most of what the priors expect missing open: the fitted mean skull fills it.
+        notes.append(f"the network added only {outcome.implant_ml:.1f} ml of bone where the skull's mirror image "
+                     f"and the fitted mean skull expect about {expected_ml:.0f} ml missing: the implant is the fitted "
+                     "mean skull's instead (--method fitted); check its fit at the border before use")
+        outcome = _complete(defective, model_input, priors, expected, networks, outcome.device, "fitted", progress,
+                            clock, test_time_augmentation)
+    design = Design(outcome.completed, outcome.implant, outcome.device, pose=straightened.report(),
+                    priors={**priors.report(model_input.grid.direction), "expected_missing_ml": round(expected_ml, 1),
+                            "agreement_dsc": round(outcome.agreement, 3)}, completed_by=outcome.method)
+    design.warnings = notes + design_doubts(model_input.cropped, design.implant_ml, straightened.pose, priors,
+                                            expected_ml, outcome.agreement)
+    for message in design.warnings:
+        warnings.warn(message)
+    return design
+
+
+@dataclass
+class _Completion:
+    """One way of completing the skull, cut into an implant on the input's grid."""
+
+    method: str
+    completed: Volume
+    implant: Volume
+    device: torch.device
+    agreement: float  # DSC on the model's grid of the bone added with the bone the priors expect missing
+
+    @property
+    def implant_ml(self) -> float:
+        return float(np.count_nonzero(self.implant.array)) * self.implant.voxel_volume_mm3 / 1000.0
+
+
+def _complete(defective: Volume, model_input, priors, expected: np.ndarray, networks: Networks, device: torch.device,
+              method: str, progress: ProgressCallback, clock: StageClock, test_time_augmentation: bool) -> _Completion:
+    """Complete the skull on the model's grid by ``method`` (network, mirror or fitted), bring it back to
+    the input's grid and cut the implant."""
     last_stage, resample = "network", resample_soft_mask  # the coarse skull is a share of passes per voxel
     if method != "network":
         completed_on_grid = priors.completed(model_input.cropped.array, method).astype(np.float32)
@@ -197,18 +245,9 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
         implant_array = extract_implant(completed_raw.array, defective.array, defective.spacing)
     implant = defective.with_array(implant_array.astype(np.uint8))
     completed = defective.with_array(((defective.array > 0) | implant_array).astype(np.uint8))
-    expected = priors.missing(model_input.cropped.array)
     added = (skull_on_model_grid.array[model_input.box] >= 0.5) & ~(model_input.cropped.array > 0)
     agreement = dice(added, expected) if expected.any() or added.any() else 1.0
-    expected_ml = float(expected.sum()) * model_input.cropped.voxel_volume_mm3 / 1000.0
-    design = Design(completed, implant, device, pose=straightened.report(),
-                    priors={**priors.report(model_input.grid.direction), "expected_missing_ml": round(expected_ml, 1),
-                            "agreement_dsc": round(agreement, 3)})
-    design.warnings = design_doubts(model_input.cropped, design.implant_ml, straightened.pose, priors,
-                                    expected_ml, agreement)
-    for message in design.warnings:
-        warnings.warn(message)
-    return design
+    return _Completion(method, completed, implant, device, agreement)
 
 
 def _check_options(input_path: Path, output_dir: Path, options: GenerateOptions) -> None:
@@ -326,6 +365,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             "timings_s": clock.timings,
             "threads": _threads(),
             "method": options.method,
+            "completed_by": design.completed_by,
             "network_passes": len(network_passes(options.test_time_augmentation)),
             "voxels": {
                 "defective": int(np.count_nonzero(defective.array)),
