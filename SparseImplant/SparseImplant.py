@@ -65,6 +65,8 @@ SAMPLES = (  # (category, sample name, file, sha256): the defective skull, and i
      "02568d29f88730559dcf3cd5708b1f67466cf870726c6784a87c29b97d37615b"),
 )
 DEVICES = {"Auto": "auto", "GPU": "cuda", "CPU": "cpu"}
+# The panel's design choices and generate's --method (README, Defects anywhere).
+METHODS = {"Auto": "auto", "Network": "network", "Fitted mean skull": "fitted", "Mirror image": "mirror"}
 
 
 #
@@ -138,6 +140,7 @@ class SparseImplantParameterNode:
     device: Annotated[str, Choice(list(DEVICES))] = "Auto"
     refine: bool = True
     straighten: bool = True  # off: generate --no-straighten
+    method: Annotated[str, Choice(list(METHODS))] = "Auto"  # generate --method
 
 
 #
@@ -498,7 +501,7 @@ class SparseImplantLogic(ScriptedLoadableModuleLogic):
     def inputs(self, parameters: SparseImplantParameterNode):
         from SparseImplantLib.slicer.designer import design_inputs
 
-        return design_inputs(parameters, DEVICES)
+        return design_inputs(parameters, DEVICES, METHODS)
 
     def start(self, inputs):
         """Export the inputs and start the subprocess; returns (request, job)."""

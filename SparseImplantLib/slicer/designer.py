@@ -41,6 +41,7 @@ class DesignInputs:
     device: str = "auto"
     refine: bool = True  # super-resolution refinement when the registry has a model for it
     straighten: bool = True  # level the scan's bottom cut and turn the head to face forward first (False: as it lies)
+    method: str = "auto"  # how the skull is completed (contract.METHODS)
 
     @property
     def from_segment(self) -> bool:
@@ -53,9 +54,10 @@ class DesignInputs:
         return self.segmentation_node if self.from_segment else self.ct_volume_node
 
 
-def design_inputs(parameters, devices: Mapping[str, str]) -> DesignInputs:
+def design_inputs(parameters, devices: Mapping[str, str], methods: Optional[Mapping[str, str]] = None) -> DesignInputs:
     """The module's parameter node (or anything with its attribute names) as ``DesignInputs``;
-    ``devices`` maps the panel's device choice to the CLI's (``SparseImplant.DEVICES``). A segmentation
+    ``devices`` and ``methods`` map the panel's device and design choices to the CLI's
+    (``SparseImplant.DEVICES``, ``SparseImplant.METHODS``; without ``methods``, auto). A segmentation
     counts only with a segment chosen in it."""
     return DesignInputs(
         segmentation_node=parameters.inputSegmentation if parameters.inputSegmentId else None,
@@ -68,6 +70,7 @@ def design_inputs(parameters, devices: Mapping[str, str]) -> DesignInputs:
         device=devices[parameters.device],
         refine=parameters.refine,
         straighten=parameters.straighten,
+        method=methods[parameters.method] if methods else "auto",
     )
 
 
@@ -112,7 +115,7 @@ class ImplantDesigner:
             raise
         return GenerateRequest(input_path, work / "output", model=inputs.model, device=inputs.device,
                                threshold_hu=threshold, reference=reference_path, model_dir=self.model_dir,
-                               refine=inputs.refine, straighten=inputs.straighten)
+                               refine=inputs.refine, straighten=inputs.straighten, method=inputs.method)
 
     def worker_environment(self) -> Dict[str, str]:
         env = dict(os.environ if self.environment is None else self.environment)

@@ -67,12 +67,14 @@ class GenerateRequest:
     model_dir: Optional[Path] = None
     refine: bool = True  # False: --refine-model none
     straighten: bool = True  # False: --no-straighten (the network sees the skull as it lies in the file)
+    method: str = "auto"  # --method: auto (the network, the fitted mean skull where it leaves the opening), network, fitted, mirror
     mesh_formats: Sequence[str] = ("vtk",)  # Slicer exports STL/OBJ itself; VTK keeps the distance array
     preview: bool = False  # the module draws its own three views, so no preview.png
 
     def command(self, python: str = sys.executable) -> List[str]:
         command = [python, "-m", "SparseImplantLib.cli", "generate", str(self.input_path), "-o", str(self.output_dir),
-                   "--device", self.device, "--progress", "json", "--mesh-formats", ",".join(self.mesh_formats)]
+                   "--device", self.device, "--method", self.method, "--progress", "json",
+                   "--mesh-formats", ",".join(self.mesh_formats)]
         if not self.preview:
             command.append("--no-preview")
         optional = {"--model": self.model, "--threshold": self.threshold_hu, "--reference": self.reference,
