@@ -432,3 +432,25 @@ def test_method_auto_fills_what_the_network_leaves_open_with_the_fitted_mean_sku
     assert "the implant is the fitted mean skull's instead" in auto["warnings"][0]
     assert network["completed_by"] == "network" and network["implant_volume_ml"] == 0
     assert any("likely incomplete" in message for message in network["warnings"])
+
+
+def test_method_auto_keeps_the_networks_result_when_the_fitted_mean_skull_adds_no_more(monkeypatch):
+    """On a complete skull whose mirror image 'expects' bone missing (an asymmetric forehead), neither the
+    network nor the fitted mean skull adds any: the network's (empty) result stands, without a note
+    that the fitted mean skull designed it."""
+    from conftest import SAMPLE_DEFECTIVE
+    from SparseImplantLib.pipeline import generate
+    from SparseImplantLib.pipeline.inference import load_networks
+
+    defective = read_mask(SAMPLE_DEFECTIVE)
+    tried = []
+
+    def complete(defective, model_input, priors, expected, networks, device, method, *rest):
+        tried.append(method)
+        return generate._Completion(method, defective, defective.with_array(np.zeros_like(defective.array)), device, 0.0)
+
+    monkeypatch.setattr(generate, "_complete", complete)
+    design = generate.design_implant(defective, load_networks(None, "none", "cpu"), "cpu", method="auto")
+    assert tried == ["network", "fitted"]  # the sample's 47 ml opening is expected missing: the fallback is tried
+    assert design.completed_by == "network" and design.implant_ml == 0
+    assert not any("fitted mean skull's instead" in message for message in design.warnings)

@@ -190,12 +190,15 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
                         test_time_augmentation)
     notes = []
     if method == "auto" and fitted_fills_instead(expected_ml, outcome.implant_ml, priors):
-        # The network leaves most of what the priors expect missing open: the fitted mean skull fills it.
-        notes.append(f"the network added only {outcome.implant_ml:.1f} ml of bone where the skull's mirror image "
-                     f"and the fitted mean skull expect about {expected_ml:.0f} ml missing: the implant is the fitted "
-                     "mean skull's instead (--method fitted); check its fit at the border before use")
-        outcome = _complete(defective, model_input, priors, expected, networks, outcome.device, "fitted", progress,
-                            clock, test_time_augmentation)
+        # The network leaves most of what the priors expect missing open: the fitted mean skull fills it,
+        # if it fills more (on a complete skull it adds nothing either, and the network's result stands).
+        fitted = _complete(defective, model_input, priors, expected, networks, outcome.device, "fitted", progress,
+                           clock, test_time_augmentation)
+        if fitted.implant_ml > outcome.implant_ml:
+            notes.append(f"the network added only {outcome.implant_ml:.1f} ml of bone where the skull's mirror image "
+                         f"and the fitted mean skull expect about {expected_ml:.0f} ml missing: the implant is the "
+                         "fitted mean skull's instead (--method fitted); check its fit at the border before use")
+            outcome = fitted
     design = Design(outcome.completed, outcome.implant, outcome.device, pose=straightened.report(),
                     priors={**priors.report(model_input.grid.direction), "expected_missing_ml": round(expected_ml, 1),
                             "agreement_dsc": round(outcome.agreement, 3)}, completed_by=outcome.method)
