@@ -33,6 +33,27 @@ def test_surface_is_closed_manifold_and_outward():
     assert meshes.enclosed_volume_mm3(surface) > 0
 
 
+def test_normals_follow_vertices_that_moved():
+    """``with_normals`` on a surface that already has normals (moved since: the printed implant is
+    smoothed after its normals were made) gives the normals of where its vertices are now."""
+    surface = from_masks.surface_from_mask(oblique_volume(box_mask()))
+    points = vtk_to_numpy(surface.GetPoints().GetData()).astype(np.float64)
+    sheared = vtkPolyData()
+    sheared.DeepCopy(surface)
+    moved = points.copy()
+    moved[:, 2] += 0.8 * points[:, 0]  # a shear turns every face's normal
+    sheared.GetPoints().SetData(numpy_to_vtk(moved, deep=True))
+    renewed = vtk_to_numpy(from_masks.with_normals(sheared).GetPointData().GetNormals())
+    bare = vtkPolyData()
+    bare.DeepCopy(sheared)
+    bare.GetPointData().SetNormals(None)
+    fresh = vtk_to_numpy(from_masks.with_normals(bare).GetPointData().GetNormals())
+    old = vtk_to_numpy(surface.GetPointData().GetNormals())
+    np.testing.assert_allclose(renewed, fresh, atol=1e-6)
+    assert np.mean(np.sum(renewed * old, axis=1)) < 0.95
+    assert surface.GetPointData().GetNormals() is not None  # the input keeps its own
+
+
 def test_surface_sits_at_the_mask_in_physical_space():
     volume = oblique_volume(box_mask())
     surface = from_masks.surface_from_mask(volume, smoothing_iterations=0)

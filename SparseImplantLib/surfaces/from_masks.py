@@ -179,9 +179,14 @@ def with_normals(surface: vtkPolyData) -> vtkPolyData:
     Marching cubes orders every triangle so that its normal points out of the mask, inner cavities
     and separate islands included, and ``transform_polydata`` keeps that order under mirroring; a
     consistency pass with auto-orientation would cost more than the surface itself and turns the
-    walls of cavities inside out."""
+    walls of cavities inside out. Normals the surface already has are replaced: VTK's filter would
+    keep them, and a surface whose vertices moved (``printable_implant_surface``) would be shaded as
+    before it moved."""
+    bare = vtkPolyData()
+    bare.ShallowCopy(surface)
+    bare.GetPointData().SetNormals(None)
     normals = vtkPolyDataNormals()
-    normals.SetInputData(surface)
+    normals.SetInputData(bare)
     normals.ComputePointNormalsOn()
     normals.ComputeCellNormalsOff()
     normals.SplittingOff()
