@@ -220,3 +220,22 @@ def test_the_printed_implant_is_smooth_where_its_mask_is_stepped_and_fits_the_bo
     assert median_mean_curvature(printed, skull_surface) == pytest.approx(sphere, rel=0.3)
     assert border_fit_mm(printed, skull_surface) == border_fit_mm(stepped, skull_surface)
     assert implant_report(printed, implant, skull_surface).watertight
+
+
+def test_a_completed_skull_is_smoothed_around_its_implant_only():
+    """The views show the completed skull's added bone as smooth as the printed implant: vertices beyond
+    the implant's region keep their places exactly, the cap within it loses its voxel steps."""
+    from SparseImplantLib.surfaces.from_masks import smoothed_away_from
+
+    defective, implant = skull_with_hole(12.0, spacing=CT_SPACING, hole=12.0)
+    completed = defective.with_array(((defective.array > 0) | (implant.array > 0)).astype(np.uint8))
+    skull_surface, stepped = surface_from_mask(defective), surface_from_mask(completed)
+    bounds = np.array(printable_implant_surface(implant, skull_surface).GetBounds()).reshape(3, 2)
+    region = (bounds[:, 0] - 2.0, bounds[:, 1] + 2.0)
+    smoothed = smoothed_away_from(stepped, skull_surface, region)
+    before = vtk_to_numpy(stepped.GetPoints().GetData())
+    after = vtk_to_numpy(smoothed.GetPoints().GetData())
+    outside = ~np.all((before >= region[0]) & (before <= region[1]), axis=1)
+    assert outside.sum() > 1000 and np.array_equal(before[outside], after[outside])
+    assert median_mean_curvature(stepped, skull_surface) > 3 / 40.0
+    assert median_mean_curvature(smoothed, skull_surface) == pytest.approx(1 / 40.0, rel=0.3)

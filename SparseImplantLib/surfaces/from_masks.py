@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Optional, Tuple
 
 import numpy as np
 from scipy.spatial import cKDTree
 from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 from vtkmodules.vtkCommonCore import vtkSMPTools
-from vtkmodules.vtkCommonDataModel import vtkPolyData
+from vtkmodules.vtkCommonDataModel import vtkBox, vtkPolyData
 from vtkmodules.vtkFiltersCore import (
     vtkFlyingEdges3D,
     vtkPolyDataConnectivityFilter,
@@ -25,6 +26,7 @@ from vtkmodules.vtkFiltersCore import (
     vtkQuadricDecimation,
     vtkWindowedSincPolyDataFilter,
 )
+from vtkmodules.vtkFiltersExtraction import vtkExtractPolyDataGeometry
 from vtkmodules.vtkImagingGeneral import vtkImageGaussianSmooth
 
 from ..pipeline.volume import LPS_TO_RAS, Volume, foreground_box
@@ -44,6 +46,7 @@ IMPLANT_SMOOTHING_ITERATIONS = 60
 IMPLANT_PASS_BAND = 0.001
 BORDER_KEEP_MM = 2.5
 BORDER_BLEND_MM = 4.0
+_POINT_IDS = "SparseImplantPointIds"
 
 # VTK's wheels start with the sequential SMP backend; threads make surface extraction and smoothing
 # faster with identical output (README, Benchmarks). A backend chosen by the host (Slicer's TBB, or the
@@ -75,18 +78,49 @@ def without_specks(surface: vtkPolyData, least_share: float = 0.1) -> vtkPolyDat
 def printable_implant_surface(implant: Volume, skull_surface: vtkPolyData) -> vtkPolyData:
     """The implant's mesh as printed, without specks: its faces smoothed free of voxel rings, its rim
     where it meets ``skull_surface`` (the defective skull's surface in LPS mm) as lightly smoothed as
-    the skulls', so the border fit stays that of the mask."""
-    light = without_specks(surface_from_mask(implant))
-    if light.GetNumberOfPoints() == 0:
-        return light
-    smoother = _windowed_sinc(light, IMPLANT_SMOOTHING_ITERATIONS, IMPLANT_PASS_BAND)
-    points = vtk_to_numpy(light.GetPoints().GetData()).astype(np.float64)
-    smoothed = vtk_to_numpy(smoother.GetPoints().GetData()).astype(np.float64)
-    to_skull = distance_to_vertices(points, skull_surface, BORDER_BLEND_MM)
+    the skulls', so the border fit stays that of the mask (``smoothed_away_from``)."""
+    return smoothed_away_from(without_specks(surface_from_mask(implant)), skull_surface)
+
+
+def smoothed_away_from(surface: vtkPolyData, skull_surface: vtkPolyData,
+                       region: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> vtkPolyData:
+    """``surface`` smoothed as the printed implant (``IMPLANT_*``) where it lies more than
+    ``BORDER_BLEND_MM`` from ``skull_surface``, blending to unchanged within ``BORDER_KEEP_MM``: the
+    implant's faces, or the added bone of a completed skull. ``region`` (low and high LPS corners, mm)
+    limits the work to the triangles with a vertex inside it, whose outer vertices stay where they are
+    (a completed skull is smoothed around its implant only)."""
+    if surface.GetNumberOfPoints() == 0:
+        return surface
+    points = vtk_to_numpy(surface.GetPoints().GetData()).astype(np.float64)
+    part, ids = surface, slice(None)
+    if region is not None:
+        numbered = vtkPolyData()
+        numbered.ShallowCopy(surface)
+        numbers = numpy_to_vtk(np.arange(len(points), dtype=np.int64), deep=True)
+        numbers.SetName(_POINT_IDS)
+        numbered.GetPointData().AddArray(numbers)
+        box = vtkBox()
+        box.SetBounds(*np.ravel(np.column_stack(region)))
+        extract = vtkExtractPolyDataGeometry()
+        extract.SetInputData(numbered)
+        extract.SetImplicitFunction(box)
+        extract.ExtractInsideOn()
+        extract.ExtractBoundaryCellsOn()
+        extract.Update()
+        part = extract.GetOutput()
+        if part.GetNumberOfPoints() == 0:
+            return surface
+        ids = vtk_to_numpy(part.GetPointData().GetArray(_POINT_IDS)).astype(np.int64)
+    smoothed = vtk_to_numpy(_windowed_sinc(part, IMPLANT_SMOOTHING_ITERATIONS, IMPLANT_PASS_BAND)
+                            .GetPoints().GetData()).astype(np.float64)
+    before = points[ids]
+    to_skull = distance_to_vertices(before, skull_surface, BORDER_BLEND_MM)
     weight = np.clip((to_skull - BORDER_KEEP_MM) / (BORDER_BLEND_MM - BORDER_KEEP_MM), 0.0, 1.0)[:, None]
+    moved = points.copy()
+    moved[ids] = before + weight * (smoothed - before)
     result = vtkPolyData()
-    result.DeepCopy(light)
-    result.GetPoints().SetData(numpy_to_vtk(points + weight * (smoothed - points), deep=True))
+    result.DeepCopy(surface)
+    result.GetPoints().SetData(numpy_to_vtk(moved, deep=True))
     return with_normals(result)
 
 
