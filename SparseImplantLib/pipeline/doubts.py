@@ -37,16 +37,19 @@ EXTENT_RANGE_MM = {"left-right": (100.0, 185.0), "anterior-posterior": (140.0, 2
 # opening, an implant under LITTLE_BONE_ML (or a quarter of the opening, if more) is doubtful.
 LITTLE_BONE_ML = 5.0
 LARGE_OPENING_ML = 10.0
-# The priors' view (``priors.Priors.missing``: the union of both baselines' added bone, their layers on the
-# bone dropped) comes within 0.84-1.30 times the true opening on 18 of the 20 defects of SkullFix 050-051
+# The priors' view (``priors.Priors.added`` by the mirror image or the fitted mean skull: the union of both
+# baselines' added bone, their layers on the bone dropped) comes within 0.84-1.30 times the true opening on 18 of the 20 defects of SkullFix 050-051
 # measured (1.5 and 5.4 on two craniotomies); an implant adding less than half of it leaves half an opening
 # open: doubtful, whatever its DSC. One that overlaps it less than LOW_AGREEMENT_DSC (DSC on the model
 # grid) lies elsewhere. The figures behind both are in results/notes/experiments.md ("Doubts").
 UNFILLED_SHARE = 0.5
 LOW_AGREEMENT_DSC = 0.2
-# With method auto, the fitted mean skull fills an opening the network leaves open (under UNFILLED_SHARE of
-# the bone the priors expect missing) from FALLBACK_FROM_ML on, small craniotomies (about 3 ml) included:
-# on a complete skull the fitted mean skull adds nothing, so a fallback there still gives no implant.
+# With method auto, the fitted mean skull fills an opening the network leaves open (adding under
+# UNFILLED_SHARE of the bone the fitted mean skull fills) from FALLBACK_FROM_ML on, small craniotomies
+# (about 3 ml) included: on a complete skull the fitted mean skull adds nothing, so there is no fallback.
+# The fitted mean skull's bone alone, not the union with the mirror image's: on 059, whose forehead is
+# asymmetric, the mirror image adds 75 ml to the skull, and its own and box defects (network DSC 0.93
+# and 0.89) fell back on the mean skull (0.75, 0.69) when judged against the union.
 FALLBACK_FROM_ML = 2.0
 
 
@@ -125,11 +128,12 @@ def leaves_opening(expected_ml: float, implant_ml: float, from_ml: float = LARGE
     return expected_ml >= from_ml and implant_ml < UNFILLED_SHARE * expected_ml
 
 
-def fitted_fills_instead(expected_ml: float, implant_ml: float, priors: Priors) -> bool:
-    """With method auto: whether the fitted mean skull fills the opening instead of the network's
-    implant, which leaves most of it open (``FALLBACK_FROM_ML``), provided the mean skull fits this
-    skull (its residual within ``POOR_FIT_MM``; a poor fit is no better a guess, and is warned)."""
-    return (leaves_opening(expected_ml, implant_ml, FALLBACK_FROM_ML) and priors.fit is not None
+def fitted_fills_instead(fitted_ml: float, implant_ml: float, priors: Priors) -> bool:
+    """With method auto: whether the fitted mean skull, which fills ``fitted_ml`` of bone, fills the
+    opening instead of the network's implant, which leaves most of that open (``FALLBACK_FROM_ML``),
+    provided the mean skull fits this skull (its residual within ``POOR_FIT_MM``; a poor fit is no
+    better a guess, and is warned)."""
+    return (leaves_opening(fitted_ml, implant_ml, FALLBACK_FROM_ML) and priors.fit is not None
             and priors.fit.residual_mm <= POOR_FIT_MM)
 
 

@@ -181,26 +181,29 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
     with clock.stage("priors"):  # the network's guides when it takes them, and a check on its result always
         progress(ProgressEvent("priors", 0.15, "mirroring the skull and fitting the mean skull"))
         priors = estimate_priors(model_input.cropped.array, model_input.cropped.spacing[0])
-        expected = priors.missing(model_input.cropped.array)
+        by_fitted = priors.added(model_input.cropped.array, "fitted")
+        expected = priors.added(model_input.cropped.array, "mirror") | by_fitted  # the bone either prior adds
     if networks.info.priors:
         model_input.priors = priors
     expected_ml = float(expected.sum()) * model_input.cropped.voxel_volume_mm3 / 1000.0
+    fitted_ml = float(by_fitted.sum()) * model_input.cropped.voxel_volume_mm3 / 1000.0
     first = "network" if method == "auto" else method
     outcome = _complete(defective, model_input, priors, expected, networks, device, first, progress, clock,
                         test_time_augmentation)
     notes = []
-    if method == "auto" and fitted_fills_instead(expected_ml, outcome.implant_ml, priors):
+    if method == "auto" and fitted_fills_instead(fitted_ml, outcome.implant_ml, priors):
         # The network leaves most of what the priors expect missing open: the fitted mean skull fills it,
         # if it fills more (on a complete skull it adds nothing either, and the network's result stands).
         fitted = _complete(defective, model_input, priors, expected, networks, outcome.device, "fitted", progress,
                            clock, test_time_augmentation)
         if fitted.implant_ml > outcome.implant_ml:
-            notes.append(f"the network added only {outcome.implant_ml:.1f} ml of bone where the skull's mirror image "
-                         f"and the fitted mean skull expect about {expected_ml:.0f} ml missing: the implant is the "
-                         "fitted mean skull's instead (--method fitted); check its fit at the border before use")
+            notes.append(f"the network added only {outcome.implant_ml:.1f} ml of bone where the mean skull fitted to "
+                         f"this one fills about {fitted_ml:.0f} ml: the implant is the fitted mean skull's instead "
+                         "(--method fitted); check its fit at the border before use")
             outcome = fitted
     design = Design(outcome.completed, outcome.implant, outcome.device, pose=straightened.report(),
                     priors={**priors.report(model_input.grid.direction), "expected_missing_ml": round(expected_ml, 1),
+                            "fitted_missing_ml": round(fitted_ml, 1),
                             "agreement_dsc": round(outcome.agreement, 3)}, completed_by=outcome.method)
     design.warnings = notes + design_doubts(model_input.cropped, design.implant_ml, straightened.pose, priors,
                                             expected_ml, outcome.agreement)

@@ -302,10 +302,10 @@ class Priors:
         kept = np.isin(labels, np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1)
         return skull | without_bone_layers(kept, skull)
 
-    def missing(self, defective: np.ndarray) -> np.ndarray:
-        """Where the priors say bone is missing: the bone either baseline adds (``completed``)."""
+    def added(self, defective: np.ndarray, which: str) -> np.ndarray:
+        """The bone one prior alone adds to the skull (``completed`` less the skull)."""
         skull = np.asarray(defective) != 0
-        return (self.completed(skull, "mirror") | self.completed(skull, "fitted")) & ~skull
+        return self.completed(skull, which) & ~skull
 
 
 def _within_field(added: np.ndarray, skull: np.ndarray) -> np.ndarray:
