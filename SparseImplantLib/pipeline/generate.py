@@ -304,7 +304,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
     """
     from ..surfaces.display_meshes import display_mesh
     from ..surfaces.distances import add_signed_distance, distance_statistics, vertices_near_changes
-    from ..surfaces.from_masks import BORDER_BLEND_MM, printable_implant_surface, smoothed_away_from, surface_from_mask
+    from ..surfaces.from_masks import completed_skull_surface, printable_implant_surface, surface_from_mask
     from ..surfaces.implant_report import implant_report
     from ..surfaces.meshes import export_mesh
 
@@ -330,14 +330,8 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
         progress(ProgressEvent("meshes", 0.75, "surfaces of the skulls and the implant"))
         with clock.stage("meshes"):  # several seconds: each step moves the bar
             defective_surface = surface_from_mask(defective)
-            completed_surface = surface_from_mask(completed)
-            implant_surface = None
-            if implant_array.any():
-                implant_surface = printable_implant_surface(implant, defective_surface)
-                # The completed skull's added bone smoothed as the printed implant is, so the views match it.
-                bounds = np.array(implant_surface.GetBounds()).reshape(3, 2)
-                completed_surface = smoothed_away_from(completed_surface, defective_surface,
-                                                       (bounds[:, 0] - BORDER_BLEND_MM, bounds[:, 1] + BORDER_BLEND_MM))
+            implant_surface = printable_implant_surface(implant, defective_surface) if implant_array.any() else None
+            completed_surface = completed_skull_surface(completed, defective_surface, implant_surface)
             progress(ProgressEvent("meshes", 0.8, "display meshes"))
             completed_view, defective_view = display_mesh(completed_surface), display_mesh(defective_surface)
             progress(ProgressEvent("meshes", 0.85, "signed distances and the implant report"))

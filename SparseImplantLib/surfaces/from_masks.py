@@ -82,6 +82,17 @@ def printable_implant_surface(implant: Volume, skull_surface: vtkPolyData) -> vt
     return smoothed_away_from(without_specks(surface_from_mask(implant)), skull_surface)
 
 
+def completed_skull_surface(completed: Volume, skull_surface: vtkPolyData,
+                            implant_surface: Optional[vtkPolyData]) -> vtkPolyData:
+    """The completed skull's surface, its added bone smoothed as the printed ``implant_surface`` is, in
+    the implant's region (its bounds plus ``BORDER_BLEND_MM``), so the views show the implant as printed."""
+    surface = surface_from_mask(completed)
+    if implant_surface is None or implant_surface.GetNumberOfPoints() == 0:
+        return surface
+    bounds = np.array(implant_surface.GetBounds()).reshape(3, 2)
+    return smoothed_away_from(surface, skull_surface, (bounds[:, 0] - BORDER_BLEND_MM, bounds[:, 1] + BORDER_BLEND_MM))
+
+
 def smoothed_away_from(surface: vtkPolyData, skull_surface: vtkPolyData,
                        region: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> vtkPolyData:
     """``surface`` smoothed as the printed implant (``IMPLANT_*``) where it lies more than
