@@ -192,7 +192,7 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
                         test_time_augmentation)
     notes = []
     if method == "auto" and fitted_fills_instead(fitted_ml, outcome.implant_ml, priors):
-        # The network leaves most of what the priors expect missing open: the fitted mean skull fills it,
+        # The network leaves most of what the fitted mean skull fills open: the fitted mean skull fills it,
         # if it fills more (on a complete skull it adds nothing either, and the network's result stands).
         fitted = _complete(defective, model_input, priors, expected, networks, outcome.device, "fitted", progress,
                            clock, test_time_augmentation)
