@@ -198,7 +198,7 @@ def run_variant(variant: Variant, networks, device, baseline: Optional[np.ndarra
     completed, implant = design.completed, design.implant
     row = {"case": variant.case, "group": variant.group, "name": variant.name, "method": method,
            "completed_by": design.completed_by, "seconds": round(seconds, 1),
-           "true_ml": round(float(truth.array.sum()) * truth.voxel_volume_mm3 / 1000, 2),
+           "true_ml": round(truth.nonzero_ml, 2),
            "implant_ml": round(design.implant_ml, 2), "warnings": design.warnings, "pose": design.pose,
            "priors": design.priors,  # what the doubts weighed: expected missing bone, agreement with it
            **evaluate_case(implant, truth, defective, completed, case=variant.case)}

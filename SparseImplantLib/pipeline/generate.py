@@ -133,7 +133,7 @@ class Design:
 
     @property
     def implant_ml(self) -> float:
-        return float(np.count_nonzero(self.implant.array)) * self.implant.voxel_volume_mm3 / 1000.0
+        return self.implant.nonzero_ml
 
 
 def design_implant(defective: Volume, networks: Networks, device: torch.device,
@@ -224,7 +224,7 @@ class _Completion:
 
     @property
     def implant_ml(self) -> float:
-        return float(np.count_nonzero(self.implant.array)) * self.implant.voxel_volume_mm3 / 1000.0
+        return self.implant.nonzero_ml
 
 
 def _complete(defective: Volume, model_input, priors, expected: np.ndarray, networks: Networks, device: torch.device,

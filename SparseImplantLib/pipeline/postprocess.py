@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .volume import Box, find_foreground_box
+from .volume import Box, find_foreground_box, in_blocks
 
 BLOCK = 8  # voxels per block edge when grouping the opened difference into separately labelled regions
 # A piece that fills an opening meets the skull along its rim only; a layer on the bone touches it over
@@ -132,10 +132,7 @@ def _kept_components(opened: np.ndarray, bone: np.ndarray, min_fraction_of_large
     of connected occupied blocks and is labelled there. Groups go largest first: once a group holds
     fewer voxels than the bound set by the largest touching component so far, neither it nor any
     group after it holds a component to keep."""
-    blocks = tuple(-(-n // block) for n in opened.shape)
-    padded = np.zeros(tuple(n * block for n in blocks), dtype=bool)
-    padded[tuple(slice(0, n) for n in opened.shape)] = opened
-    counts = padded.reshape(blocks[0], block, blocks[1], block, blocks[2], block).sum(axis=(1, 3, 5), dtype=np.int32)
+    counts = in_blocks(opened, block).sum(axis=(1, 3, 5), dtype=np.int32)
     groups, group_count = ndimage.label(counts > 0, structure=CUBE)
     totals = ndimage.sum_labels(counts, groups, np.arange(1, group_count + 1))
     extents = ndimage.find_objects(groups)

@@ -20,7 +20,7 @@ from vtkmodules.vtkFiltersCore import vtkImplicitPolyDataDistance
 
 from ..contract import DISTANCE_ARRAY
 from ..errors import SparseImplantError
-from ..pipeline.volume import LPS_TO_RAS, Volume, foreground_box
+from ..pipeline.volume import LPS_TO_RAS, Volume, foreground_box, in_blocks
 from .from_masks import surface_reach_mm
 from .meshes import without_zero_area_triangles
 
@@ -74,10 +74,7 @@ def vertices_near_changes(surface: vtkPolyData, mask: Volume, other: Volume, coo
     reach = surface_reach_mm(mask)
     box = foreground_box(changed, margin=math.ceil(reach / mask.spacing.min()) + block + 1)
     shape = np.array([b.stop - b.start for b in box])
-    blocks = -(-shape // block)
-    padded = np.zeros(tuple(blocks * block), dtype=bool)
-    padded[tuple(slice(0, n) for n in shape)] = changed[box]
-    coarse = padded.reshape(blocks[0], block, blocks[1], block, blocks[2], block).any(axis=(1, 3, 5))
+    coarse = in_blocks(changed[box], block).any(axis=(1, 3, 5))
     # Distance (mm) between block centres; outside the box it exceeds the reach.
     distance = ndimage.distance_transform_edt(~coarse, sampling=mask.spacing * block)
     to_index = np.linalg.inv(mask.index_to_lps() if coordinates == "LPS" else LPS_TO_RAS @ mask.index_to_lps())
