@@ -61,10 +61,25 @@ def test_the_fitted_mean_skull_fills_in_only_where_the_network_leaves_the_openin
 
     from SparseImplantLib.pipeline.doubts import fitted_fills_instead
 
-    fits, poor = SimpleNamespace(fit=SimpleNamespace(residual_mm=0.3)), SimpleNamespace(fit=SimpleNamespace(residual_mm=3.5))
+    def fitted(residual_mm: float, at_scale_limit: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(fit=SimpleNamespace(residual_mm=residual_mm, at_scale_limit=at_scale_limit))
+
+    fits, poor = fitted(0.3), fitted(3.5)
     assert fitted_fills_instead(30.0, 2.0, fits)  # a lateral opening the network leaves empty
     assert fitted_fills_instead(3.0, 0.0, fits)  # a small craniotomy
     assert not fitted_fills_instead(30.0, 20.0, fits)  # the network fills most of it
     assert not fitted_fills_instead(1.0, 0.0, fits)  # a complete skull: nothing expected missing
     assert not fitted_fills_instead(30.0, 2.0, poor)  # the mean skull fits poorly: no better a guess
     assert not fitted_fills_instead(30.0, 2.0, SimpleNamespace(fit=None))
+    assert not fitted_fills_instead(30.0, 2.0, fitted(0.3, at_scale_limit=True))  # a toy's size: no adult skull
+
+
+def test_a_mean_skull_stretched_to_its_limit_is_no_fit():
+    from SparseImplantLib.pipeline.priors import FIT_SCALE_LIMIT, ShapeFit
+
+    def fit_with_scales(*scales: float) -> ShapeFit:
+        return ShapeFit(np.diag(1.0 / np.array(scales)), np.zeros(3), 0.3, 0.6)
+
+    assert not fit_with_scales(0.87, 1.0, 1.04).at_scale_limit  # the range SkullFix 050-059 fit in
+    assert fit_with_scales(1.0, 1.0, np.exp(FIT_SCALE_LIMIT)).at_scale_limit
+    assert fit_with_scales(np.exp(-FIT_SCALE_LIMIT - 0.05), 1.0, 1.0).at_scale_limit

@@ -131,10 +131,10 @@ def leaves_opening(expected_ml: float, implant_ml: float, from_ml: float = LARGE
 def fitted_fills_instead(fitted_ml: float, implant_ml: float, priors: Priors) -> bool:
     """With method auto: whether the fitted mean skull, which fills ``fitted_ml`` of bone, fills the
     opening instead of the network's implant, which leaves most of that open (``FALLBACK_FROM_ML``),
-    provided the mean skull fits this skull (its residual within ``POOR_FIT_MM``; a poor fit is no
-    better a guess, and is warned)."""
+    provided the mean skull fits this skull (its residual within ``POOR_FIT_MM``, its scales short of
+    their limit: a poor fit is no better a guess, and is warned)."""
     return (leaves_opening(fitted_ml, implant_ml, FALLBACK_FROM_ML) and priors.fit is not None
-            and priors.fit.residual_mm <= POOR_FIT_MM)
+            and priors.fit.residual_mm <= POOR_FIT_MM and not priors.fit.at_scale_limit)
 
 
 def agreement_doubts(expected_ml: float, implant_ml: float, agreement_dsc: float) -> List[str]:

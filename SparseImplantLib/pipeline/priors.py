@@ -93,6 +93,13 @@ class ShapeFit:
         """The mean skull's size along its own axes as laid on this skull (1: the training skulls' mean)."""
         return 1.0 / np.linalg.svd(self.matrix, compute_uv=False)[::-1]
 
+    @property
+    def at_scale_limit(self) -> bool:
+        """Whether the fit stretched or shrank the mean skull as far as it may (``FIT_SCALE_LIMIT``): the
+        skull is no adult skull's size (SkullFix 050-059 fit within 0.87-1.04), and no fit of the mean
+        skull can stand for it, whatever its residual."""
+        return bool(np.abs(np.log(self.scales)).max() >= 0.95 * FIT_SCALE_LIMIT)
+
 
 @dataclass(frozen=True)
 class ShapeTemplate:
