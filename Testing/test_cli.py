@@ -408,10 +408,10 @@ def test_method_fitted_completes_the_skull_with_the_fitted_mean_skull(tmp_path):
     assert report["implant_volume_ml"] > 20  # the sample's opening is about 47 ml
 
 
-def test_method_auto_fills_what_the_network_leaves_open_with_the_fitted_mean_skull(tmp_path, monkeypatch):
+def test_method_auto_fills_what_the_network_leaves_open_with_the_fitted_mean_skull(tmp_path, monkeypatch, capsys):
     """--method auto (the default): a network that adds no bone to the sample's 47 ml opening is
-    replaced by the fitted mean skull, and the report and warnings say so; --method network keeps the
-    network's empty implant."""
+    replaced by the fitted mean skull, and the report and warnings say so, the progress never going
+    back; --method network keeps the network's empty implant."""
     from conftest import SAMPLE_DEFECTIVE
     from SparseImplantLib.pipeline import generate
     from SparseImplantLib.pipeline.volume import paste
@@ -421,12 +421,15 @@ def test_method_auto_fills_what_the_network_leaves_open_with_the_fitted_mean_sku
         return model_input.grid.with_array(paste(skull, model_input.box, model_input.grid.shape)), device
 
     monkeypatch.setattr(generate, "coarse_skull", adds_nothing)
-    reports = {}
+    reports, fractions = {}, {}
     for method in ("auto", "network"):
         out = tmp_path / method
         assert main(["generate", str(SAMPLE_DEFECTIVE), "-o", str(out), "--method", method, "--device", "cpu",
-                     "--progress", "none", "--no-preview", "--mesh-formats", "vtk"]) == 0
+                     "--progress", "json", "--no-preview", "--mesh-formats", "vtk"]) == 0
         reports[method] = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        events = [ProgressEvent.from_line(line) for line in capsys.readouterr().out.splitlines()]
+        fractions[method] = [event.fraction for event in events if event is not None]
+    assert fractions["auto"] == sorted(fractions["auto"]) and fractions["auto"][-1] == 1.0
     auto, network = reports["auto"], reports["network"]
     assert auto["completed_by"] == "fitted" and auto["implant_volume_ml"] > 20
     assert "the implant is the fitted mean skull's instead" in auto["warnings"][0]

@@ -68,6 +68,18 @@ def test_the_cut_turns_with_the_head(ovoid, angles):
     assert angle_deg(turned.normal, rotation_matrix(*angles) @ upright.normal) < 1.5
 
 
+def test_flat_counts_look_only_where_they_can_count_and_count_the_same(ovoid):
+    """The band around the furthest plane that each group of directions searches loses no point:
+    the counts are those of every point against every plane."""
+    points = pose.skull_points(ovoid[0], pose.CUT_SPACING_MM)
+    points = np.vstack([points, np.random.default_rng(3).normal(0.0, 40.0, (2000, 3))])  # and scattered ones
+    directions = np.vstack([pose._downward_directions(60.0, 3.0),
+                            pose._downward_directions(1.0, 0.25, about=np.array([0.6, 0.0, -0.8]))])
+    heights = points @ directions.T
+    every_point = (heights > heights.max(axis=0) - pose.CUT_DEPTH_MM).sum(axis=0)
+    np.testing.assert_array_equal(pose._flat_counts(points, directions), every_point)
+
+
 def test_a_skull_that_ends_naturally_has_no_cut():
     assert pose.find_cut(ovoid_skull(cut=False)[0]) is None
 

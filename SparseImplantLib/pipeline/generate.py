@@ -12,10 +12,11 @@ import os
 import platform
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -43,6 +44,11 @@ from .pose import measure_head, straighten_head
 from .postprocess import extract_implant
 from .priors import estimate_priors
 from .volume import Volume, paste, resample_mask, resample_soft_mask
+
+if TYPE_CHECKING:  # VTK is imported where surfaces are made: a design alone does not load it
+    from vtkmodules.vtkCommonDataModel import vtkPolyData
+
+    from ..surfaces.distances import DistanceTo
 
 
 @dataclass
@@ -107,7 +113,8 @@ class GenerateOptions:
 
 @dataclass
 class StageClock:
-    """Wall-clock seconds per stage, for the report."""
+    """Wall-clock seconds per stage of the main line, for the report; work run beside it counts in
+    the stage that waits for it (``generate``)."""
 
     timings: Dict[str, float] = field(default_factory=dict)
 
@@ -194,8 +201,9 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
     if method == "auto" and fitted_fills_instead(fitted_ml, outcome.implant_ml, priors):
         # The network leaves most of what the fitted mean skull fills open: the fitted mean skull fills it,
         # if it fills more (on a complete skull it adds nothing either, and the network's result stands).
-        fitted = _complete(defective, model_input, priors, expected, networks, outcome.device, "fitted", progress,
-                           clock, test_time_augmentation)
+        progress(ProgressEvent("implant", 0.72, "the network left the opening open: completing by the fitted mean skull"))
+        fitted = _complete(defective, model_input, priors, expected, networks, outcome.device, "fitted",
+                           ignore_progress, clock, test_time_augmentation)  # its steps: within this one
         if fitted.implant_ml > outcome.implant_ml:
             notes.append(f"the network added only {outcome.implant_ml:.1f} ml of bone where the mean skull fitted to "
                          f"this one fills about {fitted_ml:.0f} ml: the implant is the fitted mean skull's instead "
@@ -302,9 +310,8 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             overwrite the input, is not writable, or holds results without ``options.overwrite``; the
             skull vanishing on the model's grid. On any error nothing is moved into the output folder.
     """
-    from ..surfaces.display_meshes import display_mesh
-    from ..surfaces.distances import add_signed_distance, distance_statistics, vertices_near_changes
-    from ..surfaces.from_masks import completed_skull_surface, printable_implant_surface, surface_from_mask
+    from ..surfaces.distances import DistanceTo, add_signed_distance, distance_statistics, vertices_near_changes
+    from ..surfaces.from_masks import printable_implant_surface, surface_from_mask
     from ..surfaces.implant_report import implant_report
     from ..surfaces.meshes import export_mesh
 
@@ -323,36 +330,41 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             networks = load_networks(options.model, options.refine_model, device, options.model_dir,
                                      options.keep_logit)
         progress(ProgressEvent("read", 0.05, f"model {networks.info.name} on {device.type}"))
-        design = design_implant(defective, networks, device, progress, clock, options.test_time_augmentation,
-                                options.straighten, options.method)
-        completed, implant, device = design.completed, design.implant, design.device
-        implant_array = implant.array > 0
-        progress(ProgressEvent("meshes", 0.75, "surfaces of the skulls and the implant"))
-        with clock.stage("meshes"):  # several seconds: each step moves the bar
-            defective_surface = surface_from_mask(defective)
-            implant_surface = printable_implant_surface(implant, defective_surface) if implant_array.any() else None
-            completed_surface = completed_skull_surface(completed, defective_surface, implant_surface)
-            progress(ProgressEvent("meshes", 0.8, "display meshes"))
-            completed_view, defective_view = display_mesh(completed_surface), display_mesh(defective_surface)
-            progress(ProgressEvent("meshes", 0.85, "signed distances and the implant report"))
-            if reference is not None:
-                against = defective.with_array(((defective.array > 0) | (reference.array > 0)).astype(np.uint8))
-                against_surface = surface_from_mask(against)
-            else:
-                against, against_surface = defective, defective_surface
-            distance_surface = add_signed_distance(completed_view, against_surface,
-                                                   where=vertices_near_changes(completed_view, completed, against))
-            distances = distance_statistics(_point_array(distance_surface, contract.DISTANCE_ARRAY))
-            # What a lab checks before printing: volume, area, thickness, border fit, watertightness.
-            fit = (implant_report(implant_surface, implant, defective_surface).to_json()
-                   if implant_surface is not None else None)
+        # Surfaces run beside the main line, on the core that its numpy, scipy and sequential VTK steps
+        # leave idle (VTK releases the GIL): the input skull's (and the search structure of distances
+        # to it) beside the design, the completed skull's beside the implant report and the masks'
+        # files. The executor waits for its work on errors too.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="beside") as beside:
+            input_skull = beside.submit(_surfaces_of_input, defective)
+            design = design_implant(defective, networks, device, progress, clock, options.test_time_augmentation,
+                                    options.straighten, options.method)
+            completed, implant, device = design.completed, design.implant, design.device
+            progress(ProgressEvent("meshes", 0.75, "surfaces of the implant and the completed skull"))
+            with clock.stage("meshes"):  # several seconds: each step moves the bar
+                defective_surface, defective_view, distance_to_defective = input_skull.result()
+                implant_surface = printable_implant_surface(implant, defective_surface) if implant.array.any() else None
+                completed_skull = beside.submit(_surfaces_of_completed, completed, defective_surface,
+                                                _own_copy(implant_surface))  # the lab report uses the original
+                # What a lab checks before printing: volume, area, thickness, border fit, watertightness.
+                fit = (implant_report(implant_surface, implant, defective_surface).to_json()
+                       if implant_surface is not None else None)
+                write_volume(staging / COMPLETED_FILE, completed)
+                write_volume(staging / IMPLANT_FILE, implant)
+                if reference is not None:
+                    against = defective.with_array(((defective.array > 0) | (reference.array > 0)).astype(np.uint8))
+                    distance_to_against = DistanceTo(surface_from_mask(against))
+                else:
+                    against, distance_to_against = defective, distance_to_defective
+                completed_surface, completed_view = completed_skull.result()
+                progress(ProgressEvent("meshes", 0.85, "signed distances"))
+                distance_surface = add_signed_distance(completed_view, distance_to_against,
+                                                       where=vertices_near_changes(completed_view, completed, against))
+                distances = distance_statistics(_point_array(distance_surface, contract.DISTANCE_ARRAY))
         whole_skulls = ((completed_surface, defective_surface) if options.full_resolution_meshes
                         else (completed_view, defective_view))
         meshes = dict(zip(contract.MESH_STEMS, (*whole_skulls, implant_surface)))  # the implant at full resolution
         progress(ProgressEvent("write", 0.9, "writing results"))
         with clock.stage("write"):
-            write_volume(staging / COMPLETED_FILE, completed)
-            write_volume(staging / IMPLANT_FILE, implant)
             for fmt in options.mesh_formats:
                 for stem, surface in meshes.items():
                     if surface is not None:  # no implant mesh for an empty implant
@@ -376,7 +388,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             "voxels": {
                 "defective": int(np.count_nonzero(defective.array)),
                 "completed": int(np.count_nonzero(completed.array)),
-                "implant": int(implant_array.sum()),
+                "implant": int(np.count_nonzero(implant.array)),
             },
             "implant_volume_ml": round(design.implant_ml, 3),
             "implant_report": fit,
@@ -391,6 +403,39 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
         (staging / contract.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     progress(ProgressEvent("done", 1.0, f"results in {output_dir}"))
     return report
+
+
+def _surfaces_of_completed(completed: Volume, skull_surface: vtkPolyData,
+                           implant_surface: Optional[vtkPolyData]) -> Tuple[vtkPolyData, vtkPolyData]:
+    """The completed skull's full-resolution surface (its added bone as the printed implant) and its
+    display mesh. Run beside VTK work on other objects: of ``skull_surface`` it reads the points only."""
+    from ..surfaces.display_meshes import display_mesh
+    from ..surfaces.from_masks import completed_skull_surface
+
+    surface = completed_skull_surface(completed, skull_surface, implant_surface)
+    return surface, display_mesh(surface)
+
+
+def _own_copy(surface: Optional[vtkPolyData]) -> Optional[vtkPolyData]:
+    """A deep copy, for work in another thread: VTK builds some of a surface's structures when first
+    asked (bounds, cell links), which two threads must not do at once."""
+    if surface is None:
+        return None
+    from vtkmodules.vtkCommonDataModel import vtkPolyData
+
+    copy = vtkPolyData()
+    copy.DeepCopy(surface)
+    return copy
+
+
+def _surfaces_of_input(skull: Volume) -> Tuple[vtkPolyData, vtkPolyData, DistanceTo]:
+    """``skull``'s full-resolution surface, its display mesh and the distances to it."""
+    from ..surfaces.display_meshes import display_mesh
+    from ..surfaces.distances import DistanceTo
+    from ..surfaces.from_masks import surface_from_mask
+
+    surface = surface_from_mask(skull)
+    return surface, display_mesh(surface), DistanceTo(surface)
 
 
 def _point_array(surface, name: str) -> np.ndarray:

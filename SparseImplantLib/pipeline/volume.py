@@ -147,18 +147,38 @@ def resample_fraction(volume: Volume, reference: Volume, sigma_mm: Sequence[floa
     inside that crop are interpolated (the rest are 0), so a skull resampled onto another grid costs
     what its bounding box costs, not its field of view. The recursive blur sees the same zeros before
     the crop's edge as the whole volume has, so the values inside are the same."""
+    values = np.zeros(reference.shape, np.float32, order="F")
+    part = _resampled_part(volume, reference, sigma_mm, binary)
+    if part is not None:
+        values[part[0]] = part[1]
+    return values
+
+
+def resample_above(volume: Volume, reference: Volume, sigma_mm: Sequence[float], binary: bool = False,
+                   level: float = 0.5) -> np.ndarray:
+    """``resample_fraction(...) >= level`` as uint8, compared inside the resampled box only: a CT-sized
+    reference never holds a float copy."""
+    above = np.zeros(reference.shape, np.uint8, order="F")  # the layout of volumes read through SimpleITK
+    part = _resampled_part(volume, reference, sigma_mm, binary)
+    if part is not None:
+        above[part[0]] = part[1] >= level
+    return above
+
+
+def _resampled_part(volume: Volume, reference: Volume, sigma_mm: Sequence[float],
+                    binary: bool) -> Optional[Tuple[Box, np.ndarray]]:
+    """``resample_fraction``'s non-zero part: the reference's index box and its values; None when empty."""
     import SimpleITK as sitk
 
     reach = [int(np.ceil(4 * s / d)) + 2 for s, d in zip(sigma_mm, volume.spacing)]
-    values = np.zeros(reference.shape, np.float32, order="F")
     content = find_foreground_box(volume.array, reach)
     region = index_box_of_region(volume, corners_lps(reference), reach)
     source_box = _intersection(content, region) if content is not None and region is not None else None
     if source_box is None:
-        return values
+        return None
     target_box = index_box_of_region(reference, corners_lps(volume, source_box), (1, 1, 1))
     if target_box is None:
-        return values
+        return None
     source = volume.array[source_box]
     source = (source != 0) if binary else source
     cropped, sigma_mm = block_mean(crop(volume, source_box, source), sigma_mm)
@@ -174,20 +194,22 @@ def resample_fraction(volume: Volume, reference: Volume, sigma_mm: Sequence[floa
     resampler.SetInterpolator(sitk.sitkLinear)
     resampler.SetDefaultPixelValue(0.0)
     resampler.SetOutputPixelType(sitk.sitkFloat32)
-    values[target_box] = from_sitk(resampler.Execute(image)).array
-    return values
+    return target_box, from_sitk(resampler.Execute(image)).array
 
 
-def block_mean(volume: Volume, sigma_mm: Sequence[float]) -> Tuple[Volume, List[float]]:
+def block_mean(volume: Volume, sigma_mm: Sequence[float],
+               largest_block_mm: Optional[Sequence[float]] = None) -> Tuple[Volume, List[float]]:
     """(``volume`` averaged over blocks of voxels, the blur left to do) for a blur of ``sigma_mm``: a
     block of k voxels along an axis where sigma spans 2k voxels or more. The block mean is a box filter
     of variance (k² - 1) s² / 12, which the returned sigma leaves out, so blurring the smaller volume by
     it gives nearly the same smooth field as blurring the whole one, on the product of the k's fewer
     voxels, and linear interpolation between block centres at most half a sigma apart shaves little
     off its peaks (thin bone): on the pose's 4 mm grid of a 512 x 512 x Z mask, 22 of 6,516 voxels differ on the sample. A
-    float32 volume (values in [0, 1] stay so) with each block's centre as its voxel."""
+    float32 volume (values in [0, 1] stay so) with each block's centre as its voxel.
+    ``largest_block_mm``: blocks up to this size instead, where a coarser result may differ more."""
     spacing = np.asarray(volume.spacing, dtype=float)
-    factors = np.maximum(1, np.floor(np.asarray(sigma_mm, dtype=float) / (2 * spacing))).astype(int)
+    largest = np.asarray(sigma_mm, dtype=float) / 2 if largest_block_mm is None else np.asarray(largest_block_mm, dtype=float)
+    factors = np.maximum(1, np.floor(largest / spacing)).astype(int)
     if np.all(factors == 1):
         return volume.with_array(volume.array.astype(np.float32, copy=False)), [float(s) for s in sigma_mm]
     means = in_blocks(volume.array, factors, np.float32).mean(axis=(1, 3, 5))
@@ -244,13 +266,13 @@ def resample_mask(mask: Volume, reference: Volume, smoothing: float = 0.4) -> Vo
     of the staircase (or lost thin bone) of nearest-neighbour resampling.
     """
     sigma = smoothing * np.maximum(mask.spacing, reference.spacing)
-    return reference.with_array((resample_fraction(mask, reference, sigma, binary=True) >= 0.5).astype(np.uint8))
+    return reference.with_array(resample_above(mask, reference, sigma, binary=True))
 
 
 def resample_soft_mask(fractions: Volume, reference: Volume, smoothing: float = 0.4) -> Volume:
     """``resample_mask`` for a mask with values in [0, 1] (e.g. the share of predictions keeping a voxel)."""
     sigma = smoothing * np.maximum(fractions.spacing, reference.spacing)
-    return reference.with_array((resample_fraction(fractions, reference, sigma) >= 0.5).astype(np.uint8))
+    return reference.with_array(resample_above(fractions, reference, sigma))
 
 
 def resample_mask_to_spacing(mask: Volume, spacing: Sequence[float]) -> Volume:

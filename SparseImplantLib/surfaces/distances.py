@@ -9,12 +9,11 @@ per vertex, and a completed skull differs from the defective one only around the
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import numpy as np
 from scipy import ndimage
 from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
-from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkSMPTools
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 from vtkmodules.vtkFiltersCore import vtkImplicitPolyDataDistance
 
@@ -25,33 +24,43 @@ from .from_masks import surface_reach_mm
 from .meshes import without_zero_area_triangles
 
 
-def signed_distance(surface: vtkPolyData, reference: vtkPolyData, where: Optional[np.ndarray] = None) -> np.ndarray:
-    """Distance (mm) from each vertex of ``surface`` to ``reference``: positive outside it, negative inside.
+class DistanceTo:
+    """Signed distance (mm) to a reference surface: positive outside it, negative inside. Its search
+    structure is built once, here (a few tenths of a second for a whole skull), so it can be built
+    ahead, beside other work, and asked many times.
 
-    ``where`` (bool per vertex) limits the search to those vertices; the others get 0.
+    Points are asked one at a time (VTK's array call would spread them over threads that share the
+    search's state; a crash was seen once in CI that way, and switching VTK's global threading off
+    around it would stop filters running beside it), against the reference without its zero-area
+    triangles (a triangle with no normal gives VTK's sign test nothing to work with)."""
 
-    The search runs on VTK's sequential backend (it is serial either way) and against the reference
-    without its zero-area triangles (a triangle with no normal gives VTK's sign test nothing to work
-    with); both guard against a crash seen once in CI and never reproduced here.
-    """
+    def __init__(self, reference: vtkPolyData):
+        self._implicit: Optional[vtkImplicitPolyDataDistance] = None
+        if reference.GetNumberOfPoints() > 0:
+            self._implicit = vtkImplicitPolyDataDistance()
+            self._implicit.SetInput(without_zero_area_triangles(reference))
+
+    def at(self, points: np.ndarray) -> np.ndarray:
+        """Signed distances of ``points`` ((N, 3), mm)."""
+        if len(points) == 0:
+            return np.zeros(0)
+        if self._implicit is None:
+            raise SparseImplantError("the reference surface is empty: there is nothing to measure distances to")
+        evaluate = self._implicit.EvaluateFunction
+        return np.array([evaluate(point) for point in np.asarray(points, dtype=np.float64).tolist()])
+
+
+def signed_distance(surface: vtkPolyData, reference: Union[vtkPolyData, DistanceTo],
+                    where: Optional[np.ndarray] = None) -> np.ndarray:
+    """Distance (mm) from each vertex of ``surface`` to ``reference`` (a surface, or its ``DistanceTo``):
+    positive outside it, negative inside. ``where`` (bool per vertex) limits the search to those
+    vertices; the others get 0."""
     distances = np.zeros(surface.GetNumberOfPoints())
     if surface.GetNumberOfPoints() == 0:
         return distances
-    if reference.GetNumberOfPoints() == 0:
-        raise SparseImplantError("the reference surface is empty: there is nothing to measure distances to")
+    distance_to = reference if isinstance(reference, DistanceTo) else DistanceTo(reference)
     searched = slice(None) if where is None else where
-    points = vtk_to_numpy(surface.GetPoints().GetData())[searched]
-    backend = vtkSMPTools.GetBackend()
-    vtkSMPTools.SetBackend("Sequential")
-    try:
-        implicit = vtkImplicitPolyDataDistance()
-        implicit.SetInput(without_zero_area_triangles(reference))
-        values = vtkDoubleArray()
-        values.SetNumberOfTuples(len(points))
-        implicit.FunctionValue(numpy_to_vtk(np.ascontiguousarray(points, dtype=np.float64), deep=True), values)
-    finally:
-        vtkSMPTools.SetBackend(backend)
-    distances[searched] = vtk_to_numpy(values)
+    distances[searched] = distance_to.at(vtk_to_numpy(surface.GetPoints().GetData())[searched])
     return distances
 
 
@@ -87,7 +96,7 @@ def vertices_near_changes(surface: vtkPolyData, mask: Volume, other: Volume, coo
     return near
 
 
-def add_signed_distance(surface: vtkPolyData, reference: vtkPolyData, name: str = DISTANCE_ARRAY,
+def add_signed_distance(surface: vtkPolyData, reference: Union[vtkPolyData, DistanceTo], name: str = DISTANCE_ARRAY,
                         where: Optional[np.ndarray] = None) -> vtkPolyData:
     """Copy of ``surface`` with the signed distance to ``reference`` as its active point scalars
     (searched only at the vertices ``where`` is true, when given; 0 elsewhere)."""

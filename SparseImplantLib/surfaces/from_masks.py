@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import numpy as np
 from scipy.spatial import cKDTree
 from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
-from vtkmodules.vtkCommonCore import vtkSMPTools
+from vtkmodules.vtkCommonCore import vtkPoints, vtkSMPTools
 from vtkmodules.vtkCommonDataModel import vtkBox, vtkPolyData
 from vtkmodules.vtkFiltersCore import (
     vtkFlyingEdges3D,
@@ -129,9 +129,11 @@ def smoothed_away_from(surface: vtkPolyData, skull_surface: vtkPolyData,
     weight = np.clip((to_skull - BORDER_KEEP_MM) / (BORDER_BLEND_MM - BORDER_KEEP_MM), 0.0, 1.0)[:, None]
     moved = points.copy()
     moved[ids] = before + weight * (smoothed - before)
+    moved_points = vtkPoints()
+    moved_points.SetData(numpy_to_vtk(moved, deep=True))
     result = vtkPolyData()
-    result.DeepCopy(surface)
-    result.GetPoints().SetData(numpy_to_vtk(moved, deep=True))
+    result.ShallowCopy(surface)  # the same triangles, new points
+    result.SetPoints(moved_points)
     return with_normals(result)
 
 
@@ -238,9 +240,7 @@ def with_normals(surface: vtkPolyData) -> vtkPolyData:
     normals.ConsistencyOff()
     normals.AutoOrientNormalsOff()
     normals.Update()
-    result = vtkPolyData()
-    result.DeepCopy(normals.GetOutput())
-    return result
+    return normals.GetOutput()
 
 
 def surface_reach_mm(mask: Volume, smoothing_iterations: int = SMOOTHING_ITERATIONS,

