@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--cases", default="000-044")
     parser.add_argument("--spacing", type=float, default=4.0, help="the model's grid (mm)")
     parser.add_argument("--trunc", type=float, default=15.0, help="signed distances are clipped to +-this (mm)")
-    parser.add_argument("--modes", type=int, default=MODES, help="modes stored")
+    parser.add_argument("--modes", type=int, default=MODES, help="modes stored (and fitted: MODES)")
     parser.add_argument("--cache", type=Path, default=Path("training-cache"), help="prepared cases (as train's --cache)")
     parser.add_argument("-o", "--output", type=Path, default=default_model_dir() / SHAPE_MODEL_FILE)
     args = parser.parse_args()

@@ -29,7 +29,7 @@ from ..models.registry import default_model_dir
 from .pose import spread_sample
 
 SHAPE_MODEL_FILE = "shape-model.npz"
-MODES = 10  # modes fitted (of the 44 of 45 training skulls); chosen on validation cases 045-049
+MODES = 20  # modes fitted (of the 44 of 45 training skulls); chosen on validation cases 045-049
 RIDGE = 1.0  # weight of the modes' training spread against the surface's evidence
 BAND_MM = 3.0  # the skull's voxels within this of its surface (either side) are the observations
 TRIM = 0.85  # refits keep the observations the model explains best, this share of them
