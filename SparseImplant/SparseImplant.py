@@ -66,7 +66,7 @@ SAMPLES = (  # (category, sample name, file, sha256): the defective skull, and i
 )
 DEVICES = {"Auto": "auto", "GPU": "cuda", "CPU": "cpu"}
 # The panel's design choices and generate's --method (README, Defects anywhere).
-METHODS = {"Auto": "auto", "Network": "network", "Fitted mean skull": "fitted", "Mirror image": "mirror"}
+METHODS = {"Auto": "auto", "Network": "network", "Fitted skull shape": "fitted", "Mirror image": "mirror"}
 
 
 #

@@ -99,10 +99,11 @@ def _add_network_choices(parser: argparse.ArgumentParser) -> None:
                              "a quarter of the network's compute for a slightly lower implant DSC (README, Bundled model)")
     parser.add_argument("--method", choices=METHODS, default="auto",
                         help="how the skull is completed: auto (default) = the network, or, where it leaves most of "
-                             "the bone the skull's mirror image and the fitted mean skull expect missing open, the "
-                             "fitted mean skull (the report's completed_by says which, and a warning); network = the "
+                             "the bone the skull's mirror image and the fitted skull shape expect missing open, the "
+                             "fitted skull shape (the report's completed_by says which, and a warning); network = the "
                              "network alone; or one of the patient's own priors alone: mirror (the healthy side "
-                             "mirrored) or fitted (the mean skull fitted to this one). README, Defects anywhere")
+                             "mirrored) or fitted (the training skulls' shape model, or their mean skull where it "
+                             "matches this skull better, fitted to this one). README, Defects anywhere")
     parser.add_argument("--straighten", action=argparse.BooleanOptionalAction, default=True,
                         help="level the plane where the scan ends below the skull and turn the head to face forward before "
                              "the network sees it (default); without it, the skull as it lies on L, P, S axes (README, How it works)")

@@ -156,7 +156,7 @@ def test_the_worker_starts_from_the_given_environment(tmp_path):
     assert set(env) == {"PATH", "PYTHONPATH", "OMP_WAIT_POLICY", "PYTHONUNBUFFERED"}  # nothing of this process's
 
 
-@pytest.mark.parametrize("straighten, method", [(True, "Auto"), (False, "Fitted mean skull")])
+@pytest.mark.parametrize("straighten, method", [(True, "Auto"), (False, "Fitted skull shape")])
 def test_the_panels_choices_reach_the_workers_command_line(tmp_path, synthetic_skull, straighten, method):
     """Parameter node -> DesignInputs -> request -> command: the advanced options, the straightening switch
     and the design method too."""
@@ -171,12 +171,12 @@ def test_the_panels_choices_reach_the_workers_command_line(tmp_path, synthetic_s
                                  referenceSegmentId="", model="tiny", device="CPU", refine=False, straighten=straighten,
                                  method=method)
     inputs = design_inputs(parameters, {"Auto": "auto", "GPU": "cuda", "CPU": "cpu"},
-                           {"Auto": "auto", "Network": "network", "Fitted mean skull": "fitted", "Mirror image": "mirror"})
+                           {"Auto": "auto", "Network": "network", "Fitted skull shape": "fitted", "Mirror image": "mirror"})
     assert inputs.straighten is straighten and inputs.segmentation_node is skull
     request = ImplantDesigner(scene, work_root=tmp_path / "work").prepare(inputs)
     command = request.command("python")
     assert ("--no-straighten" in command) is not straighten
-    assert command[command.index("--method") + 1] == {"Auto": "auto", "Fitted mean skull": "fitted"}[method]
+    assert command[command.index("--method") + 1] == {"Auto": "auto", "Fitted skull shape": "fitted"}[method]
     assert command[command.index("--device") + 1] == "cpu" and command[command.index("--model") + 1] == "tiny"
     assert command[command.index("--refine-model") + 1] == "none" and "--threshold" not in command
 

@@ -136,7 +136,7 @@ class Design:
     warnings: List[str] = field(default_factory=list)
     pose: Optional[dict] = None  # the scan's bottom cut and the head's turn as the network saw it (pose)
     priors: Optional[dict] = None  # the symmetry plane, the mean skull's fit and what they expect missing
-    completed_by: str = "network"  # network, mirror or fitted: with method auto, the fitted mean skull when the network leaves the opening
+    completed_by: str = "network"  # network, mirror or fitted: with method auto, the fitted skull shape when the network leaves the opening
 
     @property
     def implant_ml(self) -> float:
@@ -201,12 +201,13 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
     if method == "auto" and fitted_fills_instead(fitted_ml, outcome.implant_ml, priors):
         # The network leaves most of what the fitted mean skull fills open: the fitted mean skull fills it,
         # if it fills more (on a complete skull it adds nothing either, and the network's result stands).
-        progress(ProgressEvent("implant", 0.72, "the network left the opening open: completing by the fitted mean skull"))
+        progress(ProgressEvent("implant", 0.72, "the network left the opening open: completing by the fitted skull shape"))
         fitted = _complete(defective, model_input, priors, expected, networks, outcome.device, "fitted",
                            ignore_progress, clock, test_time_augmentation)  # its steps: within this one
         if fitted.implant_ml > outcome.implant_ml:
-            notes.append(f"the network added only {outcome.implant_ml:.1f} ml of bone where the mean skull fitted to "
-                         f"this one fills about {fitted_ml:.0f} ml: the implant is the fitted mean skull's instead "
+            shape = "the shape model" if priors.shaped is not None else "the mean skull"
+            notes.append(f"the network added only {outcome.implant_ml:.1f} ml of bone where {shape} fitted to "
+                         f"this skull fills about {fitted_ml:.0f} ml: the implant is {shape}'s instead "
                          "(--method fitted); check its fit at the border before use")
             outcome = fitted
     design = Design(outcome.completed, outcome.implant, outcome.device, pose=straightened.report(),

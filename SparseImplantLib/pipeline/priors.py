@@ -4,14 +4,13 @@ Surgeons design a unilateral implant from the healthy side, mirrored; across the
 back on a typical skull. Both are given to the network as extra input channels (``ChannelInput``),
 and each is also a baseline on its own (``bench generalization``):
 
-- **mirror**: the skull reflected about its mid-sagittal plane. The plane is the one whose mirror
-  image of the skull lands on the skull; each mirrored voxel's distance to bone is capped at
-  ``CAP_MM``, so voxels mirrored into the opening (or into asymmetric bone) all cost the same and
-  cannot pull the plane.
+- **mirror**: the skull reflected about its mid-sagittal plane (``mirror``).
 - **fitted**: the mean training skull (``Resources/Models/shape-template.npz``, made by
   ``Utilities/make_shape_template.py``) laid onto the skull by a rotation, a scale per axis and a
   shift. The fit brings the skull's voxels near the mean skull's bone (capped distances, as for the
-  mirror); the opening has no voxels, so it cannot pull the fit.
+  mirror); the opening has no voxels, so it cannot pull the fit. Where the shape model
+  (``shape_model``), laid on by that fit and fitted to the skull's own surface, matches the skull
+  around the bone it adds at least as well, its bone fills the opening instead of the mean skull's.
 
 Everything works on a grid with isotropic spacing and orthonormal axes (the model grid), in its own
 frame: a point is ``index * spacing`` mm.
@@ -30,15 +29,15 @@ from scipy import ndimage, optimize
 from scipy.spatial.transform import Rotation
 
 from ..errors import SparseImplantError
+from ..metrics import dice
 from ..models.registry import default_model_dir
+from .mirror import CAP_MM, SAMPLE_POINTS, SymmetryPlane, estimate_symmetry, mirrored_mask
 from .pose import occupancy_share, spread_sample
 from .postprocess import without_bone_layers
+from .volume import find_foreground_box
+from .shape_model import ShapeModel, load_shape_model
 
 SHAPE_TEMPLATE_FILE = "shape-template.npz"
-CAP_MM = 6.0  # a mirrored voxel this far from bone or further costs the same, wherever it lands
-AGREE_MM = 2.5  # a mirrored voxel within this of bone agrees with the skull (about one model voxel)
-MIRROR_SEARCH_DEG = 35.0  # the plane's normal is sought within this of the grid's left-right axis
-MIRROR_OFFSET_MM = 15.0  # ... and its offset within this of the skull's middle
 FIT_SEARCH_DEG = 30.0  # the mean skull's turn is sought within this about each axis: beyond pose.TRAINING_TURN_DEG
 # The skull's centroid sits higher or lower in it with the scan's bottom cut: the fit starts from each
 # of these heights too. From the centroid alone, a complete skull cut low (SkullFix 056) was fitted
@@ -47,7 +46,7 @@ FIT_SEARCH_DEG = 30.0  # the mean skull's turn is sought within this about each 
 FIT_HEIGHT_STARTS_MM = (-16.0, -8.0, 0.0, 8.0, 16.0)
 FIT_SCALE_LIMIT = 0.2  # per-axis scale within exp(+-this): 0.82-1.22, wider than adult skulls differ
 FITTED_SITE = 0.5  # grid voxels where the fitted mean skull has at least this share of skulls hold a site
-SAMPLE_POINTS = 4000  # skull voxels the fits look at (a fixed, evenly spread subset)
+RING_VOXELS = 8  # agreement_around: the ring around a prior's added bone where it must match the skull
 FIELD_MARGIN = 5  # grid voxels above the skull's lowest slice where missing bone is not looked for
 # A fit is poor when its residual (median distance of the skull's voxels to the other surface) exceeds
 # these: the mirrored skull on the skull, the skull on the fitted mean skull's bone. POOR_FIT_MM lies above
@@ -55,26 +54,6 @@ FIELD_MARGIN = 5  # grid voxels above the skull's lowest slice where missing bon
 POOR_MIRROR_MM = 2.0
 POOR_FIT_MM = 3.0
 
-
-@dataclass(frozen=True)
-class SymmetryPlane:
-    """The mid-sagittal plane ``normal . q = offset_mm`` (q: grid-frame mm); ``residual_mm`` is the median
-    distance of the mirrored skull's voxels to bone, ``agreement`` the share within ``AGREE_MM``."""
-
-    normal: np.ndarray
-    offset_mm: float
-    residual_mm: float
-    agreement: float
-
-    def reflection(self) -> Tuple[np.ndarray, np.ndarray]:
-        """(matrix, shift): the reflection q -> matrix @ q + shift."""
-        normal = self.normal / np.linalg.norm(self.normal)
-        return np.eye(3) - 2 * np.outer(normal, normal), 2 * self.offset_mm * normal
-
-    @property
-    def tilt_deg(self) -> float:
-        """Angle between the plane's normal and the grid's left-right axis."""
-        return float(np.degrees(np.arccos(min(1.0, abs(self.normal[0]) / np.linalg.norm(self.normal)))))
 
 
 @dataclass(frozen=True)
@@ -146,64 +125,6 @@ def load_shape_template(path: Optional[Path] = None) -> ShapeTemplate:
                              np.asarray(stored["centre"], dtype=np.float64))
 
 
-# --- mirror -------------------------------------------------------------------------------------
-
-def _capped_distance(mask: np.ndarray, spacing: float) -> np.ndarray:
-    """Distance (mm) of each voxel to the nearest bone voxel, capped at ``CAP_MM``."""
-    return np.minimum(ndimage.distance_transform_edt(~mask, sampling=spacing), CAP_MM).astype(np.float32)
-
-
-def _look_up(distance: np.ndarray, points_mm: np.ndarray, spacing: float) -> np.ndarray:
-    return ndimage.map_coordinates(distance, (points_mm / spacing).T, order=1, mode="constant", cval=CAP_MM)
-
-
-def _normal(angles_deg: np.ndarray) -> np.ndarray:
-    """The left-right axis turned by ``angles_deg`` (about the vertical, then about front-back)."""
-    return Rotation.from_euler("zy", angles_deg, degrees=True).apply([1.0, 0.0, 0.0])
-
-
-def estimate_symmetry(mask: np.ndarray, spacing: float) -> Optional[SymmetryPlane]:
-    """The skull's mid-sagittal plane on an isotropic grid (``mask``: bone); None for an empty mask.
-
-    A coarse search over normals within ``MIRROR_SEARCH_DEG`` of the grid's left-right axis and offsets
-    around the skull's middle, then a local refinement; cost: the mean capped distance to bone of the
-    mirrored voxels."""
-    mask = np.asarray(mask) != 0
-    points = np.argwhere(mask) * spacing
-    if len(points) < 10:
-        return None
-    distance = _capped_distance(mask, spacing)
-    coarse_points, fine_points = spread_sample(points, 1000), spread_sample(points, SAMPLE_POINTS)
-
-    def cost(parameters: np.ndarray, sample: np.ndarray) -> float:
-        normal = _normal(parameters[:2])
-        mirrored = sample - 2 * (sample @ normal - parameters[2])[:, None] * normal
-        return float(_look_up(distance, mirrored, spacing).mean())
-
-    steps = np.arange(-MIRROR_SEARCH_DEG, MIRROR_SEARCH_DEG + 1e-9, 5.0)
-    candidates = []
-    for yaw, roll in itertools.product(steps, steps):
-        middle = float(np.median(points @ _normal(np.array([yaw, roll]))))
-        for offset in np.arange(-MIRROR_OFFSET_MM, MIRROR_OFFSET_MM + 1e-9, 2.5):
-            candidates.append(np.array([yaw, roll, middle + offset]))
-    start = min(candidates, key=lambda parameters: cost(parameters, coarse_points))
-    refined = optimize.minimize(cost, start, args=(fine_points,), method="Powell",
-                                options={"xtol": 0.05, "ftol": 1e-4, "maxfev": 600})
-    normal, offset = _normal(refined.x[:2]), float(refined.x[2])
-    mirrored = fine_points - 2 * (fine_points @ normal - offset)[:, None] * normal
-    distances = _look_up(distance, mirrored, spacing)
-    return SymmetryPlane(normal, offset, float(np.median(distances)), float(np.mean(distances <= AGREE_MM)))
-
-
-def mirrored_mask(mask: np.ndarray, spacing: float, plane: SymmetryPlane) -> np.ndarray:
-    """``mask`` reflected about ``plane`` (bool, same grid)."""
-    matrix, shift = plane.reflection()
-    # The reflection is its own inverse: voxel i of the result samples the mask at matrix @ i + shift / spacing.
-    values = ndimage.affine_transform((np.asarray(mask) != 0).astype(np.float32), matrix, shift / spacing,
-                                      order=1, mode="constant", cval=0.0)
-    return values >= 0.5
-
-
 # --- fitted mean skull --------------------------------------------------------------------------
 
 def _fit_matrix(parameters: np.ndarray) -> np.ndarray:
@@ -268,12 +189,15 @@ def fitted_share(shape: Tuple[int, int, int], spacing: float, fit: ShapeFit,
 @dataclass
 class Priors:
     """Both priors on one grid: the mirrored skull (bool) and the fitted mean skull (share, float32),
-    with the fits that made them (None where the skull gave too little to fit)."""
+    with the fits that made them (None where the skull gave too little to fit). ``shaped``: the shape
+    model's bone, fitted to the skull, where it stands for the fitted prior (``estimate_priors``)."""
 
     mirror: np.ndarray
     fitted: np.ndarray
     plane: Optional[SymmetryPlane]
     fit: Optional[ShapeFit]
+    shaped: Optional[np.ndarray] = None
+    shape_report: Optional[dict] = None
 
     def report(self, axes: Optional[np.ndarray] = None) -> dict:
         """For ``report.json``: the plane (normal in LPS when ``axes``, the grid's axes, are given) and
@@ -288,7 +212,7 @@ class Priors:
         if self.fit is not None:
             fit = {"residual_mm": round(self.fit.residual_mm, 2), "match": round(self.fit.match, 3),
                    "scales": [round(float(s), 3) for s in self.fit.scales]}
-        return {"mirror_plane": plane, "fitted_skull": fit}
+        return {"mirror_plane": plane, "fitted_skull": fit, "shape_model": self.shape_report}
 
     def completed(self, defective: np.ndarray, which: str) -> np.ndarray:
         """The skull completed by one prior alone (``which``: mirror or fitted), the baselines the network
@@ -299,20 +223,38 @@ class Priors:
         the bone, as ``postprocess.extract_implant`` keeps an implant's; none below the skull's lowest
         slice (``_within_field``)."""
         skull = np.asarray(defective) != 0
-        prior = self.mirror if which == "mirror" else self.fitted >= FITTED_SITE
-        added = ndimage.binary_opening(_within_field(prior & ~skull, skull),
-                                       structure=ndimage.generate_binary_structure(3, 1))
-        labels, count = ndimage.label(added, structure=np.ones((3, 3, 3)))
-        if count == 0:
-            return skull
-        sizes = np.bincount(labels.ravel())[1:]
-        kept = np.isin(labels, np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1)
-        return skull | without_bone_layers(kept, skull)
+        if which == "mirror":
+            return filled_by(self.mirror, skull)
+        return filled_by(self.shaped if self.shaped is not None else self.fitted >= FITTED_SITE, skull)
 
     def added(self, defective: np.ndarray, which: str) -> np.ndarray:
         """The bone one prior alone adds to the skull (``completed`` less the skull)."""
         skull = np.asarray(defective) != 0
         return self.completed(skull, which) & ~skull
+
+
+def filled_by(prior: np.ndarray, skull: np.ndarray) -> np.ndarray:
+    """The skull (bool) completed by a prior's bone (bool), as ``Priors.completed`` describes."""
+    added = ndimage.binary_opening(_within_field(prior & ~skull, skull),
+                                   structure=ndimage.generate_binary_structure(3, 1))
+    labels, count = ndimage.label(added, structure=np.ones((3, 3, 3)))
+    if count == 0:
+        return skull
+    sizes = np.bincount(labels.ravel())[1:]
+    kept = np.isin(labels, np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1)
+    return skull | without_bone_layers(kept, skull)
+
+
+def agreement_around(prior: np.ndarray, skull: np.ndarray) -> Optional[float]:
+    """How well a prior's bone reproduces the skull's own bone around the bone it adds: their DSC in
+    the ring ``RING_VOXELS`` deep around that bone (not in it). None when it adds none."""
+    added = filled_by(prior, skull) & ~skull
+    box = find_foreground_box(added, RING_VOXELS + 1)
+    if box is None:
+        return None
+    added, prior, skull = added[box], prior[box], skull[box]
+    ring = ndimage.binary_dilation(added, iterations=RING_VOXELS) & ~ndimage.binary_dilation(added)
+    return dice(prior & ring, skull & ring)
 
 
 def _within_field(added: np.ndarray, skull: np.ndarray) -> np.ndarray:
@@ -328,14 +270,34 @@ def _within_field(added: np.ndarray, skull: np.ndarray) -> np.ndarray:
 
 
 def estimate_priors(defective: np.ndarray, spacing: float, rotation: Optional[np.ndarray] = None,
-                    template: Optional[ShapeTemplate] = None) -> Priors:
+                    template: Optional[ShapeTemplate] = None, shape_model: Optional[ShapeModel] = None) -> Priors:
     """Both priors for a skull on an isotropic grid (see the module docstring)."""
     mask = np.asarray(defective) != 0
     plane = estimate_symmetry(mask, spacing)
     fit = fit_shape(mask, spacing, template, rotation)
     mirror = mirrored_mask(mask, spacing, plane) if plane is not None else np.zeros_like(mask)
     fitted = fitted_share(mask.shape, spacing, fit, template) if fit is not None else np.zeros(mask.shape, np.float32)
-    return Priors(mirror, fitted, plane, fit)
+    shaped, shape_report = _shaped(mask, spacing, fit, fitted, shape_model)
+    return Priors(mirror, fitted, plane, fit, shaped, shape_report)
+
+
+def _shaped(mask: np.ndarray, spacing: float, fit: Optional[ShapeFit], fitted: np.ndarray,
+            shape_model: Optional[ShapeModel]) -> Tuple[Optional[np.ndarray], Optional[dict]]:
+    """The shape model's bone fitted to the skull, where it stands for the fitted prior: where it
+    reproduces the skull's bone around the bone it adds at least as well as the mean skull does
+    (``agreement_around``; on validation cases 045-049 that choice beat either alone,
+    results/notes/experiments.md), and its report. (None, None) without a model or a fit."""
+    shape_model = shape_model or load_shape_model()
+    if shape_model is None or fit is None or fit.at_scale_limit:
+        return None, None
+    result = shape_model.fit(mask, spacing, fit.matrix, fit.shift)
+    bone = result.bone(mask.shape, spacing, fit.matrix, fit.shift)
+    by_model, by_mean = agreement_around(bone, mask), agreement_around(fitted >= FITTED_SITE, mask)
+    used = by_model is not None and (by_mean is None or by_model >= by_mean)
+    report = {"used": used, "residual_mm": round(result.residual_mm, 2),
+              "agreement_around": None if by_model is None else round(by_model, 3),
+              "mean_skull_agreement_around": None if by_mean is None else round(by_mean, 3)}
+    return (bone if used else None), report
 
 
 def channel_input(defective: np.ndarray, priors: Optional[Priors]) -> Tuple[np.ndarray, np.ndarray]:

@@ -230,7 +230,7 @@ def add_results_from_folder(scene, output_dir: PathLike, name: str = "Implant de
                        name=name, metrics=report.get("metrics"), report=report)
 
 
-DESIGNERS = {"network": "network", "fitted": "fitted mean skull", "mirror": "mirror image"}
+DESIGNERS = {"network": "network", "fitted": "fitted skull shape", "mirror": "mirror image"}
 
 
 def result_rows(metrics: Optional[Dict[str, Optional[float]]] = None,

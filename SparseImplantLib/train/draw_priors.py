@@ -20,7 +20,8 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from ..outputs import atomic_write
-from ..pipeline.priors import Priors, ShapeTemplate, estimate_symmetry, fit_points
+from ..pipeline.mirror import estimate_symmetry
+from ..pipeline.priors import Priors, ShapeTemplate, fit_points
 from .augment import Draw
 from .samples import SCALE, CaseSource, source_points
 
