@@ -132,10 +132,8 @@ def egg(back_mm: float, thickness: float = 5.0) -> np.ndarray:
 def test_the_shape_model_fills_an_opening_where_the_skull_differs_from_the_mean_in_shape():
     """Training eggs differ in how far they reach behind; the mean egg, scaled to a new egg's size,
     misses the back of it, the shape model fitted to the rest of the egg fills the opening there."""
-    from scipy import ndimage
-
     from SparseImplantLib.pipeline.priors import fitted_share
-    from SparseImplantLib.pipeline.shape_model import ShapeModel
+    from SparseImplantLib.pipeline.shape_model import ShapeModel, distance_in_mean_frame
 
     training = [egg(back) for back in (70.0, 76.0, 82.0, 88.0, 94.0)]
     clouds = [np.argwhere(mask) * SPACING for mask in training]
@@ -144,9 +142,7 @@ def test_the_shape_model_fills_an_opening_where_the_skull_differs_from_the_mean_
     fields = []
     for mask, cloud in zip(training, clouds):
         fit = fit_points(cloud, template)
-        distance = (ndimage.distance_transform_edt(~mask, sampling=SPACING) - ndimage.distance_transform_edt(mask, sampling=SPACING))
-        index = (offsets - fit.shift) @ np.linalg.inv(fit.matrix).T / SPACING
-        fields.append(ndimage.map_coordinates(np.clip(distance, -15, 15), index.T, order=1, cval=15.0)
+        fields.append(distance_in_mean_frame(mask, SPACING, np.zeros(3), fit.matrix, fit.shift, offsets, 15.0)
                       .reshape(template.fraction.shape))
     model = ShapeModel.build(fields, template.centre, SPACING, 15.0)
 

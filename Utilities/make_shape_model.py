@@ -21,12 +21,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
 from SparseImplantLib.data.datasets import parse_case_range  # noqa: E402
 from SparseImplantLib.models.registry import default_model_dir  # noqa: E402
 from SparseImplantLib.pipeline.priors import fit_points, load_shape_template  # noqa: E402
-from SparseImplantLib.pipeline.shape_model import MODES, SHAPE_MODEL_FILE, ShapeModel  # noqa: E402
+from SparseImplantLib.pipeline.shape_model import MODES, SHAPE_MODEL_FILE, ShapeModel, distance_in_mean_frame  # noqa: E402
 from SparseImplantLib.train.samples import SCALE, load_sources, source_points  # noqa: E402
 
 
@@ -47,13 +46,8 @@ def main() -> None:
     fields = []
     for source in load_sources(args.data, parse_case_range(args.cases), [2.0] * 3, args.cache):
         fit = fit_points(source_points(source, source.complete, 2.0), template)
-        bone = source.complete >= SCALE / 2
-        distance = (ndimage.distance_transform_edt(~bone, sampling=source.spacing)
-                    - ndimage.distance_transform_edt(bone, sampling=source.spacing))
-        skull_frame = (offsets - fit.shift) @ np.linalg.inv(fit.matrix).T
-        index = (skull_frame - source.origin) / source.spacing
-        fields.append(ndimage.map_coordinates(np.clip(distance, -args.trunc, args.trunc).astype(np.float32), index.T,
-                                              order=1, mode="constant", cval=args.trunc).reshape(shape))
+        fields.append(distance_in_mean_frame(source.complete >= SCALE / 2, source.spacing, source.origin, fit.matrix,
+                                             fit.shift, offsets, args.trunc).reshape(shape))
         print(f"{source.case}  fit residual {fit.residual_mm:.2f} mm", flush=True)
     model = ShapeModel.build(fields, centre, args.spacing, args.trunc)
     variance = model.spread ** 2

@@ -34,8 +34,8 @@ from ..models.registry import default_model_dir
 from .mirror import CAP_MM, SAMPLE_POINTS, SymmetryPlane, estimate_symmetry, mirrored_mask
 from .pose import occupancy_share, spread_sample
 from .postprocess import without_bone_layers
-from .volume import find_foreground_box
 from .shape_model import ShapeModel, load_shape_model
+from .volume import find_foreground_box
 
 SHAPE_TEMPLATE_FILE = "shape-template.npz"
 FIT_SEARCH_DEG = 30.0  # the mean skull's turn is sought within this about each axis: beyond pose.TRAINING_TURN_DEG

@@ -59,8 +59,7 @@ class ShapeModel:
         """The model laid on ``skull`` (bool, isotropic grid of ``spacing``; a point is ``index *
         spacing`` mm) where the mean skull's fit puts it (template offset ``u = matrix @ q + shift``)."""
         modes = min(modes, len(self.modes))
-        observed = (ndimage.distance_transform_edt(~skull, sampling=spacing)
-                    - ndimage.distance_transform_edt(skull, sampling=spacing))
+        observed = signed_distance_mm(skull, spacing)
         band = np.argwhere(np.abs(observed) <= BAND_MM)
         band = spread_sample(band, FIT_POINTS)
         offsets = (band * spacing) @ matrix.T + shift
@@ -104,8 +103,8 @@ class ShapeFitResult:
     model: ShapeModel
 
     def bone(self, shape: Tuple[int, int, int], spacing: float, matrix: np.ndarray, shift: np.ndarray) -> np.ndarray:
-        """The fitted model's bone (bool) on a grid of ``shape`` and ``spacing`` laid as in ``fit``:
-        only voxels where the mean skull is within the truncation are looked up (the rest is outside)."""
+        """The fitted model's bone (bool) on a grid of ``shape`` and ``spacing`` laid as in ``fit``
+        (beyond the model's grid: outside)."""
         model = self.model
         # template index = (matrix @ (i * spacing) + shift) / model spacing + centre
         scaled = matrix * (spacing / model.spacing)
@@ -113,6 +112,23 @@ class ShapeFitResult:
         values = ndimage.affine_transform(self.field, scaled, offset, output_shape=tuple(shape), order=1,
                                           mode="constant", cval=model.trunc)
         return values <= 0.0
+
+
+def signed_distance_mm(bone: np.ndarray, spacing: float) -> np.ndarray:
+    """Each voxel's distance (mm) to the bone's surface: positive outside the bone, negative in it."""
+    return (ndimage.distance_transform_edt(~bone, sampling=spacing)
+            - ndimage.distance_transform_edt(bone, sampling=spacing))
+
+
+def distance_in_mean_frame(bone: np.ndarray, spacing: float, origin: np.ndarray, matrix: np.ndarray,
+                           shift: np.ndarray, offsets_mm: np.ndarray, trunc: float) -> np.ndarray:
+    """A training skull's signed distance (``bone`` on a grid of ``spacing`` whose voxel 0 lies at
+    ``origin`` mm), truncated at ``trunc``, at the mean skull's ``offsets_mm`` ((N, 3)), the skull laid
+    on the mean by its fit (template offset ``u = matrix @ q + shift``): one field of ``ShapeModel.build``."""
+    skull_frame = (offsets_mm - shift) @ np.linalg.inv(matrix).T
+    index = (skull_frame - origin) / spacing
+    distance = np.clip(signed_distance_mm(bone, spacing), -trunc, trunc).astype(np.float32)
+    return ndimage.map_coordinates(distance, index.T, order=1, mode="constant", cval=trunc)
 
 
 @lru_cache(maxsize=2)
