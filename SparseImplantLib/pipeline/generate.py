@@ -205,7 +205,7 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
         fitted = _complete(defective, model_input, priors, expected, networks, outcome.device, "fitted",
                            ignore_progress, clock, test_time_augmentation)  # its steps: within this one
         if fitted.implant_ml > outcome.implant_ml:
-            shape = "the shape model" if priors.shaped is not None else "the mean skull"
+            shape = "the " + priors.fitted_bone_report["from"]  # a fallback needs a fit, so the report is there
             notes.append(f"the network added only {outcome.implant_ml:.1f} ml of bone where {shape} fitted to "
                          f"this skull fills about {fitted_ml:.0f} ml: the implant is {shape}'s instead "
                          "(--method fitted); check its fit at the border before use")

@@ -8,9 +8,10 @@ and each is also a baseline on its own (``bench generalization``):
 - **fitted**: the mean training skull (``Resources/Models/shape-template.npz``, made by
   ``Utilities/make_shape_template.py``) laid onto the skull by a rotation, a scale per axis and a
   shift. The fit brings the skull's voxels near the mean skull's bone (capped distances, as for the
-  mirror); the opening has no voxels, so it cannot pull the fit. Where the shape model
-  (``shape_model``), laid on by that fit and fitted to the skull's own surface, matches the skull
-  around the bone it adds at least as well, its bone fills the opening instead of the mean skull's.
+  mirror); the opening has no voxels, so it cannot pull the fit. The shape model (``shape_model``),
+  laid on by that fit and fitted to the skull's own surface, is the other candidate; each is laid
+  onto the skull around the bone it adds (``rim_match``), and whichever then matches the skull there
+  better fills the opening.
 
 Everything works on a grid with isotropic spacing and orthonormal axes (the model grid), in its own
 frame: a point is ``index * spacing`` mm.
@@ -34,6 +35,7 @@ from ..models.registry import default_model_dir
 from .mirror import CAP_MM, SAMPLE_POINTS, SymmetryPlane, estimate_symmetry, mirrored_mask
 from .pose import occupancy_share, spread_sample
 from .postprocess import without_bone_layers
+from .rim_match import rim_matched
 from .shape_model import ShapeModel, load_shape_model
 from .volume import find_foreground_box
 
@@ -189,15 +191,16 @@ def fitted_share(shape: Tuple[int, int, int], spacing: float, fit: ShapeFit,
 @dataclass
 class Priors:
     """Both priors on one grid: the mirrored skull (bool) and the fitted mean skull (share, float32),
-    with the fits that made them (None where the skull gave too little to fit). ``shaped``: the shape
-    model's bone, fitted to the skull, where it stands for the fitted prior (``estimate_priors``)."""
+    with the fits that made them (None where the skull gave too little to fit). ``fitted_bone``: the
+    bone the fitted prior fills an opening with (the mean skull's or the shape model's, laid onto the
+    skull around the opening; ``estimate_priors``), and ``fitted_bone_report`` says which and why."""
 
     mirror: np.ndarray
     fitted: np.ndarray
     plane: Optional[SymmetryPlane]
     fit: Optional[ShapeFit]
-    shaped: Optional[np.ndarray] = None
-    shape_report: Optional[dict] = None
+    fitted_bone: Optional[np.ndarray] = None
+    fitted_bone_report: Optional[dict] = None
 
     def report(self, axes: Optional[np.ndarray] = None) -> dict:
         """For ``report.json``: the plane (normal in LPS when ``axes``, the grid's axes, are given) and
@@ -212,7 +215,7 @@ class Priors:
         if self.fit is not None:
             fit = {"residual_mm": round(self.fit.residual_mm, 2), "match": round(self.fit.match, 3),
                    "scales": [round(float(s), 3) for s in self.fit.scales]}
-        return {"mirror_plane": plane, "fitted_skull": fit, "shape_model": self.shape_report}
+        return {"mirror_plane": plane, "fitted_skull": fit, "fitted_bone": self.fitted_bone_report}
 
     def completed(self, defective: np.ndarray, which: str) -> np.ndarray:
         """The skull completed by one prior alone (``which``: mirror or fitted), the baselines the network
@@ -225,7 +228,7 @@ class Priors:
         skull = np.asarray(defective) != 0
         if which == "mirror":
             return filled_by(self.mirror, skull)
-        return filled_by(self.shaped if self.shaped is not None else self.fitted >= FITTED_SITE, skull)
+        return filled_by(self.fitted_bone if self.fitted_bone is not None else self.fitted >= FITTED_SITE, skull)
 
     def added(self, defective: np.ndarray, which: str) -> np.ndarray:
         """The bone one prior alone adds to the skull (``completed`` less the skull)."""
@@ -277,27 +280,34 @@ def estimate_priors(defective: np.ndarray, spacing: float, rotation: Optional[np
     fit = fit_shape(mask, spacing, template, rotation)
     mirror = mirrored_mask(mask, spacing, plane) if plane is not None else np.zeros_like(mask)
     fitted = fitted_share(mask.shape, spacing, fit, template) if fit is not None else np.zeros(mask.shape, np.float32)
-    shaped, shape_report = _shaped(mask, spacing, fit, fitted, shape_model)
-    return Priors(mirror, fitted, plane, fit, shaped, shape_report)
+    bone, bone_report = _fitted_bone(mask, spacing, fit, fitted, shape_model)
+    return Priors(mirror, fitted, plane, fit, bone, bone_report)
 
 
-def _shaped(mask: np.ndarray, spacing: float, fit: Optional[ShapeFit], fitted: np.ndarray,
-            shape_model: Optional[ShapeModel]) -> Tuple[Optional[np.ndarray], Optional[dict]]:
-    """The shape model's bone fitted to the skull, where it stands for the fitted prior: where it
-    reproduces the skull's bone around the bone it adds at least as well as the mean skull does
+def _fitted_bone(mask: np.ndarray, spacing: float, fit: Optional[ShapeFit], fitted: np.ndarray,
+                 shape_model: Optional[ShapeModel]) -> Tuple[Optional[np.ndarray], Optional[dict]]:
+    """The bone the fitted prior fills the opening with, and its report: the mean skull's or the shape
+    model's (fitted to the skull), each first laid onto the skull around the bone it adds
+    (``rim_match``), whichever then reproduces the skull's bone around that bone better
     (``agreement_around``; on validation cases 045-049 that choice beat either alone,
-    results/notes/experiments.md), and its report. (None, None) without a model or a fit."""
-    shape_model = shape_model or load_shape_model()
-    if shape_model is None or fit is None or fit.at_scale_limit:
+    results/notes/experiments.md). (None, None) without a fit."""
+    if fit is None:
         return None, None
-    result = shape_model.fit(mask, spacing, fit.matrix, fit.shift)
-    bone = result.bone(mask.shape, spacing, fit.matrix, fit.shift)
-    by_model, by_mean = agreement_around(bone, mask), agreement_around(fitted >= FITTED_SITE, mask)
-    used = by_model is not None and (by_mean is None or by_model >= by_mean)
-    report = {"used": used, "residual_mm": round(result.residual_mm, 2),
-              "agreement_around": None if by_model is None else round(by_model, 3),
-              "mean_skull_agreement_around": None if by_mean is None else round(by_mean, 3)}
-    return (bone if used else None), report
+    candidates = {"mean skull": fitted >= FITTED_SITE}
+    report: dict = {}
+    shape_model = shape_model or load_shape_model()
+    if shape_model is not None and not fit.at_scale_limit:
+        result = shape_model.fit(mask, spacing, fit.matrix, fit.shift)
+        candidates["shape model"] = result.bone(mask.shape, spacing, fit.matrix, fit.shift)
+        report["shape_model_residual_mm"] = round(result.residual_mm, 2)
+    agreements = {}
+    for name, bone in candidates.items():
+        candidates[name] = rim_matched(bone, filled_by(bone, mask) & ~mask, mask, spacing)
+        agreements[name] = agreement_around(candidates[name], mask)
+    chosen = max(candidates, key=lambda name: -1.0 if agreements[name] is None else agreements[name])
+    report.update({"from": chosen, "agreement_around": {name: None if value is None else round(value, 3)
+                                                        for name, value in agreements.items()}})
+    return candidates[chosen], report
 
 
 def channel_input(defective: np.ndarray, priors: Optional[Priors]) -> Tuple[np.ndarray, np.ndarray]:
