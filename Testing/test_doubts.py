@@ -67,8 +67,9 @@ def test_the_fitted_mean_skull_fills_in_only_where_the_network_leaves_the_openin
     fits, poor = fitted(0.3), fitted(3.5)
     assert fitted_fills_instead(30.0, 2.0, fits)  # a lateral opening the network leaves empty
     assert fitted_fills_instead(3.0, 0.0, fits)  # a small craniotomy
+    assert fitted_fills_instead(1.5, 0.0, fits)  # a 2 cm one (055's holds 1.2 ml)
     assert not fitted_fills_instead(30.0, 20.0, fits)  # the network fills most of it
-    assert not fitted_fills_instead(1.0, 0.0, fits)  # a complete skull: nothing expected missing
+    assert not fitted_fills_instead(0.5, 0.0, fits)  # a speck: complete skulls get 0.0 ml from the fitted shape
     assert not fitted_fills_instead(30.0, 2.0, poor)  # the mean skull fits poorly: no better a guess
     assert not fitted_fills_instead(30.0, 2.0, SimpleNamespace(fit=None))
     assert not fitted_fills_instead(30.0, 2.0, fitted(0.3, at_scale_limit=True))  # a toy's size: no adult skull

@@ -46,11 +46,13 @@ UNFILLED_SHARE = 0.5
 LOW_AGREEMENT_DSC = 0.2
 # With method auto, the fitted mean skull fills an opening the network leaves open (adding under
 # UNFILLED_SHARE of the bone the fitted mean skull fills) from FALLBACK_FROM_ML on, small craniotomies
-# (about 3 ml) included: on a complete skull the fitted mean skull adds nothing, so there is no fallback.
+# (2-4 cm across, 1-4 ml) included: on the 15 complete skulls 045-059 the fitted skull shape adds 0.0 ml,
+# so there is no fallback; at 2 ml, three small craniotomies of 050-059 whose fitted bone held 1.5-1.9 ml
+# (DSC 0.63 and more) kept the network's empty implant.
 # The fitted mean skull's bone alone, not the union with the mirror image's: on 059, whose forehead is
 # asymmetric, the mirror image adds 75 ml to the skull, and its own and box defects (network DSC 0.93
 # and 0.89) fell back on the mean skull (0.75, 0.69) when judged against the union.
-FALLBACK_FROM_ML = 2.0
+FALLBACK_FROM_ML = 1.0
 
 
 @dataclass(frozen=True)
