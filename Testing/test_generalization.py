@@ -51,7 +51,7 @@ def test_another_source_keeps_defect_and_implant_apart(pair, name):
 def test_the_suite_covers_every_group(tiny_skullfix):
     suite = generalization.build_suite(tiny_skullfix, ["000", "001"])
     counts = {group: sum(1 for v in suite if v.group == group) for group in generalization.GROUPS}
-    per_case = {"skullfix": 1, "defect": 9, "orientation": 3, "rotation": 2, "source": 4}
+    per_case = {"skullfix": 1, "defect": 9, "clinical": 3, "orientation": 3, "rotation": 2, "source": 4}
     assert counts == {group: 2 * n for group, n in per_case.items()}
     assert len({(v.case, v.name) for v in suite if v.group == "rotation"}) == 4  # each case turned two other ways
     only = generalization.build_suite(tiny_skullfix, ["001"], ["orientation"])

@@ -17,7 +17,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / 
 
 MODES = ("inference", "train")
 GRID_SIZES = ("64", "128", "256", "512")  # the keys of network.GRIDS, here so that parsing needs no torch
-GENERALIZATION_GROUPS = ("skullfix", "defect", "orientation", "rotation", "source")  # generalization.GROUPS
+GENERALIZATION_GROUPS = ("skullfix", "defect", "clinical", "orientation", "rotation", "source")  # generalization.GROUPS
 WORKER_METHODS = ("sparse", "dense", "minkowski")  # the methods network.worker measures
 
 

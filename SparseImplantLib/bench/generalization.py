@@ -7,12 +7,14 @@ challenge metrics at full resolution against its own ground truth:
 - ``skullfix``: the case's own SkullFix defect, as stored;
 - ``defect:<kind>``: every kind the defect generator knows, cut into the complete skull at full
   resolution at a seeded random place and size (saw-cut craniotomies in three size classes);
+- ``clinical:<name>``: openings beyond the defect group's ranges, as clinics see them (``CLINICAL``):
+  a hemicraniectomy, a large fronto-orbital opening, a saw-cut opening low on the temple;
 - ``orientation:<name>``: the same file stored with permuted or flipped axes (a RAS-stored NIfTI flips
   two); scored against the truth and for agreement with the file as stored;
 - ``rotation:<axes>``: the head turned by 25 degrees (pitch, roll or yaw, either way), resampled;
 - ``source:<name>``: another skull source: 1 mm voxels, 3 mm slices, bone one voxel thinner or thicker.
 
-The SkullFix and defect groups also run the two baselines the network must beat (``contract.METHODS``):
+The SkullFix, defect and clinical groups also run the two baselines the network must beat (``contract.METHODS``):
 the defective skull completed by its own mirror image alone, and by the fitted mean skull alone, cut
 into an implant by the same post-processing.
 
@@ -39,6 +41,7 @@ from ..data.defects import (
     SKULLFIX_BOX,
     WEDGE,
     CraniotomyDefect,
+    SphereDefect,
     cut_defect,
 )
 from ..errors import SparseImplantError
@@ -47,9 +50,19 @@ from .commands import GENERALIZATION_GROUPS as GROUPS
 from .report import markdown_table, write_results
 
 FAILURE_DSC = 0.6
-BASELINE_GROUPS = ("skullfix", "defect")  # where the prior-only baselines run beside the network
+BASELINE_GROUPS = ("skullfix", "defect", "clinical")  # where the prior-only baselines run beside the network
 ROTATION_DEG = 25.0
 CRANIOTOMY_SIZES = {"small": (20.0, 40.0), "medium": (50.0, 90.0), "large": (100.0, 140.0)}
+# Openings the defect group's ranges leave out (name: kind, its spec): a decompressive hemicraniectomy
+# (radius 50-60 mm, 10-12 cm across and longer front to back), a fronto-orbital opening of 38-48 mm
+# radius (the defect group's: 22-38), a saw-cut opening of 6-10 cm centred within 15 degrees of the
+# skull centre's horizontal plane (the temple, where the vault meets the skull base).
+CLINICAL = {
+    "hemicraniectomy": (PARIETOTEMPORAL, {"spheres": SphereDefect(radius_mm=(50.0, 60.0), satellites=(0, 2))}),
+    "frontoorbital-large": (FRONTOORBITAL, {"spheres": SphereDefect(radius_mm=(38.0, 48.0))}),
+    "craniotomy-temporal": (CRANIOTOMY, {"craniotomy": CraniotomyDefect(diameter_mm=(60.0, 100.0),
+                                                                        elevation_deg=(-15.0, 15.0))}),
+}
 ORIENTATIONS = {  # name: (axis order, flips)
     "permuted": ((2, 0, 1), (False, False, False)),
     "flipped-LR-AP (RAS)": ((0, 1, 2), (True, True, False)),
@@ -79,14 +92,15 @@ def _seed(case: str, name: str) -> List[int]:
     return [int(case), sum(map(ord, name))]
 
 
-def _defect_variant(case: str, complete: Callable[[], Volume], kind: str, size: Optional[str] = None) -> Variant:
-    name = kind if size is None else f"{kind}-{size}"
+def _defect_variant(case: str, complete: Callable[[], Volume], kind: str, name: str, group: str = "defect",
+                    **specs) -> Variant:
+    """A defect of ``kind`` drawn from ``specs`` (``cut_defect``'s keyword specs; its defaults otherwise),
+    seeded by case and name."""
 
     def make() -> Pair:
-        spec = CraniotomyDefect(diameter_mm=CRANIOTOMY_SIZES[size]) if size else CraniotomyDefect()
-        return cut_defect(complete(), kind, np.random.default_rng(_seed(case, name)), craniotomy=spec)
+        return cut_defect(complete(), kind, np.random.default_rng(_seed(case, name)), **specs)
 
-    return Variant(case, "defect", name, make)
+    return Variant(case, group, name, make)
 
 
 def _undo_orientation(order: Sequence[int], flips: Sequence[bool]) -> Callable[[np.ndarray], np.ndarray]:
@@ -164,9 +178,13 @@ def build_suite(data_root: Path, cases: Sequence[str], groups: Sequence[str] = G
             variants.append(Variant(case, "skullfix", "own defect", own))
         if "defect" in groups:
             for kind in (SKULLFIX_BOX, BILATERAL, FRONTOORBITAL, PARIETOTEMPORAL, RANDOM, WEDGE):
-                variants.append(_defect_variant(case, complete, kind))
-            for size in CRANIOTOMY_SIZES:
-                variants.append(_defect_variant(case, complete, CRANIOTOMY, size))
+                variants.append(_defect_variant(case, complete, kind, kind))
+            for size, diameter in CRANIOTOMY_SIZES.items():
+                variants.append(_defect_variant(case, complete, CRANIOTOMY, f"{CRANIOTOMY}-{size}",
+                                                craniotomy=CraniotomyDefect(diameter_mm=diameter)))
+        if "clinical" in groups:
+            for name, (kind, specs) in CLINICAL.items():
+                variants.append(_defect_variant(case, complete, kind, name, "clinical", **specs))
         if "orientation" in groups:
             for name, (order, flips) in ORIENTATIONS.items():
                 make = (lambda own=own, order=order, flips=flips:
