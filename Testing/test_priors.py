@@ -42,6 +42,12 @@ def opening(mask: np.ndarray, towards_mm, radius_mm: float) -> np.ndarray:
     return mask & ~near
 
 
+def shells_template():
+    """A mean skull made of three shells, 5 % smaller and larger than ``shell()``'s."""
+    clouds = [np.argwhere(shell(semi_axes=(60.0 * s, 75.0 * s, 55.0 * s))) * SPACING for s in (0.95, 1.0, 1.05)]
+    return build_shape_template(clouds, SPACING)
+
+
 def yaw(degrees: float) -> np.ndarray:
     return Rotation.from_euler("z", degrees, degrees=True).as_matrix()
 
@@ -68,8 +74,7 @@ def test_symmetry_plane_ignores_a_lateral_opening_and_the_mirror_fills_it():
 
 
 def test_mean_shape_fit_recovers_scale_and_turn_despite_an_opening():
-    clouds = [np.argwhere(shell(semi_axes=(60.0 * s, 75.0 * s, 55.0 * s))) * SPACING for s in (0.95, 1.0, 1.05)]
-    template = build_shape_template(clouds, SPACING)
+    template = shells_template()
     turn = Rotation.from_euler("xyz", [6.0, -4.0, 10.0], degrees=True).as_matrix()
     complete = shell(semi_axes=(66.0, 71.0, 55.0), turn=turn, shift=(6.0, -4.0, 3.0))
     defective = opening(complete, turn @ np.array([0.0, -30.0, 50.0]), 40.0)  # across the midline, on top
@@ -193,8 +198,7 @@ def test_the_shape_model_finds_no_opening_the_mean_skull_does_not_see():
     """On two complete SkullFix skulls (048, 054) the shape model's fit reaches past the bone and 'adds'
     5 and 23 ml where the mean skull adds none, which method auto would print as an implant: the mean
     skull decides whether there is an opening; the shape model only shapes one."""
-    clouds = [np.argwhere(shell(semi_axes=(60.0 * s, 75.0 * s, 55.0 * s))) * SPACING for s in (0.95, 1.0, 1.05)]
-    template = build_shape_template(clouds, SPACING)
+    template = shells_template()
     complete = shell()
     points = np.indices(SHAPE).reshape(3, -1).T * SPACING - CENTRE_MM
     cap = (shell(semi_axes=(66.0, 81.0, 61.0)) & (points[:, 2] > 35.0).reshape(SHAPE)) & ~complete

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .shape_model import signed_distance_mm
+from .shape_model import signed_distance_mm, trimmed_ridge_solve
 from .volume import find_foreground_box
 
 REACH_VOXELS = 20  # the skull around the added bone, this deep, is what the prior is laid onto
@@ -53,16 +53,10 @@ def rim_matched(prior: np.ndarray, added: np.ndarray, skull: np.ndarray, spacing
         slope = np.stack([ndimage.map_coordinates(g, moved_back.T, order=1, mode="nearest") for g in gradient], axis=1)
         lever = (points - centre) * spacing / LEVER_MM
         design = -np.concatenate([slope, (slope[:, :, None] * lever[:, None, :]).reshape(len(points), 9)], axis=1)
-        residual = target - distance
         usable = np.abs(distance) <= NEAR_PRIOR_MM
-        kept = usable
-        for _ in range(2):
-            damping = np.eye(12) * RIDGE * kept.sum() / 1000.0
-            step = np.linalg.solve(design[kept].T @ design[kept] + damping, design[kept].T @ residual[kept])
-            miss = np.abs(design @ step - residual)
-            kept = usable & (miss <= np.quantile(miss[usable], TRIM)) if usable.any() else usable
-        if not kept.any():
+        if not usable.any():
             return prior
+        step, _ = trimmed_ridge_solve(design, target - distance, np.eye(12) * RIDGE, 2, usable, TRIM)
         affine += step
     region = np.argwhere(near_added)
     moved_back = region - _displacement(affine, region, centre, spacing) / spacing

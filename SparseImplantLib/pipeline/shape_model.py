@@ -65,13 +65,7 @@ class ShapeModel:
         offsets = (band * spacing) @ matrix.T + shift
         target = observed[tuple(band.T)] - self.sample(self.mean, offsets, self.trunc)
         design = np.stack([self.sample(self.modes[k], offsets, 0.0) for k in range(modes)], axis=1)
-        ridge = np.diag(RIDGE / self.spread[:modes] ** 2)
-        kept = np.ones(len(target), dtype=bool)
-        for _ in range(ROUNDS):
-            weights = np.linalg.solve(design[kept].T @ design[kept] + ridge * kept.sum() / 1000.0,
-                                      design[kept].T @ target[kept])
-            miss = np.abs(design @ weights - target)
-            kept = miss <= np.quantile(miss, TRIM)
+        weights, miss = trimmed_ridge_solve(design, target, np.diag(RIDGE / self.spread[:modes] ** 2), ROUNDS)
         field = self.mean + np.tensordot(weights, self.modes[:modes], axes=1)
         return ShapeFitResult(field, weights / self.spread[:modes], float(np.median(miss)), self)
 
@@ -112,6 +106,21 @@ class ShapeFitResult:
         values = ndimage.affine_transform(self.field, scaled, offset, output_shape=tuple(shape), order=1,
                                           mode="constant", cval=model.trunc)
         return values <= 0.0
+
+
+def trimmed_ridge_solve(design: np.ndarray, target: np.ndarray, ridge: np.ndarray, rounds: int,
+                        usable: Optional[np.ndarray] = None, keep: float = TRIM) -> Tuple[np.ndarray, np.ndarray]:
+    """(weights, miss): ridge least squares of ``design @ weights = target`` (``ridge`` per thousand
+    rows used), solved ``rounds`` times, each time on the ``keep`` share of the ``usable`` rows (all by
+    default) that the previous solve missed least, so that the rows no fit can explain (an opening's
+    rim, bone that differs) stop pulling it; ``miss`` is every row's absolute miss by the last solve."""
+    usable = np.ones(len(target), dtype=bool) if usable is None else usable
+    kept = usable
+    for _ in range(rounds):
+        weights = np.linalg.solve(design[kept].T @ design[kept] + ridge * kept.sum() / 1000.0, design[kept].T @ target[kept])
+        miss = np.abs(design @ weights - target)
+        kept = usable & (miss <= np.quantile(miss[usable], keep))
+    return weights, miss
 
 
 def signed_distance_mm(bone: np.ndarray, spacing: float) -> np.ndarray:
