@@ -450,12 +450,39 @@ def test_method_auto_keeps_the_networks_result_when_the_fitted_mean_skull_adds_n
     defective = read_mask(SAMPLE_DEFECTIVE)
     tried = []
 
-    def complete(defective, model_input, priors, expected, networks, device, method, *rest):
+    def nothing_added(model_input, priors, networks, device, method, *rest):
         tried.append(method)
-        return generate._Completion(method, defective, defective.with_array(np.zeros_like(defective.array)), device, 0.0)
+        skull = model_input.grid.with_array(np.zeros(model_input.grid.shape, np.float32))
+        return generate._Skull(method, skull, skull, None, device)
 
-    monkeypatch.setattr(generate, "_complete", complete)
+    monkeypatch.setattr(generate, "_skull_on_grid", nothing_added)
+    monkeypatch.setattr(generate, "_cut", lambda defective, skull: np.zeros(defective.shape, dtype=bool))
     design = generate.design_implant(defective, load_networks(None, "none", "cpu"), "cpu", method="auto")
     assert tried == ["network", "fitted"]  # the sample's 47 ml opening is expected missing: the fallback is tried
     assert design.completed_by == "network" and design.implant_ml == 0
     assert not any("'s instead" in message for message in design.warnings)
+
+
+def test_run_as_the_program_generate_keeps_freed_memory_and_in_process_callers_are_left_alone(monkeypatch, tmp_path):
+    """The allocator is tuned for the process only when the process is the command's own (no argv given)."""
+    from SparseImplantLib import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append("tuned"))
+    arguments = ["generate", str(tmp_path / "missing.nrrd"), "-o", str(tmp_path / "out")]
+    assert cli.main(arguments) == 1 and calls == []
+    monkeypatch.setattr(sys, "argv", ["sparseimplant", *arguments])
+    assert cli.main() == 1 and calls == ["tuned"]
+    monkeypatch.setattr(sys, "argv", ["sparseimplant", "evaluate", "--data", str(tmp_path), "--predictions", str(tmp_path),
+                                      "-o", str(tmp_path / "evaluation")])
+    cli.main()
+    assert calls == ["tuned"]
+
+
+def test_keep_freed_memory_leaves_a_working_allocator():
+    """In a process of its own: arrays are made, freed and made again after the tuning."""
+    script = ("from SparseImplantLib.cli import keep_freed_memory; import numpy as np; keep_freed_memory(); "
+              "sums = [float(np.full(30_000_000, i, dtype=np.float32).sum()) for i in range(3)]; "
+              "assert sums == [0.0, 3e7, 6e7], sums")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr

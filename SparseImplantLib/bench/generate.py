@@ -33,7 +33,7 @@ NETWORK_REPEATS = 3
 _CLI_WITH_PEAK = (
     "import atexit, sys; from pathlib import Path; from SparseImplantLib.bench.memory import peak_rss_mb; "
     "from SparseImplantLib.cli import main; peak_file = Path(sys.argv.pop(1)); "
-    "atexit.register(lambda: peak_file.write_text(str(peak_rss_mb()))); sys.exit(main(sys.argv[1:]))"
+    "atexit.register(lambda: peak_file.write_text(str(peak_rss_mb()))); sys.exit(main())"
 )
 
 

@@ -12,11 +12,11 @@ import os
 import platform
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from .inference import (
 from .io import read_mask, write_volume
 from .pose import measure_head, straighten_head
 from .postprocess import extract_implant
-from .priors import estimate_priors
+from .priors import Priors, estimate_priors
 from .volume import Volume, paste, resample_mask, resample_soft_mask
 
 if TYPE_CHECKING:  # VTK is imported where surfaces are made: a design alone does not load it
@@ -158,8 +158,9 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
         networks (Networks): the loaded models (``inference.load_networks``); the refiner, if any, is
             used only where the network completes the skull.
         device (torch.device): where the networks run.
-        progress (ProgressCallback): receives stages pose, priors, network, refine, restore and
-            implant (fractions 0.1 to 0.7). Default: ignored.
+        progress (ProgressCallback): receives stages pose, network, refine, priors and implant
+            (fractions 0.1 to 0.72; the priors before the network for a model that takes them). Default:
+            ignored.
         clock (StageClock, optional): adds this call's seconds per stage to it; default a new one.
         test_time_augmentation (bool): average 4 network passes (``inference.AUGMENTED_PASSES``)
             instead of one. Default True.
@@ -185,25 +186,35 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
         straightened = straighten_head(defective) if straighten else measure_head(defective)
     with clock.stage("network"):
         model_input = model_grid_input(defective, networks.info, straightened.axes)
-    with clock.stage("priors"):  # the network's guides when it takes them, and a check on its result always
-        progress(ProgressEvent("priors", 0.15, "mirroring the skull and fitting the mean skull"))
-        priors = estimate_priors(model_input.cropped.array, model_input.cropped.spacing[0])
-        by_fitted = priors.added(model_input.cropped.array, "fitted")
-        expected = priors.added(model_input.cropped.array, "mirror") | by_fitted  # the bone either prior adds
-    if networks.info.priors:
-        model_input.priors = priors
-    expected_ml = float(expected.sum()) * model_input.cropped.voxel_volume_mm3 / 1000.0
-    fitted_ml = float(by_fitted.sum()) * model_input.cropped.voxel_volume_mm3 / 1000.0
     first = "network" if method == "auto" else method
-    outcome = _complete(defective, model_input, priors, expected, networks, device, first, progress, clock,
-                        test_time_augmentation)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore") as helper:
+        if first == "network" and not networks.info.priors:
+            # The network needs no priors: run it first, and cut its implant on the input's grid (SimpleITK
+            # and scipy, which leave the GIL) in a helper thread while this one estimates the priors.
+            skull = _skull_on_grid(model_input, None, networks, device, first, progress, clock,
+                                   test_time_augmentation, defective)
+            cut = helper.submit(_cut, defective, skull)
+            priors, expected, fitted_ml = _estimate_priors(model_input, progress, clock, 0.57)
+        else:
+            priors, expected, fitted_ml = _estimate_priors(model_input, progress, clock, 0.15)
+            if networks.info.priors:
+                model_input.priors = priors
+            skull = _skull_on_grid(model_input, priors, networks, device, first, progress, clock,
+                                   test_time_augmentation, defective)
+            cut = helper.submit(_cut, defective, skull)
+        progress(ProgressEvent("implant", 0.7, "extracting the implant"))
+        with clock.stage("implant"):  # what of the cut the priors did not hide
+            outcome = _completion(skull, cut.result(), defective, model_input, expected)
+    expected_ml = float(expected.sum()) * model_input.cropped.voxel_volume_mm3 / 1000.0
     notes = []
     if method == "auto" and fitted_fills_instead(fitted_ml, outcome.implant_ml, priors):
         # The network leaves most of what the fitted mean skull fills open: the fitted mean skull fills it,
         # if it fills more (on a complete skull it adds nothing either, and the network's result stands).
         progress(ProgressEvent("implant", 0.72, "the network left the opening open: completing by the fitted skull shape"))
-        fitted = _complete(defective, model_input, priors, expected, networks, outcome.device, "fitted",
-                           ignore_progress, clock, test_time_augmentation)  # its steps: within this one
+        fitted_skull = _skull_on_grid(model_input, priors, networks, outcome.device, "fitted", ignore_progress, clock,
+                                      test_time_augmentation, defective)
+        with clock.stage("implant"):
+            fitted = _completion(fitted_skull, _cut(defective, fitted_skull), defective, model_input, expected)
         if fitted.implant_ml > outcome.implant_ml:
             shape = "the " + priors.fitted_bone_report["from"]  # a fallback needs a fit, so the report is there
             notes.append(f"the network added only {outcome.implant_ml:.1f} ml of bone where {shape} fitted to "
@@ -221,6 +232,31 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
     return design
 
 
+def _estimate_priors(model_input, progress: ProgressCallback, clock: StageClock,
+                     fraction: float) -> Tuple[Priors, np.ndarray, float]:
+    """The priors on the model's cropped grid, the bone either expects missing, and the ml the fitted one
+    fills: the network's guides when it takes them, and a check on its result always."""
+    with clock.stage("priors"):
+        progress(ProgressEvent("priors", fraction, "mirroring the skull and fitting the mean skull"))
+        cropped = model_input.cropped
+        priors = estimate_priors(cropped.array, cropped.spacing[0])
+        by_fitted = priors.added(cropped.array, "fitted")
+        expected = priors.added(cropped.array, "mirror") | by_fitted
+    return priors, expected, float(by_fitted.sum()) * cropped.voxel_volume_mm3 / 1000.0
+
+
+@dataclass
+class _Skull:
+    """A completed skull on the model's grid (``on_grid``, for the agreement with the priors) and what
+    goes back to the input's grid (``restore``, through ``resample``: the refiner's finer skull, if any)."""
+
+    method: str
+    on_grid: Volume
+    restore: Volume
+    resample: Callable[..., Volume]
+    device: torch.device
+
+
 @dataclass
 class _Completion:
     """One way of completing the skull, cut into an implant on the input's grid."""
@@ -236,33 +272,38 @@ class _Completion:
         return self.implant.nonzero_ml
 
 
-def _complete(defective: Volume, model_input, priors, expected: np.ndarray, networks: Networks, device: torch.device,
-              method: str, progress: ProgressCallback, clock: StageClock, test_time_augmentation: bool) -> _Completion:
-    """Complete the skull on the model's grid by ``method`` (network, mirror or fitted), bring it back to
-    the input's grid and cut the implant."""
-    last_stage, resample = "network", resample_soft_mask  # the coarse skull is a share of passes per voxel
+def _skull_on_grid(model_input, priors: Optional[Priors], networks: Networks, device: torch.device, method: str,
+                   progress: ProgressCallback, clock: StageClock, test_time_augmentation: bool,
+                   defective: Volume) -> _Skull:
+    """The skull completed on the model's grid by ``method`` (network, mirror or fitted; the refiner, if
+    any, after the network)."""
     if method != "network":
         completed_on_grid = priors.completed(model_input.cropped.array, method).astype(np.float32)
-        skull = model_input.grid.with_array(paste(completed_on_grid, model_input.box, model_input.grid.shape))
-    else:
-        with clock.stage("network"):
-            skull, device = coarse_skull(model_input, networks, device, progress, test_time_augmentation)
-    skull_on_model_grid = skull
-    if networks.refiner is not None and method == "network":
-        with clock.stage("refine"):
-            skull, device = refined_skull(skull, defective, networks, device, progress)
-        last_stage, resample = "refine", resample_mask
-    with clock.stage(last_stage):  # the way back to the input grid counts as the last network's time
-        progress(ProgressEvent("restore", 0.6, "resampling to the input grid"))
-        completed_raw = resample(skull, defective, smoothing=OUTPUT_SMOOTHING)
-    progress(ProgressEvent("implant", 0.7, "extracting the implant"))
-    with clock.stage("implant"):
-        implant_array = extract_implant(completed_raw.array, defective.array, defective.spacing)
+        on_grid = model_input.grid.with_array(paste(completed_on_grid, model_input.box, model_input.grid.shape))
+        return _Skull(method, on_grid, on_grid, resample_soft_mask, device)
+    with clock.stage("network"):
+        on_grid, device = coarse_skull(model_input, networks, device, progress, test_time_augmentation)
+    if networks.refiner is None:
+        return _Skull(method, on_grid, on_grid, resample_soft_mask, device)  # the share of passes per voxel
+    with clock.stage("refine"):
+        refined, device = refined_skull(on_grid, defective, networks, device, progress)
+    return _Skull(method, on_grid, refined, resample_mask, device)
+
+
+def _cut(defective: Volume, skull: _Skull) -> np.ndarray:
+    """``skull`` brought back to the input's grid and cut into an implant (bool, on the input's grid)."""
+    completed_raw = skull.resample(skull.restore, defective, smoothing=OUTPUT_SMOOTHING)
+    return extract_implant(completed_raw.array, defective.array, defective.spacing)
+
+
+def _completion(skull: _Skull, implant_array: np.ndarray, defective: Volume, model_input,
+                expected: np.ndarray) -> _Completion:
+    """The completion of ``skull`` with its implant, and its agreement with the bone the priors expect missing."""
     implant = defective.with_array(implant_array.astype(np.uint8))
     completed = defective.with_array(((defective.array > 0) | implant_array).astype(np.uint8))
-    added = (skull_on_model_grid.array[model_input.box] >= 0.5) & ~(model_input.cropped.array > 0)
+    added = (skull.on_grid.array[model_input.box] >= 0.5) & ~(model_input.cropped.array > 0)
     agreement = dice(added, expected) if expected.any() or added.any() else 1.0
-    return _Completion(method, completed, implant, device, agreement)
+    return _Completion(skull.method, completed, implant, skull.device, agreement)
 
 
 def _check_options(input_path: Path, output_dir: Path, options: GenerateOptions) -> None:
@@ -311,10 +352,9 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             overwrite the input, is not writable, or holds results without ``options.overwrite``; the
             skull vanishing on the model's grid. On any error nothing is moved into the output folder.
     """
-    from ..surfaces.distances import DistanceTo, add_signed_distance, distance_statistics, vertices_near_changes
+    from ..surfaces.distances import DistanceTo, NearChanges, add_signed_distance, distance_statistics
     from ..surfaces.from_masks import printable_implant_surface, surface_from_mask
     from ..surfaces.implant_report import implant_report
-    from ..surfaces.meshes import export_mesh
 
     input_path, output_dir = Path(input_path), Path(output_dir)
     _check_options(input_path, output_dir, options)
@@ -333,8 +373,9 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
         progress(ProgressEvent("read", 0.05, f"model {networks.info.name} on {device.type}"))
         # Surfaces run beside the main line, on the core that its numpy, scipy and sequential VTK steps
         # leave idle (VTK releases the GIL): the input skull's (and the search structure of distances
-        # to it) beside the design, the completed skull's beside the implant report and the masks'
-        # files. The executor waits for its work on errors too.
+        # to it) beside the design, the completed skull's as soon as its mask is known, beside the implant
+        # mesh, the lab report and the masks' files, and the mesh files beside the preview. The executor
+        # waits for its work on errors too.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="beside") as beside:
             input_skull = beside.submit(_surfaces_of_input, defective)
             design = design_implant(defective, networks, device, progress, clock, options.test_time_augmentation,
@@ -342,10 +383,11 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             completed, implant, device = design.completed, design.implant, design.device
             progress(ProgressEvent("meshes", 0.75, "surfaces of the implant and the completed skull"))
             with clock.stage("meshes"):  # several seconds: each step moves the bar
+                completed_extracted = beside.submit(surface_from_mask, completed)
                 defective_surface, defective_view, distance_to_defective = input_skull.result()
                 implant_surface = printable_implant_surface(implant, defective_surface) if implant.array.any() else None
-                completed_skull = beside.submit(_surfaces_of_completed, completed, defective_surface,
-                                                _own_copy(implant_surface))  # the lab report uses the original
+                completed_skull = beside.submit(_surfaces_of_completed, completed, completed_extracted,
+                                                defective_surface, _own_copy(implant_surface))  # the lab report uses the original
                 # What a lab checks before printing: volume, area, thickness, border fit, watertightness.
                 fit = (implant_report(implant_surface, implant, defective_surface).to_json()
                        if implant_surface is not None else None)
@@ -356,27 +398,30 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
                     distance_to_against = DistanceTo(surface_from_mask(against))
                 else:
                     against, distance_to_against = defective, distance_to_defective
+                near_changes = NearChanges(completed, against)
                 completed_surface, completed_view = completed_skull.result()
                 progress(ProgressEvent("meshes", 0.85, "signed distances"))
-                distance_surface = add_signed_distance(completed_view, distance_to_against,
-                                                       where=vertices_near_changes(completed_view, completed, against))
+                distance_surface = add_signed_distance(completed_view, distance_to_against, where=near_changes.at(completed_view))
                 distances = distance_statistics(_point_array(distance_surface, contract.DISTANCE_ARRAY))
-        whole_skulls = ((completed_surface, defective_surface) if options.full_resolution_meshes
-                        else (completed_view, defective_view))
-        meshes = dict(zip(contract.MESH_STEMS, (*whole_skulls, implant_surface)))  # the implant at full resolution
-        progress(ProgressEvent("write", 0.9, "writing results"))
-        with clock.stage("write"):
-            for fmt in options.mesh_formats:
-                for stem, surface in meshes.items():
-                    if surface is not None:  # no implant mesh for an empty implant
-                        export_mesh(surface, staging / contract.mesh_file(stem, fmt))
-            export_mesh(distance_surface, staging / contract.DISTANCE_MAP_FILE)
-        if options.preview:
-            from ..surfaces.render import render_three_panel
+            whole_skulls = ((completed_surface, defective_surface) if options.full_resolution_meshes
+                            else (completed_view, defective_view))
+            meshes = {contract.mesh_file(stem, fmt): surface for fmt in options.mesh_formats
+                      for stem, surface in zip(contract.MESH_STEMS, (*whole_skulls, implant_surface))
+                      if surface is not None}  # the implant at full resolution; none for an empty implant
+            meshes[contract.DISTANCE_MAP_FILE] = distance_surface
+            progress(ProgressEvent("write", 0.9, "writing results"))
+            # The files are written beside the preview, each from its own copy: VTK's writers and renderer
+            # walk a mesh's cells with state kept in the mesh.
+            written = beside.submit(_export_meshes, {name: _own_copy(surface) for name, surface in meshes.items()},
+                                    staging)
+            if options.preview:
+                from ..surfaces.render import render_three_panel
 
-            with clock.stage("preview"):
-                render_three_panel(completed_view, defective_view, implant_surface, distance_surface,
-                                   staging / contract.PREVIEW_FILE, size=options.preview_size)
+                with clock.stage("preview"):
+                    render_three_panel(completed_view, defective_view, implant_surface, distance_surface,
+                                       staging / contract.PREVIEW_FILE, size=options.preview_size)
+            with clock.stage("write"):  # what of the writing the preview did not hide
+                written.result()
         report = {
             "input": str(input_path),
             "model": networks.describe(),
@@ -406,15 +451,23 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
     return report
 
 
-def _surfaces_of_completed(completed: Volume, skull_surface: vtkPolyData,
+def _surfaces_of_completed(completed: Volume, extracted: Future, skull_surface: vtkPolyData,
                            implant_surface: Optional[vtkPolyData]) -> Tuple[vtkPolyData, vtkPolyData]:
-    """The completed skull's full-resolution surface (its added bone as the printed implant) and its
-    display mesh. Run beside VTK work on other objects: of ``skull_surface`` it reads the points only."""
+    """The completed skull's full-resolution surface (from ``extracted``, the surface of its mask; its added
+    bone as the printed implant) and its display mesh. Run beside VTK work on other objects: of
+    ``skull_surface`` it reads the points only."""
     from ..surfaces.display_meshes import display_mesh
     from ..surfaces.from_masks import completed_skull_surface
 
-    surface = completed_skull_surface(completed, skull_surface, implant_surface)
+    surface = completed_skull_surface(completed, skull_surface, implant_surface, extracted.result())
     return surface, display_mesh(surface)
+
+
+def _export_meshes(meshes: Dict[str, vtkPolyData], folder: Path) -> None:
+    from ..surfaces.meshes import export_mesh
+
+    for name, surface in meshes.items():
+        export_mesh(surface, folder / name)
 
 
 def _own_copy(surface: Optional[vtkPolyData]) -> Optional[vtkPolyData]:

@@ -3,7 +3,7 @@ one (or a reference implant), and its summary (no Qt).
 
 Distances are signed: positive outside the reference surface, negative inside. A search costs time
 per vertex, and a completed skull differs from the defective one only around the defect, so
-``vertices_near_changes`` finds where a search can give anything but 0 (README, Benchmarks).
+``NearChanges`` finds where a search can give anything but 0 (README, Benchmarks).
 """
 
 from __future__ import annotations
@@ -64,36 +64,55 @@ def signed_distance(surface: vtkPolyData, reference: Union[vtkPolyData, Distance
     return distances
 
 
+class NearChanges:
+    """Where a surface built from ``mask`` may lie within ``surface_reach_mm`` of a voxel where ``mask`` and
+    ``other`` differ: elsewhere the two masks' surfaces coincide and their distance is 0, so a distance map
+    needs searching only there (a small part of a skull: README, Benchmarks). Made from the masks alone,
+    so it can be made while the surface is still being built; asked per surface (``at``). Every vertex
+    counts as near when the masks' grids differ.
+
+    Distances are measured between blocks of ``block``^3 voxels (a block is changed when any voxel in it
+    is), a ``block``^3-th of the voxels to transform; one block diagonal and one voxel diagonal of slack
+    keep the answer conservative: no vertex within the reach is missed."""
+
+    def __init__(self, mask: Volume, other: Volume, coordinates: str = "LPS", block: int = 3):
+        self._everywhere = not mask.same_geometry(other)
+        self._distance: Optional[np.ndarray] = None  # mm between block centres, in the changed voxels' box
+        if self._everywhere:
+            return
+        changed = (mask.array != 0) != (other.array != 0)
+        if not changed.any():
+            return
+        self._reach = surface_reach_mm(mask)
+        self._box = foreground_box(changed, margin=math.ceil(self._reach / mask.spacing.min()) + block + 1)
+        self._block = block
+        coarse = in_blocks(changed[self._box], block).any(axis=(1, 3, 5))
+        # Outside the box the distance exceeds the reach.
+        self._distance = ndimage.distance_transform_edt(~coarse, sampling=mask.spacing * block)
+        self._to_index = np.linalg.inv(mask.index_to_lps() if coordinates == "LPS" else LPS_TO_RAS @ mask.index_to_lps())
+        self._slack = float(np.linalg.norm(mask.spacing)) * (block + 1)
+
+    def at(self, surface: vtkPolyData) -> np.ndarray:
+        """For each vertex of ``surface`` (built from the mask): whether it may lie within the reach."""
+        count = surface.GetNumberOfPoints()
+        if self._everywhere:
+            return np.ones(count, dtype=bool)
+        near = np.zeros(count, dtype=bool)
+        if count == 0 or self._distance is None:
+            return near
+        points = vtk_to_numpy(surface.GetPoints().GetData()).astype(np.float64)
+        index = (np.rint(points @ self._to_index[:3, :3].T + self._to_index[:3, 3]).astype(np.int64)
+                 - [b.start for b in self._box])
+        inside = np.all((index >= 0) & (index < [b.stop - b.start for b in self._box]), axis=1)
+        near[inside] = self._distance[tuple(index[inside].T // self._block)] <= self._reach + self._slack
+        return near
+
+
 def vertices_near_changes(surface: vtkPolyData, mask: Volume, other: Volume, coordinates: str = "LPS",
                           block: int = 3) -> np.ndarray:
     """For each vertex of ``surface`` (built from ``mask``): whether it may lie within
-    ``surface_reach_mm`` of a voxel where ``mask`` and ``other`` differ. Elsewhere the two masks'
-    surfaces coincide and their distance is 0, so a distance map needs searching only here (a small
-    part of a skull: README, Benchmarks). Every vertex counts as near when the masks' grids differ.
-
-    Distances are measured between blocks of ``block``^3 voxels (a block is changed when any voxel
-    in it is), a ``block``^3-th of the voxels to transform; one block diagonal and one voxel diagonal
-    of slack keep the answer conservative: no vertex within the reach is missed."""
-    count = surface.GetNumberOfPoints()
-    if not mask.same_geometry(other):
-        return np.ones(count, dtype=bool)
-    changed = (mask.array != 0) != (other.array != 0)
-    if count == 0 or not changed.any():
-        return np.zeros(count, dtype=bool)
-    reach = surface_reach_mm(mask)
-    box = foreground_box(changed, margin=math.ceil(reach / mask.spacing.min()) + block + 1)
-    shape = np.array([b.stop - b.start for b in box])
-    coarse = in_blocks(changed[box], block).any(axis=(1, 3, 5))
-    # Distance (mm) between block centres; outside the box it exceeds the reach.
-    distance = ndimage.distance_transform_edt(~coarse, sampling=mask.spacing * block)
-    to_index = np.linalg.inv(mask.index_to_lps() if coordinates == "LPS" else LPS_TO_RAS @ mask.index_to_lps())
-    points = vtk_to_numpy(surface.GetPoints().GetData()).astype(np.float64)
-    index = np.rint(points @ to_index[:3, :3].T + to_index[:3, 3]).astype(np.int64) - [b.start for b in box]
-    inside = np.all((index >= 0) & (index < shape), axis=1)
-    near = np.zeros(count, dtype=bool)
-    slack = float(np.linalg.norm(mask.spacing)) * (block + 1)
-    near[inside] = distance[tuple(index[inside].T // block)] <= reach + slack
-    return near
+    ``surface_reach_mm`` of a voxel where ``mask`` and ``other`` differ (``NearChanges``)."""
+    return NearChanges(mask, other, coordinates, block).at(surface)
 
 
 def add_signed_distance(surface: vtkPolyData, reference: Union[vtkPolyData, DistanceTo], name: str = DISTANCE_ARRAY,

@@ -82,11 +82,13 @@ def printable_implant_surface(implant: Volume, skull_surface: vtkPolyData) -> vt
     return smoothed_away_from(without_specks(surface_from_mask(implant)), skull_surface)
 
 
-def completed_skull_surface(completed: Volume, skull_surface: vtkPolyData,
-                            implant_surface: Optional[vtkPolyData]) -> vtkPolyData:
+def completed_skull_surface(completed: Volume, skull_surface: vtkPolyData, implant_surface: Optional[vtkPolyData],
+                            extracted: Optional[vtkPolyData] = None) -> vtkPolyData:
     """The completed skull's surface, its added bone smoothed as the printed ``implant_surface`` is, in
-    the implant's region (its bounds plus ``BORDER_BLEND_MM``), so the views show the implant as printed."""
-    surface = surface_from_mask(completed)
+    the implant's region (its bounds plus ``BORDER_BLEND_MM``), so the views show the implant as printed.
+    ``extracted``: ``surface_from_mask(completed)`` when it is already made (it needs no implant surface,
+    so it can start before that is ready)."""
+    surface = surface_from_mask(completed) if extracted is None else extracted
     if implant_surface is None or implant_surface.GetNumberOfPoints() == 0:
         return surface
     bounds = np.array(implant_surface.GetBounds()).reshape(3, 2)
