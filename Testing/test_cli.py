@@ -435,7 +435,13 @@ def test_method_auto_fills_what_the_network_leaves_open_with_the_fitted_mean_sku
     chosen = auto["priors"]["fitted_bone"]["from"]  # the mean skull or the shape model, whichever meets the rim best
     assert chosen in ("mean skull", "shape model")
     assert f"the implant is the {chosen}'s instead" in auto["warnings"][0]
+    # The surfaces begun on the network's (empty) cut are dropped: the mesh is the fitted implant's.
+    from SparseImplantLib.surfaces.meshes import enclosed_volume_mm3
+
+    implant_mesh_ml = enclosed_volume_mm3(read_mesh(tmp_path / "auto" / "implant.vtk")) / 1000
+    assert implant_mesh_ml == pytest.approx(auto["implant_volume_ml"], rel=0.1)
     assert network["completed_by"] == "network" and network["implant_volume_ml"] == 0
+    assert not (tmp_path / "network" / "implant.vtk").exists()
     assert any("likely incomplete" in message for message in network["warnings"])
 
 
@@ -456,7 +462,10 @@ def test_method_auto_keeps_the_networks_result_when_the_fitted_mean_skull_adds_n
         return generate._Skull(method, skull, skull, None, device)
 
     monkeypatch.setattr(generate, "_skull_on_grid", nothing_added)
-    monkeypatch.setattr(generate, "_cut", lambda defective, skull: np.zeros(defective.shape, dtype=bool))
+    def no_implant(defective, skull, on_cut=None):
+        return generate._Cut(defective, defective.with_array(np.zeros_like(defective.array)))
+
+    monkeypatch.setattr(generate, "_cut", no_implant)
     design = generate.design_implant(defective, load_networks(None, "none", "cpu"), "cpu", method="auto")
     assert tried == ["network", "fitted"]  # the sample's 47 ml opening is expected missing: the fallback is tried
     assert design.completed_by == "network" and design.implant_ml == 0

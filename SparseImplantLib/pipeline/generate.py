@@ -145,7 +145,8 @@ class Design:
 
 def design_implant(defective: Volume, networks: Networks, device: torch.device,
                    progress: ProgressCallback = ignore_progress, clock: Optional[StageClock] = None,
-                   test_time_augmentation: bool = True, straighten: bool = True, method: str = "auto") -> Design:
+                   test_time_augmentation: bool = True, straighten: bool = True, method: str = "auto",
+                   on_cut: Optional[Callable[[Volume, Volume], None]] = None) -> Design:
     """Complete the skull and cut the implant; every doubt is also issued as a warning. With
     ``straighten``, the network sees the skull with the scan's bottom cut level and the head facing
     forward, as it saw its training skulls (``pose.straighten_head``). ``method`` (``METHODS``): the
@@ -166,6 +167,9 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
             instead of one. Default True.
         straighten (bool): as above; False only measures the head's pose. Default True.
         method (str): ``"auto"``, ``"network"``, ``"mirror"`` or ``"fitted"``. Default ``"auto"``.
+        on_cut (callable, optional): called with (completed, implant) of the first way of completing as
+            soon as it is cut, from a helper thread, before the priors decide whether it stands (with
+            auto, the fitted skull shape may replace it): work on its surfaces can start there.
 
     Returns:
         Design: ``completed`` and ``implant`` as uint8 masks on ``defective``'s geometry (completed
@@ -193,7 +197,7 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
             # and scipy, which leave the GIL) in a helper thread while this one estimates the priors.
             skull = _skull_on_grid(model_input, None, networks, device, first, progress, clock,
                                    test_time_augmentation, defective)
-            cut = helper.submit(_cut, defective, skull)
+            cut = helper.submit(_cut, defective, skull, on_cut)
             priors, expected, fitted_ml = _estimate_priors(model_input, progress, clock, 0.57)
         else:
             priors, expected, fitted_ml = _estimate_priors(model_input, progress, clock, 0.15)
@@ -201,10 +205,10 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
                 model_input.priors = priors
             skull = _skull_on_grid(model_input, priors, networks, device, first, progress, clock,
                                    test_time_augmentation, defective)
-            cut = helper.submit(_cut, defective, skull)
+            cut = helper.submit(_cut, defective, skull, on_cut)
         progress(ProgressEvent("implant", 0.7, "extracting the implant"))
         with clock.stage("implant"):  # what of the cut the priors did not hide
-            outcome = _completion(skull, cut.result(), defective, model_input, expected)
+            outcome = _completion(skull, cut.result(), model_input, expected)
     expected_ml = float(expected.sum()) * model_input.cropped.voxel_volume_mm3 / 1000.0
     notes = []
     if method == "auto" and fitted_fills_instead(fitted_ml, outcome.implant_ml, priors):
@@ -214,7 +218,7 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
         fitted_skull = _skull_on_grid(model_input, priors, networks, outcome.device, "fitted", ignore_progress, clock,
                                       test_time_augmentation, defective)
         with clock.stage("implant"):
-            fitted = _completion(fitted_skull, _cut(defective, fitted_skull), defective, model_input, expected)
+            fitted = _completion(fitted_skull, _cut(defective, fitted_skull), model_input, expected)
         if fitted.implant_ml > outcome.implant_ml:
             shape = "the " + priors.fitted_bone_report["from"]  # a fallback needs a fit, so the report is there
             notes.append(f"the network added only {outcome.implant_ml:.1f} ml of bone where {shape} fitted to "
@@ -290,20 +294,30 @@ def _skull_on_grid(model_input, priors: Optional[Priors], networks: Networks, de
     return _Skull(method, on_grid, refined, resample_mask, device)
 
 
-def _cut(defective: Volume, skull: _Skull) -> np.ndarray:
-    """``skull`` brought back to the input's grid and cut into an implant (bool, on the input's grid)."""
+@dataclass
+class _Cut:
+    """A completed skull and its implant, on the input's grid (completed = defective | implant)."""
+
+    completed: Volume
+    implant: Volume
+
+
+def _cut(defective: Volume, skull: _Skull, on_cut: Optional[Callable[[Volume, Volume], None]] = None) -> _Cut:
+    """``skull`` brought back to the input's grid and cut into an implant; ``on_cut`` hears of it."""
     completed_raw = skull.resample(skull.restore, defective, smoothing=OUTPUT_SMOOTHING)
-    return extract_implant(completed_raw.array, defective.array, defective.spacing)
+    implant_array = extract_implant(completed_raw.array, defective.array, defective.spacing)
+    cut = _Cut(defective.with_array(((defective.array > 0) | implant_array).astype(np.uint8)),
+               defective.with_array(implant_array.astype(np.uint8)))
+    if on_cut is not None:
+        on_cut(cut.completed, cut.implant)
+    return cut
 
 
-def _completion(skull: _Skull, implant_array: np.ndarray, defective: Volume, model_input,
-                expected: np.ndarray) -> _Completion:
-    """The completion of ``skull`` with its implant, and its agreement with the bone the priors expect missing."""
-    implant = defective.with_array(implant_array.astype(np.uint8))
-    completed = defective.with_array(((defective.array > 0) | implant_array).astype(np.uint8))
+def _completion(skull: _Skull, cut: _Cut, model_input, expected: np.ndarray) -> _Completion:
+    """The completion of ``skull`` by its ``cut``, and its agreement with the bone the priors expect missing."""
     added = (skull.on_grid.array[model_input.box] >= 0.5) & ~(model_input.cropped.array > 0)
     agreement = dice(added, expected) if expected.any() or added.any() else 1.0
-    return _Completion(skull.method, completed, implant, skull.device, agreement)
+    return _Completion(skull.method, cut.completed, cut.implant, skull.device, agreement)
 
 
 def _check_options(input_path: Path, output_dir: Path, options: GenerateOptions) -> None:
@@ -353,7 +367,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             skull vanishing on the model's grid. On any error nothing is moved into the output folder.
     """
     from ..surfaces.distances import DistanceTo, NearChanges, add_signed_distance, distance_statistics
-    from ..surfaces.from_masks import printable_implant_surface, surface_from_mask
+    from ..surfaces.from_masks import surface_from_mask
     from ..surfaces.implant_report import implant_report
 
     input_path, output_dir = Path(input_path), Path(output_dir)
@@ -373,20 +387,33 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
         progress(ProgressEvent("read", 0.05, f"model {networks.info.name} on {device.type}"))
         # Surfaces run beside the main line, on the core that its numpy, scipy and sequential VTK steps
         # leave idle (VTK releases the GIL): the input skull's (and the search structure of distances
-        # to it) beside the design, the completed skull's as soon as its mask is known, beside the implant
-        # mesh, the lab report and the masks' files, and the mesh files beside the preview. The executor
-        # waits for its work on errors too.
+        # to it) beside the design; the implant's and the completed skull's as soon as the first cut is
+        # made, beside the priors that decide whether it stands; then the lab report, the masks' files and
+        # the distances here, and the mesh files beside the preview. The executor waits for its work on
+        # errors too.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="beside") as beside:
             input_skull = beside.submit(_surfaces_of_input, defective)
+            started: List[_StartedSurfaces] = []
+
+            def start_surfaces(completed: Volume, implant: Volume) -> None:
+                started.append(_StartedSurfaces(completed, beside.submit(_printable_implant, implant, input_skull),
+                                                beside.submit(surface_from_mask, completed)))
+
             design = design_implant(defective, networks, device, progress, clock, options.test_time_augmentation,
-                                    options.straighten, options.method)
+                                    options.straighten, options.method, on_cut=start_surfaces)
             completed, implant, device = design.completed, design.implant, design.device
             progress(ProgressEvent("meshes", 0.75, "surfaces of the implant and the completed skull"))
             with clock.stage("meshes"):  # several seconds: each step moves the bar
-                completed_extracted = beside.submit(surface_from_mask, completed)
+                surfaces = next((surfaces for surfaces in started if surfaces.completed is completed), None)
+                for replaced in started:
+                    if replaced is not surfaces:  # the fitted skull shape's cut replaced the first one
+                        replaced.cancel()
+                if surfaces is None:
+                    start_surfaces(completed, implant)
+                    surfaces = started[-1]
                 defective_surface, defective_view, distance_to_defective = input_skull.result()
-                implant_surface = printable_implant_surface(implant, defective_surface) if implant.array.any() else None
-                completed_skull = beside.submit(_surfaces_of_completed, completed, completed_extracted,
+                implant_surface = surfaces.implant.result()
+                completed_skull = beside.submit(_surfaces_of_completed, completed, surfaces.extracted,
                                                 defective_surface, _own_copy(implant_surface))  # the lab report uses the original
                 # What a lab checks before printing: volume, area, thickness, border fit, watertightness.
                 fit = (implant_report(implant_surface, implant, defective_surface).to_json()
@@ -449,6 +476,27 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
         (staging / contract.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     progress(ProgressEvent("done", 1.0, f"results in {output_dir}"))
     return report
+
+
+@dataclass
+class _StartedSurfaces:
+    """The surfaces of one cut, under way beside the main line: the printed implant's and the extracted
+    surface of the completed skull's mask."""
+
+    completed: Volume
+    implant: Future
+    extracted: Future
+
+    def cancel(self) -> None:
+        self.implant.cancel()
+        self.extracted.cancel()
+
+
+def _printable_implant(implant: Volume, input_skull: Future) -> Optional[vtkPolyData]:
+    """The implant's mesh as printed (None for an empty implant), against the input skull's surface."""
+    from ..surfaces.from_masks import printable_implant_surface
+
+    return printable_implant_surface(implant, input_skull.result()[0]) if implant.array.any() else None
 
 
 def _surfaces_of_completed(completed: Volume, extracted: Future, skull_surface: vtkPolyData,
