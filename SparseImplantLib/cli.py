@@ -8,9 +8,11 @@ its staging folder is removed on the way out.
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -358,12 +360,30 @@ def keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)  # and the heap's free top is kept
 
 
+def leave_now(code: int) -> None:
+    """End the process with ``code`` once its work is done: its exit handlers run and its output is
+    flushed, but the interpreter's own teardown, which frees every module, array and VTK object one by
+    one, is skipped (0.7 s after ``generate`` on the sample). Every result is written and closed by then."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """The command line; run as the program (no ``argv``), ``generate`` and ``predict`` first tune the
-    process's allocator (``keep_freed_memory``): the process is theirs alone."""
+    """The command line. Run as the program (no ``argv``), ``generate`` and ``predict`` have the process to
+    themselves: they tune its allocator first (``keep_freed_memory``) and end it at once (``leave_now``)."""
     args = build_parser().parse_args(argv)
-    if argv is None and args.func in (_run_generate, _run_predict):
+    own_process = argv is None and args.func in (_run_generate, _run_predict)
+    if own_process:
         keep_freed_memory()
+    code = _run(args)
+    if own_process:
+        leave_now(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     warnings.formatwarning = lambda message, category, *rest: f"{WARNING_PREFIX}{message}\n"
     in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None

@@ -472,20 +472,31 @@ def test_method_auto_keeps_the_networks_result_when_the_fitted_mean_skull_adds_n
     assert not any("'s instead" in message for message in design.warnings)
 
 
-def test_run_as_the_program_generate_keeps_freed_memory_and_in_process_callers_are_left_alone(monkeypatch, tmp_path):
-    """The allocator is tuned for the process only when the process is the command's own (no argv given)."""
+def test_run_as_the_program_generate_has_the_process_to_itself_and_in_process_callers_are_left_alone(monkeypatch,
+                                                                                                        tmp_path):
+    """The allocator is tuned, and the process ended at once, only when the process is the command's own
+    (no argv given)."""
     from SparseImplantLib import cli
 
     calls = []
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append("tuned"))
+    monkeypatch.setattr(cli, "leave_now", lambda code: calls.append(f"left with {code}"))
     arguments = ["generate", str(tmp_path / "missing.nrrd"), "-o", str(tmp_path / "out")]
     assert cli.main(arguments) == 1 and calls == []
     monkeypatch.setattr(sys, "argv", ["sparseimplant", *arguments])
-    assert cli.main() == 1 and calls == ["tuned"]
+    cli.main()
+    assert calls == ["tuned", "left with 1"]
     monkeypatch.setattr(sys, "argv", ["sparseimplant", "evaluate", "--data", str(tmp_path), "--predictions", str(tmp_path),
                                       "-o", str(tmp_path / "evaluation")])
     cli.main()
-    assert calls == ["tuned"]
+    assert calls == ["tuned", "left with 1"]
+
+
+def test_leave_now_runs_exit_handlers_flushes_and_keeps_the_exit_code():
+    script = ("import atexit, sys; from SparseImplantLib.cli import leave_now; "
+              "atexit.register(lambda: print('handler ran')); sys.stdout.write('buffered '); leave_now(3)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert done.returncode == 3 and done.stdout == "buffered handler ran\n"
 
 
 def test_keep_freed_memory_leaves_a_working_allocator():

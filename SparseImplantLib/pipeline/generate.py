@@ -426,6 +426,8 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
                 else:
                     against, distance_to_against = defective, distance_to_defective
                 near_changes = NearChanges(completed, against)
+                if options.preview:  # its VTK modules load while the completed skull's surface is made
+                    from ..surfaces.render import render_three_panel
                 completed_surface, completed_view = completed_skull.result()
                 progress(ProgressEvent("meshes", 0.85, "signed distances"))
                 distance_surface = add_signed_distance(completed_view, distance_to_against, where=near_changes.at(completed_view))
@@ -442,8 +444,6 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             written = beside.submit(_export_meshes, {name: _own_copy(surface) for name, surface in meshes.items()},
                                     staging)
             if options.preview:
-                from ..surfaces.render import render_three_panel
-
                 with clock.stage("preview"):
                     render_three_panel(completed_view, defective_view, implant_surface, distance_surface,
                                        staging / contract.PREVIEW_FILE, size=options.preview_size)
