@@ -48,8 +48,6 @@ from .volume import Volume, paste, resample_mask, resample_soft_mask
 if TYPE_CHECKING:  # VTK is imported where surfaces are made: a design alone does not load it
     from vtkmodules.vtkCommonDataModel import vtkPolyData
 
-    from ..surfaces.distances import DistanceTo
-
 
 @dataclass
 class GenerateOptions:
@@ -386,11 +384,10 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
                                      options.keep_logit)
         progress(ProgressEvent("read", 0.05, f"model {networks.info.name} on {device.type}"))
         # Surfaces run beside the main line, on the core that its numpy, scipy and sequential VTK steps
-        # leave idle (VTK releases the GIL): the input skull's (and the search structure of distances
-        # to it) beside the design; the implant's and the completed skull's as soon as the first cut is
-        # made, beside the priors that decide whether it stands; then the lab report, the masks' files and
-        # the distances here, and the mesh files beside the preview. The executor waits for its work on
-        # errors too.
+        # leave idle (VTK releases the GIL): the input skull's beside the design; the implant's and the
+        # completed skull's as soon as the first cut is made, beside the priors that decide whether it
+        # stands, while this thread makes the lab report, the masks' files and the distances' search
+        # structure; the mesh files beside the preview. The executor waits for its work on errors too.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="beside") as beside:
             input_skull = beside.submit(_surfaces_of_input, defective)
             started: List[_StartedSurfaces] = []
@@ -411,7 +408,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
                 if surfaces is None:
                     start_surfaces(completed, implant)
                     surfaces = started[-1]
-                defective_surface, defective_view, distance_to_defective = input_skull.result()
+                defective_surface, defective_view = input_skull.result()
                 implant_surface = surfaces.implant.result()
                 completed_skull = beside.submit(_surfaces_of_completed, completed, surfaces.extracted,
                                                 defective_surface, _own_copy(implant_surface))  # the lab report uses the original
@@ -420,11 +417,13 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
                        if implant_surface is not None else None)
                 write_volume(staging / COMPLETED_FILE, completed)
                 write_volume(staging / IMPLANT_FILE, implant)
+                # The distances' search structure is built here, while the completed skull's surface is
+                # made: built beside the design instead, it slowed the network's two threads down.
                 if reference is not None:
                     against = defective.with_array(((defective.array > 0) | (reference.array > 0)).astype(np.uint8))
                     distance_to_against = DistanceTo(surface_from_mask(against))
                 else:
-                    against, distance_to_against = defective, distance_to_defective
+                    against, distance_to_against = defective, DistanceTo(defective_surface)
                 near_changes = NearChanges(completed, against)
                 if options.preview:  # its VTK modules load while the completed skull's surface is made
                     from ..surfaces.render import render_three_panel
@@ -530,14 +529,13 @@ def _own_copy(surface: Optional[vtkPolyData]) -> Optional[vtkPolyData]:
     return copy
 
 
-def _surfaces_of_input(skull: Volume) -> Tuple[vtkPolyData, vtkPolyData, DistanceTo]:
-    """``skull``'s full-resolution surface, its display mesh and the distances to it."""
+def _surfaces_of_input(skull: Volume) -> Tuple[vtkPolyData, vtkPolyData]:
+    """``skull``'s full-resolution surface and its display mesh."""
     from ..surfaces.display_meshes import display_mesh
-    from ..surfaces.distances import DistanceTo
     from ..surfaces.from_masks import surface_from_mask
 
     surface = surface_from_mask(skull)
-    return surface, display_mesh(surface), DistanceTo(surface)
+    return surface, display_mesh(surface)
 
 
 def _point_array(surface, name: str) -> np.ndarray:
