@@ -189,7 +189,7 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
     with clock.stage("network"):
         model_input = model_grid_input(defective, networks.info, straightened.axes)
     first = "network" if method == "auto" else method
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore") as helper:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cut") as helper:
         if first == "network" and not networks.info.priors:
             # The network needs no priors: run it first, and cut its implant on the input's grid (SimpleITK
             # and scipy, which leave the GIL) in a helper thread while this one estimates the priors.
