@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
-from .contract import DEVICES, ERROR_PREFIX, MESH_FORMATS, METHODS, WARNING_PREFIX
+from .contract import DESIGNERS, DEVICES, ERROR_PREFIX, MESH_FORMATS, METHODS, WARNING_PREFIX
 from .errors import SparseImplantError
 from .progress import PROGRESS_PREFIX, ProgressCallback, ProgressEvent, TerminalProgress
 
@@ -135,8 +135,8 @@ def _done_line(report: dict, output: Path, message: str) -> str:
     from .evaluate import json_safe
 
     summary = {"output": str(output), "device": report["device"], "implant_voxels": report["voxels"]["implant"],
-               "implant_volume_ml": report["implant_volume_ml"], "warnings": report["warnings"],
-               "metrics": report.get("metrics")}
+               "implant_volume_ml": report["implant_volume_ml"], "completed_by": report["completed_by"],
+               "warnings": report["warnings"], "notes": report["notes"], "metrics": report.get("metrics")}
     return PROGRESS_PREFIX + json.dumps(json_safe({**asdict(ProgressEvent("done", 1.0, message)), "summary": summary}))
 
 
@@ -159,12 +159,15 @@ def _run_generate(args: argparse.Namespace) -> int:
     else:
         progress = _without_done(json_lines_progress()) if args.progress == "json" else ignore_progress
         report = generate(args.input, args.output, options, progress)
-    summary = (f"implant: {report['voxels']['implant']} voxels ({report['implant_volume_ml']} ml) on {report['device']}; "
-               f"results in {args.output}")
+    designer = "" if report["completed_by"] == "network" else f", designed by the {DESIGNERS[report['completed_by']]}"
+    summary = (f"implant: {report['voxels']['implant']} voxels ({report['implant_volume_ml']} ml){designer} on "
+               f"{report['device']}; results in {args.output}")
     if args.progress == "json":
         print(_done_line(report, args.output, summary), flush=True)
         return 0
     print(summary)
+    for note in report["notes"]:
+        print(f"  note: {note}")
     for name, value in report.get("metrics", {}).items():
         print(f"  {name}: {value:.4f}" if value is not None else f"  {name}: n/a")
     return 0

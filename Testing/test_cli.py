@@ -414,6 +414,7 @@ def test_method_auto_fills_what_the_network_leaves_open_with_the_fitted_mean_sku
     back; --method network keeps the network's empty implant."""
     from conftest import SAMPLE_DEFECTIVE
     from SparseImplantLib.pipeline import generate
+    from SparseImplantLib.pipeline.doubts import FITTED_RIM_AGREEMENT
     from SparseImplantLib.pipeline.volume import paste
 
     def adds_nothing(model_input, networks, device, progress, test_time_augmentation):
@@ -434,7 +435,11 @@ def test_method_auto_fills_what_the_network_leaves_open_with_the_fitted_mean_sku
     assert auto["completed_by"] == "fitted" and auto["implant_volume_ml"] > 20
     chosen = auto["priors"]["fitted_bone"]["from"]  # the mean skull or the shape model, whichever meets the rim best
     assert chosen in ("mean skull", "shape model")
-    assert f"the implant is the {chosen}'s instead" in auto["warnings"][0]
+    said = [message for message in auto["warnings"] + auto["notes"] if f"the implant is the {chosen}'s instead" in message]
+    assert len(said) == 1  # a note where the fitted shape meets the rim well, else the first warning
+    rim = auto["priors"]["fitted_bone"]["agreement_around"][chosen]
+    assert (said[0] in auto["notes"]) == (rim >= FITTED_RIM_AGREEMENT)
+    assert said[0] in auto["notes"] or said[0] == auto["warnings"][0]
     # The surfaces begun on the network's (empty) cut are dropped: the mesh is the fitted implant's.
     from SparseImplantLib.surfaces.meshes import enclosed_volume_mm3
 
@@ -469,7 +474,7 @@ def test_method_auto_keeps_the_networks_result_when_the_fitted_mean_skull_adds_n
     design = generate.design_implant(defective, load_networks(None, "none", "cpu"), "cpu", method="auto")
     assert tried == ["network", "fitted"]  # the sample's 47 ml opening is expected missing: the fallback is tried
     assert design.completed_by == "network" and design.implant_ml == 0
-    assert not any("'s instead" in message for message in design.warnings)
+    assert not any("'s instead" in message for message in design.warnings + design.notes)
 
 
 def test_run_as_the_program_generate_has_the_process_to_itself_and_in_process_callers_are_left_alone(monkeypatch,

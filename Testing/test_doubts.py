@@ -84,3 +84,17 @@ def test_a_mean_skull_stretched_to_its_limit_is_no_fit():
     assert not fit_with_scales(0.87, 1.0, 1.04).at_scale_limit  # the range SkullFix 050-059 fit in
     assert fit_with_scales(1.0, 1.0, np.exp(FIT_SCALE_LIMIT)).at_scale_limit
     assert fit_with_scales(np.exp(-FIT_SCALE_LIMIT - 0.05), 1.0, 1.0).at_scale_limit
+
+
+def test_a_fallback_that_meets_the_rim_is_a_note_and_one_that_does_not_is_a_doubt():
+    from SparseImplantLib.pipeline.doubts import FITTED_RIM_AGREEMENT, fallback_message
+
+    def report(rim):
+        return {"from": "shape model", "agreement_around": {"mean skull": 0.5, "shape model": rim}}
+
+    message, doubtful = fallback_message(0.2, 31.4, report(FITTED_RIM_AGREEMENT + 0.03))
+    assert not doubtful and "the implant is the shape model's instead" in message and "31 ml" in message
+    assert "check its fit" not in message
+    message, doubtful = fallback_message(0.2, 31.4, report(FITTED_RIM_AGREEMENT - 0.03))
+    assert doubtful and "poorly" in message and "check its fit at the border before use" in message
+    assert fallback_message(0.0, 3.0, report(None))[1]  # no ring to judge by: a doubt

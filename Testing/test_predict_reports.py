@@ -16,8 +16,8 @@ from SparseImplantLib.pipeline import generate as pipeline
 from SparseImplantLib.pipeline import predict as batch
 from SparseImplantLib.progress import PROGRESS_PREFIX, ProgressEvent, ignore_progress
 
-REPORT_KEYS = {"case", "input", "model", "refinement", "device", "completed_by", "implant_volume_ml", "warnings", "pose", "priors",
-               "timings_s"}
+REPORT_KEYS = {"case", "input", "model", "refinement", "device", "completed_by", "implant_volume_ml", "warnings", "notes", "pose",
+               "priors", "timings_s"}
 
 
 def stand_in(monkeypatch, *warnings_per_case):

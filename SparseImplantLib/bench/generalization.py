@@ -217,7 +217,7 @@ def run_variant(variant: Variant, networks, device, baseline: Optional[np.ndarra
     row = {"case": variant.case, "group": variant.group, "name": variant.name, "method": method,
            "completed_by": design.completed_by, "seconds": round(seconds, 1),
            "true_ml": round(truth.nonzero_ml, 2),
-           "implant_ml": round(design.implant_ml, 2), "warnings": design.warnings, "pose": design.pose,
+           "implant_ml": round(design.implant_ml, 2), "warnings": design.warnings, "notes": design.notes, "pose": design.pose,
            "priors": design.priors,  # what the doubts weighed: expected missing bone, agreement with it
            **evaluate_case(implant, truth, defective, completed, case=variant.case)}
     if variant.undo is not None and baseline is not None:

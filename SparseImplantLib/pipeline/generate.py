@@ -28,7 +28,7 @@ from ..evaluate import evaluate_case
 from ..metrics import dice
 from ..outputs import staged_output
 from ..progress import ProgressCallback, ProgressEvent, ignore_progress
-from .doubts import design_doubts, fitted_fills_instead
+from .doubts import design_doubts, fallback_message, fitted_fills_instead
 from .inference import (
     OUTPUT_SMOOTHING,
     Networks,
@@ -135,6 +135,7 @@ class Design:
     pose: Optional[dict] = None  # the scan's bottom cut and the head's turn as the network saw it (pose)
     priors: Optional[dict] = None  # the symmetry plane, the mean skull's fit and what they expect missing
     completed_by: str = "network"  # network, mirror or fitted: with method auto, the fitted skull shape when the network leaves the opening
+    notes: List[str] = field(default_factory=list)  # how the implant was made, where that is no doubt (a fallback that meets the rim)
 
     @property
     def implant_ml(self) -> float:
@@ -208,7 +209,8 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
         with clock.stage("implant"):  # what of the cut the priors did not hide
             outcome = _completion(skull, cut.result(), model_input, expected)
     expected_ml = float(expected.sum()) * model_input.cropped.voxel_volume_mm3 / 1000.0
-    notes = []
+    notes: List[str] = []
+    fallback_doubts: List[str] = []
     if method == "auto" and fitted_fills_instead(fitted_ml, outcome.implant_ml, priors):
         # The network leaves most of what the fitted mean skull fills open: the fitted mean skull fills it,
         # if it fills more (on a complete skull it adds nothing either, and the network's result stands).
@@ -218,16 +220,16 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
         with clock.stage("implant"):
             fitted = _completion(fitted_skull, _cut(defective, fitted_skull), model_input, expected)
         if fitted.implant_ml > outcome.implant_ml:
-            shape = "the " + priors.fitted_bone_report["from"]  # a fallback needs a fit, so the report is there
-            notes.append(f"the network added only {outcome.implant_ml:.1f} ml of bone where {shape} fitted to "
-                         f"this skull fills about {fitted_ml:.0f} ml: the implant is {shape}'s instead "
-                         "(--method fitted); check its fit at the border before use")
+            # A fallback needs a fit, so the report is there.
+            message, doubtful = fallback_message(outcome.implant_ml, fitted_ml, priors.fitted_bone_report)
+            (fallback_doubts if doubtful else notes).append(message)
             outcome = fitted
     design = Design(outcome.completed, outcome.implant, outcome.device, pose=straightened.report(),
                     priors={**priors.report(model_input.grid.direction), "expected_missing_ml": round(expected_ml, 1),
                             "fitted_missing_ml": round(fitted_ml, 1),
-                            "agreement_dsc": round(outcome.agreement, 3)}, completed_by=outcome.method)
-    design.warnings = notes + design_doubts(model_input.cropped, design.implant_ml, straightened.pose, priors,
+                            "agreement_dsc": round(outcome.agreement, 3)}, completed_by=outcome.method,
+                    notes=notes)
+    design.warnings = fallback_doubts + design_doubts(model_input.cropped, design.implant_ml, straightened.pose, priors,
                                             expected_ml, outcome.agreement)
     for message in design.warnings:
         warnings.warn(message)
@@ -465,6 +467,7 @@ def generate(input_path: Path, output_dir: Path, options: GenerateOptions = Gene
             "implant_volume_ml": round(design.implant_ml, 3),
             "implant_report": fit,
             "warnings": design.warnings,
+            "notes": design.notes,
             "pose": design.pose,
             "priors": design.priors,
             "distance": distances,

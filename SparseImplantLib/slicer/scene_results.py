@@ -230,9 +230,6 @@ def add_results_from_folder(scene, output_dir: PathLike, name: str = "Implant de
                        name=name, metrics=report.get("metrics"), report=report)
 
 
-DESIGNERS = {"network": "network", "fitted": "fitted skull shape", "mirror": "mirror image"}
-
-
 def result_rows(metrics: Optional[Dict[str, Optional[float]]] = None,
                 report: Optional[dict] = None) -> List[Tuple[str, str, str]]:
     """(label, value, unit) rows of the results table: what designed the implant, its volume, the implant report (area,
@@ -240,7 +237,7 @@ def result_rows(metrics: Optional[Dict[str, Optional[float]]] = None,
     rows = []
     designer = (report or {}).get("completed_by")
     if designer:  # with method auto, the fitted mean skull where the network left the opening open
-        rows.append(("Designed by", DESIGNERS.get(designer, designer), ""))
+        rows.append(("Designed by", contract.DESIGNERS.get(designer, designer), ""))
     if report is not None and report.get("implant_volume_ml") is not None:
         rows.append(("Implant volume", f"{report['implant_volume_ml']:.1f}", "ml"))
     fit = (report or {}).get("implant_report")
