@@ -67,13 +67,18 @@ def test_orientations_are_undone(pair):
         np.testing.assert_array_equal(generalization._undo_orientation(order, flips)(copy.array), defective.array)
 
 
-def test_summary_counts_failures_per_variant_and_group():
-    rows = [{"group": "defect", "name": "wedge", "dsc": 0.9, "bdsc": 0.9, "hd95_mm": 1.0},
-            {"group": "defect", "name": "wedge", "dsc": 0.5, "bdsc": 0.6, "hd95_mm": 5.0},
-            {"group": "defect", "name": "random", "dsc": 0.8, "bdsc": 0.8, "hd95_mm": 2.0}]
+def test_summary_counts_failures_and_warned_results_per_variant_and_group():
+    rows = [{"group": "defect", "name": "wedge", "dsc": 0.9, "bdsc": 0.9, "hd95_mm": 1.0, "warnings": []},
+            {"group": "defect", "name": "wedge", "dsc": 0.5, "bdsc": 0.6, "hd95_mm": 5.0, "warnings": ["too little"]},
+            {"group": "defect", "name": "random", "dsc": 0.8, "bdsc": 0.8, "hd95_mm": 2.0, "warnings": ["turned"],
+             "notes": ["the fitted shape's"]},
+            {"group": "defect", "name": "random", "dsc": 0.4, "bdsc": 0.4, "hd95_mm": 9.0}]  # a row without warnings
     summary = {(s["group"], s["name"]): s for s in generalization.summarise(rows)}
-    assert summary[("defect", "wedge")]["failures"] == 1 and summary[("defect", "wedge")]["dsc"] == pytest.approx(0.7)
-    assert summary[("defect", "all")]["n"] == 3 and summary[("defect", "all")]["failures"] == 1
+    wedge, random, every = summary[("defect", "wedge")], summary[("defect", "random")], summary[("defect", "all")]
+    assert wedge["failures"] == 1 and wedge["dsc"] == pytest.approx(0.7)
+    assert (wedge["failures_warned"], wedge["good"], wedge["good_warned"]) == (1, 1, 0)
+    assert (random["failures"], random["failures_warned"], random["good"], random["good_warned"]) == (1, 0, 1, 1)
+    assert every["n"] == 4 and (every["failures"], every["failures_warned"], every["good_warned"]) == (2, 1, 1)
 
 
 def test_a_cases_rotations_do_not_depend_on_the_cases_chosen_with_it(tiny_skullfix):
