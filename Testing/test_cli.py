@@ -413,7 +413,7 @@ def test_method_auto_fills_what_the_network_leaves_open_with_the_fitted_mean_sku
     replaced by the fitted mean skull, and the report and warnings say so, the progress never going
     back; --method network keeps the network's empty implant."""
     from conftest import SAMPLE_DEFECTIVE
-    from SparseImplantLib.pipeline import generate
+    from SparseImplantLib.pipeline import design
     from SparseImplantLib.pipeline.doubts import FITTED_RIM_AGREEMENT
     from SparseImplantLib.pipeline.volume import paste
 
@@ -421,7 +421,7 @@ def test_method_auto_fills_what_the_network_leaves_open_with_the_fitted_mean_sku
         skull = model_input.cropped.array.astype(np.float32)
         return model_input.grid.with_array(paste(skull, model_input.box, model_input.grid.shape)), device
 
-    monkeypatch.setattr(generate, "coarse_skull", adds_nothing)
+    monkeypatch.setattr(design, "coarse_skull", adds_nothing)
     reports, fractions = {}, {}
     for method in ("auto", "network"):
         out = tmp_path / method
@@ -455,7 +455,7 @@ def test_method_auto_keeps_the_networks_result_when_the_fitted_mean_skull_adds_n
     network nor the fitted mean skull adds any: the network's (empty) result stands, without a note
     that the fitted mean skull designed it."""
     from conftest import SAMPLE_DEFECTIVE
-    from SparseImplantLib.pipeline import generate
+    from SparseImplantLib.pipeline import design as designing
     from SparseImplantLib.pipeline.inference import load_networks
 
     defective = read_mask(SAMPLE_DEFECTIVE)
@@ -464,14 +464,14 @@ def test_method_auto_keeps_the_networks_result_when_the_fitted_mean_skull_adds_n
     def nothing_added(model_input, priors, networks, device, method, *rest):
         tried.append(method)
         skull = model_input.grid.with_array(np.zeros(model_input.grid.shape, np.float32))
-        return generate._Skull(method, skull, skull, None, device)
+        return designing._Skull(method, skull, skull, None, device)
 
-    monkeypatch.setattr(generate, "_skull_on_grid", nothing_added)
+    monkeypatch.setattr(designing, "_skull_on_grid", nothing_added)
     def no_implant(defective, skull, on_cut=None):
-        return generate._Cut(defective, defective.with_array(np.zeros_like(defective.array)))
+        return designing._Cut(defective, defective.with_array(np.zeros_like(defective.array)))
 
-    monkeypatch.setattr(generate, "_cut", no_implant)
-    design = generate.design_implant(defective, load_networks(None, "none", "cpu"), "cpu", method="auto")
+    monkeypatch.setattr(designing, "_cut", no_implant)
+    design = designing.design_implant(defective, load_networks(None, "none", "cpu"), "cpu", method="auto")
     assert tried == ["network", "fitted"]  # the sample's 47 ml opening is expected missing: the fallback is tried
     assert design.completed_by == "network" and design.implant_ml == 0
     assert not any("'s instead" in message for message in design.warnings + design.notes)

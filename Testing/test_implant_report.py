@@ -171,6 +171,7 @@ def test_generate_puts_the_report_in_report_json(tmp_path, monkeypatch, model_di
     import torch
 
     from SparseImplantLib.pipeline import generate as pipeline
+    from SparseImplantLib.pipeline.design import Design
     from SparseImplantLib.pipeline.io import write_volume
 
     defective, implant = skull_with_hole(12.0)
@@ -178,7 +179,7 @@ def test_generate_puts_the_report_in_report_json(tmp_path, monkeypatch, model_di
     def design(skull, networks, device, progress=None, clock=None, test_time_augmentation=True, straighten=True,
                method="auto", on_cut=None):  # never calls on_cut: generate starts the surfaces itself
         added = np.zeros_like(implant.array) if empty else implant.array
-        return pipeline.Design(skull.with_array(((skull.array > 0) | (added > 0)).astype(np.uint8)),
+        return Design(skull.with_array(((skull.array > 0) | (added > 0)).astype(np.uint8)),
                                skull.with_array(added), torch.device("cpu"))
 
     monkeypatch.setattr(pipeline, "design_implant", design)

@@ -81,7 +81,7 @@ def test_implants_agree_however_the_sample_is_stored(sample_generated):
     its cut and yaw 0.28 degrees away from the stored file's, and the 2 mm network answers with an
     implant that agrees less (Dice 0.91 measured) but fits the ground truth as well (within 0.03)."""
     from SparseImplantLib.metrics import dice
-    from SparseImplantLib.pipeline.generate import design_implant
+    from SparseImplantLib.pipeline.design import design_implant
     from SparseImplantLib.pipeline.volume import corners_lps, find_foreground_box, resample_mask
 
     cpu = torch.device("cpu")

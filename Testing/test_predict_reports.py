@@ -12,7 +12,7 @@ import torch
 from SparseImplantLib.cli import main
 from SparseImplantLib.errors import SparseImplantError
 from SparseImplantLib.outputs import MANIFEST
-from SparseImplantLib.pipeline import generate as pipeline
+from SparseImplantLib.pipeline.design import Design
 from SparseImplantLib.pipeline import predict as batch
 from SparseImplantLib.progress import PROGRESS_PREFIX, ProgressEvent, ignore_progress
 
@@ -35,7 +35,7 @@ def stand_in(monkeypatch, *warnings_per_case):
         implant = np.zeros(defective.shape, np.uint8)
         implant[:4, :4, :4] = 1
         implant &= defective.array == 0
-        return pipeline.Design(defective.with_array(((defective.array > 0) | (implant > 0)).astype(np.uint8)),
+        return Design(defective.with_array(((defective.array > 0) | (implant > 0)).astype(np.uint8)),
                                defective.with_array(implant), torch.device("cpu"), warnings=list(plan),
                                pose={"straightened": straighten}, priors={"agreement_dsc": 0.9})
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from SparseImplantLib.data.datasets import parse_case_range  # noqa: E402
 from SparseImplantLib.evaluate import evaluate_case  # noqa: E402
-from SparseImplantLib.pipeline.generate import design_implant  # noqa: E402
+from SparseImplantLib.pipeline.design import design_implant  # noqa: E402
 from SparseImplantLib.pipeline.inference import load_networks, select_device  # noqa: E402
 from SparseImplantLib.pipeline.io import read_mask  # noqa: E402
 from SparseImplantLib.pipeline.volume import Volume  # noqa: E402

@@ -207,7 +207,7 @@ def run_variant(variant: Variant, networks, device, baseline: Optional[np.ndarra
     already made. Returns the row and the implant array."""
     from ..evaluate import evaluate_case
     from ..metrics import dice
-    from ..pipeline.generate import design_implant
+    from ..pipeline.design import design_implant
 
     defective, truth = pair or variant.make()
     started = time.perf_counter()

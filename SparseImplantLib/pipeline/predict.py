@@ -15,7 +15,8 @@ from ..errors import SparseImplantError
 from ..evaluate import json_safe
 from ..outputs import atomic_write, check_output, staged_output
 from ..progress import ProgressCallback, ProgressEvent, ignore_progress
-from .generate import Design, GenerateOptions, StageClock, design_implant
+from .design import Design, StageClock, design_implant
+from .generate import GenerateOptions
 from .inference import Networks, load_networks, select_device
 from .io import read_mask, write_volume
 
