@@ -8,11 +8,8 @@ its staging folder is removed on the way out.
 from __future__ import annotations
 
 import argparse
-import atexit
-import ctypes
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -23,12 +20,12 @@ from typing import List, Optional
 
 from .contract import DESIGNERS, DEVICES, ERROR_PREFIX, MESH_FORMATS, METHODS, WARNING_PREFIX
 from .errors import SparseImplantError
+from .process import keep_freed_memory, leave_now
 from .progress import PROGRESS_PREFIX, ProgressCallback, ProgressEvent, TerminalProgress
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 
 
 class Terminated(KeyboardInterrupt):
@@ -346,36 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def keep_freed_memory() -> None:
-    """Have glibc's allocator keep the memory a run frees for its next arrays instead of handing it back.
-
-    The main job makes and drops volumes of tens to hundreds of MB many times over; by default each is
-    a fresh mapping that the kernel zeroes page by page (about 1.5 s of system time in ``generate`` on
-    the sample: README, Benchmarks). The process's peak memory stays what it was; it is simply not given
-    back before exit. Linux with glibc only (``mallopt``); elsewhere this does nothing."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # another C library (musl)
-        return
-    mallopt(M_MMAP_MAX, 0)  # large blocks from the heap, which freed blocks go back to
-    mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)  # and the heap's free top is kept
-
-
-def leave_now(code: int) -> None:
-    """End the process with ``code`` once its work is done: its exit handlers run and its output is
-    flushed, but the interpreter's own teardown, which frees every module, array and VTK object one by
-    one, is skipped (0.7 s after ``generate`` on the sample). Every result is written and closed by then."""
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line. Run as the program (no ``argv``), ``generate`` and ``predict`` have the process to
-    themselves: they tune its allocator first (``keep_freed_memory``) and end it at once (``leave_now``)."""
+    themselves: they tune its allocator first (``process.keep_freed_memory``) and end it at once
+    (``process.leave_now``)."""
     args = build_parser().parse_args(argv)
     own_process = argv is None and args.func in (_run_generate, _run_predict)
     if own_process:

@@ -498,7 +498,7 @@ def test_run_as_the_program_generate_has_the_process_to_itself_and_in_process_ca
 
 
 def test_leave_now_runs_exit_handlers_flushes_and_keeps_the_exit_code():
-    script = ("import atexit, sys; from SparseImplantLib.cli import leave_now; "
+    script = ("import atexit, sys; from SparseImplantLib.process import leave_now; "
               "atexit.register(lambda: print('handler ran')); sys.stdout.write('buffered '); leave_now(3)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
     assert done.returncode == 3 and done.stdout == "buffered handler ran\n"
@@ -506,7 +506,7 @@ def test_leave_now_runs_exit_handlers_flushes_and_keeps_the_exit_code():
 
 def test_keep_freed_memory_leaves_a_working_allocator():
     """In a process of its own: arrays are made, freed and made again after the tuning."""
-    script = ("from SparseImplantLib.cli import keep_freed_memory; import numpy as np; keep_freed_memory(); "
+    script = ("from SparseImplantLib.process import keep_freed_memory; import numpy as np; keep_freed_memory(); "
               "sums = [float(np.full(30_000_000, i, dtype=np.float32).sum()) for i in range(3)]; "
               "assert sums == [0.0, 3e7, 6e7], sums")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
