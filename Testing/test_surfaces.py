@@ -118,15 +118,15 @@ def test_distance_searched_near_changes_equals_the_full_search():
     holed[10:30, 10:30, 3:9] = 0
     complete, defective = oblique_volume(plate), oblique_volume(holed)
     complete_surface, defective_surface = from_masks.surface_from_mask(complete), from_masks.surface_from_mask(defective)
-    near = distances.vertices_near_changes(complete_surface, complete, defective)
+    near = distances.NearChanges(complete, defective).at(complete_surface)
     assert 0.05 < near.mean() < 0.9
     full = distances.signed_distance(complete_surface, defective_surface)
     assert np.abs(full[~near]).max() < 1e-3  # beyond the reach both surfaces coincide
     assert np.abs(full[near]).max() > 1.0  # the hole's floor lies millimetres from the plate's surface
     np.testing.assert_allclose(distances.signed_distance(complete_surface, defective_surface, where=near), full, atol=1e-3)
-    assert not distances.vertices_near_changes(complete_surface, complete, complete).any()
+    assert not distances.NearChanges(complete, complete).at(complete_surface).any()
     elsewhere = Volume(holed, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3))  # another grid
-    assert distances.vertices_near_changes(complete_surface, complete, elsewhere).all()
+    assert distances.NearChanges(complete, elsewhere).at(complete_surface).all()
 
 
 @pytest.mark.parametrize("suffix", [".stl", ".obj", ".ply", ".vtk", ".vtp"])

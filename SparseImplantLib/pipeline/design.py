@@ -98,7 +98,8 @@ def design_implant(defective: Volume, networks: Networks, device: torch.device,
         fallback), the doubts as ``warnings``, and the ``pose`` and ``priors`` reports (the latter
         with ``expected_missing_ml`` and ``agreement_dsc``, the Dice of the bone added on the model's
         grid with the priors' expected missing bone), and ``completed_by``: which method made the
-        implant (with auto, "network" or "fitted"; a fallback is also the first warning).
+        implant (with auto, "network" or "fitted"; a fallback is said as the first warning where the
+        fitted shape meets the bone around the opening poorly, else as a note in ``notes``).
 
     Raises:
         SparseImplantError: ``method`` is unknown, or the skull vanishes on the model's grid.

@@ -108,13 +108,6 @@ class NearChanges:
         return near
 
 
-def vertices_near_changes(surface: vtkPolyData, mask: Volume, other: Volume, coordinates: str = "LPS",
-                          block: int = 3) -> np.ndarray:
-    """For each vertex of ``surface`` (built from ``mask``): whether it may lie within
-    ``surface_reach_mm`` of a voxel where ``mask`` and ``other`` differ (``NearChanges``)."""
-    return NearChanges(mask, other, coordinates, block).at(surface)
-
-
 def add_signed_distance(surface: vtkPolyData, reference: Union[vtkPolyData, DistanceTo], name: str = DISTANCE_ARRAY,
                         where: Optional[np.ndarray] = None) -> vtkPolyData:
     """Copy of ``surface`` with the signed distance to ``reference`` as its active point scalars
