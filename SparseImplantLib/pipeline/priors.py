@@ -251,7 +251,7 @@ def filled_by(prior: np.ndarray, skull: np.ndarray) -> np.ndarray:
     # parts (temporal bone two voxels thick): give them back the voxel it took, within the prior's bone,
     # unless a piece then lies on the bone (a small craniotomy's plug touches its rim all round).
     restored = ndimage.binary_dilation(kept, structure=_CROSS, mask=added)
-    still_filling = without_bone_layers(restored.copy(), skull)
+    still_filling = without_bone_layers(restored, skull)
     return skull | still_filling | kept
 
 
