@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
-from .contract import DESIGNERS, DEVICES, ERROR_PREFIX, MESH_FORMATS, METHODS, WARNING_PREFIX
+from .contract import DEVICES, ERROR_PREFIX, MESH_FORMATS, METHODS, WARNING_PREFIX, designer_in_words
 from .errors import SparseImplantError
 from .process import keep_freed_memory, leave_now
 from .progress import PROGRESS_PREFIX, ProgressCallback, ProgressEvent, TerminalProgress
@@ -103,8 +103,9 @@ def _add_network_choices(parser: argparse.ArgumentParser) -> None:
                              "the bone the skull's mirror image and the fitted skull shape expect missing open, the "
                              "fitted skull shape (the report's completed_by says which, and a warning); network = the "
                              "network alone; or one of the patient's own priors alone: mirror (the healthy side "
-                             "mirrored) or fitted (the training skulls' shape model, or their mean skull where it "
-                             "matches this skull better, fitted to this one). README, Defects anywhere")
+                             "mirrored) or fitted (the training skulls' shape model or their mean skull, fitted to this one, "
+                             "or for an opening on one side the mirror image, whichever meets the bone around the "
+                             "opening best). README, Defects anywhere")
     parser.add_argument("--straighten", action=argparse.BooleanOptionalAction, default=True,
                         help="level the plane where the scan ends below the skull and turn the head to face forward before "
                              "the network sees it (default); without it, the skull as it lies on L, P, S axes (README, How it works)")
@@ -156,7 +157,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     else:
         progress = _without_done(json_lines_progress()) if args.progress == "json" else ignore_progress
         report = generate(args.input, args.output, options, progress)
-    designer = "" if report["completed_by"] == "network" else f", designed by the {DESIGNERS[report['completed_by']]}"
+    designer = "" if report["completed_by"] == "network" else f", designed by the {designer_in_words(report)}"
     summary = (f"implant: {report['voxels']['implant']} voxels ({report['implant_volume_ml']} ml){designer} on "
                f"{report['device']}; results in {args.output}")
     if args.progress == "json":

@@ -39,3 +39,12 @@ def output_names(mesh_formats: Sequence[str], preview: bool = True) -> List[str]
     """Every file a ``generate`` run may write, in the order it lists them."""
     meshes = [mesh_file(stem, fmt) for stem in MESH_STEMS for fmt in mesh_formats]
     return [COMPLETED_FILE, IMPLANT_FILE, *meshes, DISTANCE_MAP_FILE, *([PREVIEW_FILE] if preview else []), REPORT_FILE]
+
+
+def designer_in_words(report: dict) -> str:
+    """What designed a report's implant (``completed_by``), in words; for the fitted shape, which one filled
+    the opening (``priors.fitted_bone.from``: the mean skull, the shape model or the mirror image)."""
+    designer = report.get("completed_by") or ""
+    words = DESIGNERS.get(designer, designer)
+    shape = ((report.get("priors") or {}).get("fitted_bone") or {}).get("from")
+    return f"{words} ({shape})" if designer == "fitted" and shape else words

@@ -11,7 +11,8 @@ and each is also a baseline on its own (``bench generalization``):
   mirror); the opening has no voxels, so it cannot pull the fit. The shape model (``shape_model``),
   laid on by that fit and fitted to the skull's own surface, is the other candidate; each is laid
   onto the skull around the bone it adds (``rim_match``), and whichever then matches the skull there
-  better fills the opening.
+  better fills the opening. An opening on one side of the mirror plane also weighs the mirror image,
+  laid on the same way, so the fitted prior's bone may be the patient's healthy side.
 
 Everything works on a grid with isotropic spacing and orthonormal axes (the model grid), in its own
 frame: a point is ``index * spacing`` mm.
@@ -48,6 +49,7 @@ FIT_SEARCH_DEG = 30.0  # the mean skull's turn is sought within this about each 
 FIT_HEIGHT_STARTS_MM = (-16.0, -8.0, 0.0, 8.0, 16.0)
 FIT_SCALE_LIMIT = 0.2  # per-axis scale within exp(+-this): 0.82-1.22, wider than adult skulls differ
 FITTED_SITE = 0.5  # grid voxels where the fitted mean skull has at least this share of skulls hold a site
+MIRROR_ONE_SIDE = 0.9  # _on_one_side: this share of an opening's added bone on one side of the mirror plane
 RING_VOXELS = 8  # agreement_around: the ring around a prior's added bone where it must match the skull
 _CROSS = ndimage.generate_binary_structure(3, 1)
 FIELD_MARGIN = 5  # grid voxels above the skull's lowest slice where missing bone is not looked for
@@ -193,8 +195,9 @@ def fitted_share(shape: Tuple[int, int, int], spacing: float, fit: ShapeFit,
 class Priors:
     """Both priors on one grid: the mirrored skull (bool) and the fitted mean skull (share, float32),
     with the fits that made them (None where the skull gave too little to fit). ``fitted_bone``: the
-    bone the fitted prior fills an opening with (the mean skull's or the shape model's, laid onto the
-    skull around the opening; ``estimate_priors``), and ``fitted_bone_report`` says which and why."""
+    bone the fitted prior fills an opening with (the mean skull's, the shape model's or, for an opening
+    on one side, the mirror image's, laid onto the skull around the opening; ``_fitted_bone``), and
+    ``fitted_bone_report`` says which and why."""
 
     mirror: np.ndarray
     fitted: np.ndarray
@@ -287,17 +290,20 @@ def estimate_priors(defective: np.ndarray, spacing: float, rotation: Optional[np
     fit = fit_shape(mask, spacing, template, rotation)
     mirror = mirrored_mask(mask, spacing, plane) if plane is not None else np.zeros_like(mask)
     fitted = fitted_share(mask.shape, spacing, fit, template) if fit is not None else np.zeros(mask.shape, np.float32)
-    bone, bone_report = _fitted_bone(mask, spacing, fit, fitted, shape_model)
+    bone, bone_report = _fitted_bone(mask, spacing, fit, fitted, shape_model, mirror, plane)
     return Priors(mirror, fitted, plane, fit, bone, bone_report)
 
 
 def _fitted_bone(mask: np.ndarray, spacing: float, fit: Optional[ShapeFit], fitted: np.ndarray,
-                 shape_model: Optional[ShapeModel]) -> Tuple[Optional[np.ndarray], Optional[dict]]:
+                 shape_model: Optional[ShapeModel], mirror: Optional[np.ndarray] = None,
+                 plane: Optional[SymmetryPlane] = None) -> Tuple[Optional[np.ndarray], Optional[dict]]:
     """The bone the fitted prior fills the opening with, and its report: the mean skull's or the shape
     model's (fitted to the skull), each first laid onto the skull around the bone it adds
     (``rim_match``), whichever then reproduces the skull's bone around that bone better
     (``agreement_around``; on validation cases 045-049 that choice beat either alone,
-    results/notes/experiments.md); where the mean skull adds none, none. (None, None) without a fit."""
+    results/notes/experiments.md); where the mean skull adds none, none. An opening on one side of the
+    mirror plane (``_on_one_side``) also weighs the mirror image, laid on the same way: there the
+    patient's healthy side is what surgeons use. (None, None) without a fit."""
     if fit is None:
         return None, None
     candidates = {"mean skull": fitted >= FITTED_SITE}
@@ -314,12 +320,30 @@ def _fitted_bone(mask: np.ndarray, spacing: float, fit: Optional[ShapeFit], fitt
     if agreements["mean skull"] is None:
         # The mean skull sees no opening: the shape model may not find one of its own (on the complete
         # skulls 048 and 054 its fit reaches past the bone by 5 and 23 ml); it only shapes an opening.
-        chosen = "mean skull"
-    else:
-        chosen = max(candidates, key=lambda name: -1.0 if agreements[name] is None else agreements[name])
-    report.update({"from": chosen, "agreement_around": {name: None if value is None else round(value, 3)
-                                                        for name, value in agreements.items()}})
-    return candidates[chosen], report
+        return candidates["mean skull"], {**report, "from": "mean skull", "agreement_around": _rounded(agreements)}
+    chosen = max(candidates, key=lambda name: -1.0 if agreements[name] is None else agreements[name])
+    if mirror is not None and plane is not None and _on_one_side(filled_by(candidates[chosen], mask) & ~mask,
+                                                                 spacing, plane):
+        candidates["mirror image"] = rim_matched(mirror, filled_by(mirror, mask) & ~mask, mask, spacing)
+        agreements["mirror image"] = agreement_around(candidates["mirror image"], mask)
+        if (agreements["mirror image"] or -1.0) > agreements[chosen]:
+            chosen = "mirror image"
+    return candidates[chosen], {**report, "from": chosen, "agreement_around": _rounded(agreements)}
+
+
+def _on_one_side(added: np.ndarray, spacing: float, plane: SymmetryPlane) -> bool:
+    """Whether bone added to an opening lies on one side of the mirror plane (``MIRROR_ONE_SIDE`` of it):
+    a lateral opening, which the mirror image may fill. At the brow and across the midline the mirror
+    wins the rim agreement but is a poor guide (on 045-049 fronto-orbital 0.717 -> 0.441 when it could
+    win everywhere; results/notes/experiments.md)."""
+    if not added.any():
+        return False
+    signed_mm = np.argwhere(added) * spacing @ plane.normal - plane.offset_mm
+    return max(float((signed_mm > 0).mean()), float((signed_mm < 0).mean())) >= MIRROR_ONE_SIDE
+
+
+def _rounded(agreements: dict) -> dict:
+    return {name: None if value is None else round(value, 3) for name, value in agreements.items()}
 
 
 def channel_input(defective: np.ndarray, priors: Optional[Priors]) -> Tuple[np.ndarray, np.ndarray]:

@@ -235,9 +235,8 @@ def result_rows(metrics: Optional[Dict[str, Optional[float]]] = None,
     """(label, value, unit) rows of the results table: what designed the implant, its volume, the implant report (area,
     thickness, border fit, watertight: ``implant_report``), metrics, then stage timings."""
     rows = []
-    designer = (report or {}).get("completed_by")
-    if designer:  # with method auto, the fitted mean skull where the network left the opening open
-        rows.append(("Designed by", contract.DESIGNERS.get(designer, designer), ""))
+    if (report or {}).get("completed_by"):  # with method auto, the fitted shape where the network left the opening open
+        rows.append(("Designed by", contract.designer_in_words(report), ""))
     if report is not None and report.get("implant_volume_ml") is not None:
         rows.append(("Implant volume", f"{report['implant_volume_ml']:.1f}", "ml"))
     fit = (report or {}).get("implant_report")
