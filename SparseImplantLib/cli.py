@@ -100,8 +100,9 @@ def _add_network_choices(parser: argparse.ArgumentParser) -> None:
                              "a quarter of the network's compute for a slightly lower implant DSC (README, Bundled model)")
     parser.add_argument("--method", choices=METHODS, default="auto",
                         help="how the skull is completed: auto (default) = the network, or, where it leaves most of "
-                             "the bone the skull's mirror image and the fitted skull shape expect missing open, the "
-                             "fitted skull shape (the report's completed_by says which, and a warning); network = the "
+                             "the bone the fitted skull shape fills open (or fills under 90 %% of it where that shape "
+                             "meets the bone around the opening well), the fitted skull shape (the report's "
+                             "completed_by says which, with a note or warning); network = the "
                              "network alone; or one of the patient's own priors alone: mirror (the healthy side "
                              "mirrored) or fitted (the training skulls' shape model or their mean skull, fitted to this one, "
                              "or for an opening on one side the mirror image, whichever meets the bone around the "

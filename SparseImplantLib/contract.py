@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import List, Sequence
 
 DEVICES = ("auto", "cpu", "cuda")  # --device: auto = CUDA when available, else the CPU
-METHODS = ("auto", "network", "mirror", "fitted")  # --method: auto = the network, or the fitted mean skull where it leaves the opening open; or one of them alone
+METHODS = ("auto", "network", "mirror", "fitted")  # --method: auto = the network, or the fitted skull shape where it leaves the opening open or fills it short; or one of them alone
 DESIGNERS = {"network": "network", "fitted": "fitted skull shape", "mirror": "mirror image"}  # completed_by, in words
 COMPLETED_FILE = "completed_skull.nrrd"
 IMPLANT_FILE = "implant.nrrd"

@@ -61,14 +61,20 @@ def test_the_fitted_mean_skull_fills_in_only_where_the_network_leaves_the_openin
 
     from SparseImplantLib.pipeline.doubts import fitted_fills_instead
 
-    def fitted(residual_mm: float, at_scale_limit: bool = False) -> SimpleNamespace:
-        return SimpleNamespace(fit=SimpleNamespace(residual_mm=residual_mm, at_scale_limit=at_scale_limit))
+    def fitted(residual_mm: float, at_scale_limit: bool = False, rim: float = 0.8) -> SimpleNamespace:
+        return SimpleNamespace(fit=SimpleNamespace(residual_mm=residual_mm, at_scale_limit=at_scale_limit),
+                               fitted_bone_report={"from": "mean skull", "agreement_around": {"mean skull": rim}})
 
     fits, poor = fitted(0.3), fitted(3.5)
     assert fitted_fills_instead(30.0, 2.0, fits)  # a lateral opening the network leaves empty
     assert fitted_fills_instead(3.0, 0.0, fits)  # a small craniotomy
     assert fitted_fills_instead(1.5, 0.0, fits)  # a 2 cm one (055's holds 1.2 ml)
     assert not fitted_fills_instead(30.0, 20.0, fits)  # the network fills most of it
+    # Short of the fitted shape (a fifth of a bilateral opening left open): only where the shape meets the rim.
+    meets_rim = fitted(0.3, rim=0.92)
+    assert fitted_fills_instead(30.0, 24.0, meets_rim) and not fitted_fills_instead(30.0, 24.0, fits)
+    assert not fitted_fills_instead(30.0, 28.0, meets_rim)  # 93 %: the network's design stands
+    assert not fitted_fills_instead(30.0, 24.0, fitted(3.5, rim=0.92))
     assert not fitted_fills_instead(0.5, 0.0, fits)  # a speck: complete skulls get 0.0 ml from the fitted shape
     assert not fitted_fills_instead(30.0, 2.0, poor)  # the mean skull fits poorly: no better a guess
     assert not fitted_fills_instead(30.0, 2.0, SimpleNamespace(fit=None))

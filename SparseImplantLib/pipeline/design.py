@@ -1,5 +1,5 @@
 """Designing the implant: the skull completed on the network's grid (by the network, or by the fitted
-skull shape where the network leaves the opening open), brought back to the input's grid and cut into
+skull shape where the network leaves the opening open or fills it short of that shape), brought back to the input's grid and cut into
 an implant, with the doubts about it (no files, no surfaces: ``generate`` does those).
 
 With the bundled network, which takes no priors, the network runs first and its cut is made in a

@@ -70,7 +70,8 @@ class GenerateOptions:
         straighten (bool): lay the network's grid with the scan's bottom cut level and the head
             facing forward (``pose``). Default True.
         method (str): how the skull is completed (``contract.METHODS``): ``"auto"`` (default: the
-            network, or the fitted mean skull where the network leaves most of the opening open,
+            network, or the fitted skull shape where the network leaves most of the opening open or
+            fills it short of a well-fitting shape,
             ``doubts.fitted_fills_instead``), ``"network"`` alone, or one prior alone, ``"mirror"`` or
             ``"fitted"`` (``priors.Priors.completed``).
     """
