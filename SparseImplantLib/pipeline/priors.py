@@ -295,8 +295,8 @@ def estimate_priors(defective: np.ndarray, spacing: float, rotation: Optional[np
 
 
 def _fitted_bone(mask: np.ndarray, spacing: float, fit: Optional[ShapeFit], fitted: np.ndarray,
-                 shape_model: Optional[ShapeModel], mirror: Optional[np.ndarray] = None,
-                 plane: Optional[SymmetryPlane] = None) -> Tuple[Optional[np.ndarray], Optional[dict]]:
+                 shape_model: Optional[ShapeModel], mirror: np.ndarray,
+                 plane: Optional[SymmetryPlane]) -> Tuple[Optional[np.ndarray], Optional[dict]]:
     """The bone the fitted prior fills the opening with, and its report: the mean skull's or the shape
     model's (fitted to the skull), each first laid onto the skull around the bone it adds
     (``rim_match``), whichever then reproduces the skull's bone around that bone better
@@ -322,8 +322,7 @@ def _fitted_bone(mask: np.ndarray, spacing: float, fit: Optional[ShapeFit], fitt
         # skulls 048 and 054 its fit reaches past the bone by 5 and 23 ml); it only shapes an opening.
         return candidates["mean skull"], {**report, "from": "mean skull", "agreement_around": _rounded(agreements)}
     chosen = max(candidates, key=lambda name: -1.0 if agreements[name] is None else agreements[name])
-    if mirror is not None and plane is not None and _on_one_side(filled_by(candidates[chosen], mask) & ~mask,
-                                                                 spacing, plane):
+    if plane is not None and _on_one_side(filled_by(candidates[chosen], mask) & ~mask, spacing, plane):
         candidates["mirror image"] = rim_matched(mirror, filled_by(mirror, mask) & ~mask, mask, spacing)
         agreements["mirror image"] = agreement_around(candidates["mirror image"], mask)
         if (agreements["mirror image"] or -1.0) > agreements[chosen]:
@@ -343,6 +342,7 @@ def _on_one_side(added: np.ndarray, spacing: float, plane: SymmetryPlane) -> boo
 
 
 def _rounded(agreements: dict) -> dict:
+    """The candidates' rim agreements as ``report.json`` gives them."""
     return {name: None if value is None else round(value, 3) for name, value in agreements.items()}
 
 
