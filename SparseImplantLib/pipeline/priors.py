@@ -258,10 +258,10 @@ def filled_by(prior: np.ndarray, skull: np.ndarray) -> np.ndarray:
     return skull | still_filling | kept
 
 
-def agreement_around(prior: np.ndarray, skull: np.ndarray) -> Optional[float]:
-    """How well a prior's bone reproduces the skull's own bone around the bone it adds: their DSC in
-    the ring ``RING_VOXELS`` deep around that bone (not in it). None when it adds none."""
-    added = filled_by(prior, skull) & ~skull
+def agreement_around(prior: np.ndarray, added: np.ndarray, skull: np.ndarray) -> Optional[float]:
+    """How well a prior's bone reproduces the skull's own bone around the bone it adds (``added``, as
+    ``filled_by`` adds it): their DSC in the ring ``RING_VOXELS`` deep around that bone (not in it).
+    None when it adds none."""
     box = find_foreground_box(added, RING_VOXELS + 1)
     if box is None:
         return None
@@ -313,21 +313,28 @@ def _fitted_bone(mask: np.ndarray, spacing: float, fit: Optional[ShapeFit], fitt
         result = shape_model.fit(mask, spacing, fit.matrix, fit.shift)
         candidates["shape model"] = result.bone(mask.shape, spacing, fit.matrix, fit.shift)
         report["shape_model_residual_mm"] = round(result.residual_mm, 2)
-    agreements = {}
+    added, agreements = {}, {}
     for name, bone in candidates.items():
-        candidates[name] = rim_matched(bone, filled_by(bone, mask) & ~mask, mask, spacing)
-        agreements[name] = agreement_around(candidates[name], mask)
+        candidates[name], added[name] = _laid_onto_rim(bone, mask, spacing)
+        agreements[name] = agreement_around(candidates[name], added[name], mask)
     if agreements["mean skull"] is None:
         # The mean skull sees no opening: the shape model may not find one of its own (on the complete
         # skulls 048 and 054 its fit reaches past the bone by 5 and 23 ml); it only shapes an opening.
         return candidates["mean skull"], {**report, "from": "mean skull", "agreement_around": _rounded(agreements)}
     chosen = max(candidates, key=lambda name: -1.0 if agreements[name] is None else agreements[name])
-    if plane is not None and _on_one_side(filled_by(candidates[chosen], mask) & ~mask, spacing, plane):
-        candidates["mirror image"] = rim_matched(mirror, filled_by(mirror, mask) & ~mask, mask, spacing)
-        agreements["mirror image"] = agreement_around(candidates["mirror image"], mask)
+    if plane is not None and _on_one_side(added[chosen], spacing, plane):
+        candidates["mirror image"], added["mirror image"] = _laid_onto_rim(mirror, mask, spacing)
+        agreements["mirror image"] = agreement_around(candidates["mirror image"], added["mirror image"], mask)
         if (agreements["mirror image"] or -1.0) > agreements[chosen]:
             chosen = "mirror image"
     return candidates[chosen], {**report, "from": chosen, "agreement_around": _rounded(agreements)}
+
+
+def _laid_onto_rim(bone: np.ndarray, mask: np.ndarray, spacing: float) -> Tuple[np.ndarray, np.ndarray]:
+    """A candidate's bone laid onto the skull around the bone it adds (``rim_match``), and the bone it
+    then adds (``filled_by``), which its rim agreement and the one-side check judge."""
+    matched = rim_matched(bone, filled_by(bone, mask) & ~mask, mask, spacing)
+    return matched, filled_by(matched, mask) & ~mask
 
 
 def _on_one_side(added: np.ndarray, spacing: float, plane: SymmetryPlane) -> bool:
