@@ -75,7 +75,8 @@ def test_the_fitted_mean_skull_fills_in_only_where_the_network_leaves_the_openin
     assert fitted_fills_instead(30.0, 24.0, meets_rim) and not fitted_fills_instead(30.0, 24.0, fits)
     assert not fitted_fills_instead(30.0, 28.0, meets_rim)  # 93 %: the network's design stands
     assert not fitted_fills_instead(30.0, 24.0, fitted(3.5, rim=0.92))
-    assert not fitted_fills_instead(0.5, 0.0, fits)  # a speck: complete skulls get 0.0 ml from the fitted shape
+    assert fitted_fills_instead(0.9, 0.0, fits)  # a 2 cm craniotomy's plug (052's)
+    assert not fitted_fills_instead(0.4, 0.0, fits)  # a speck: complete skulls get 0.0 ml from the fitted shape
     assert not fitted_fills_instead(30.0, 2.0, poor)  # the mean skull fits poorly: no better a guess
     assert not fitted_fills_instead(30.0, 2.0, SimpleNamespace(fit=None))
     assert not fitted_fills_instead(30.0, 2.0, fitted(0.3, at_scale_limit=True))  # a toy's size: no adult skull

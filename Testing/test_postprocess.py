@@ -67,13 +67,16 @@ def test_layers_on_the_bone_are_no_implant():
     assert dice(result, implant) > 0.95
 
 
-def test_a_small_plug_fills_its_opening():
+@pytest.mark.parametrize("radius", [7.0, 3.0])
+def test_a_small_plug_fills_its_opening(radius):
     """A small opening's plug meets the skull over a larger share of its surface than a large one's
-    (here 0.44, as a 2 ml craniotomy's on a CT grid), and still counts as filling it."""
+    (radius 7: 0.44, as a 2 ml craniotomy's on a CT grid; radius 3: 0.77, as a 2 cm craniotomy's on
+    the 2 mm model grid, or its edges restored on a CT grid), and still counts as filling it: the line
+    from the skull's centre through it meets no bone (0.86 of its voxels here)."""
     complete, _ = shell_skull(shape=(56, 56, 48), radius=20.0, thickness=4.0, defect=False)
     grid = np.indices(complete.shape).astype(float)
-    plug = complete.astype(bool) & (grid[0] > 27.5) & (np.hypot(grid[1] - 27.5, grid[2] - 23.5) <= 7)
-    kept = without_bone_layers(plug.copy(), complete.astype(bool) & ~plug)
+    plug = complete.astype(bool) & (grid[0] > 27.5) & (np.hypot(grid[1] - 27.5, grid[2] - 23.5) <= radius)
+    kept = without_bone_layers(plug.copy(), complete.astype(bool) & ~plug, (1.0, 1.0, 1.0))
     assert np.array_equal(kept, plug)
 
 
@@ -97,7 +100,7 @@ def whole_box_implant(completed, defective, spacing, opening_radius_mm=1.0, min_
     restored = ndimage.binary_dilation(np.isin(labels, keep), iterations=max(structure.shape) // 2 + 1,
                                        mask=difference[box])
     implant[box] = ndimage.binary_fill_holes(restored) & ~defective[box].astype(bool)
-    return without_bone_layers(implant, defective.astype(bool))
+    return without_bone_layers(implant, defective.astype(bool), spacing)
 
 
 def with_blobs(defective, blobs):

@@ -66,11 +66,11 @@ def test_symmetry_plane_ignores_a_lateral_opening_and_the_mirror_fills_it():
     mirror = mirrored_mask(defective, SPACING, plane)
     missing = complete & ~defective
     assert dice(mirror & missing, missing) > 0.8  # the healthy side, mirrored, fills the opening
-    baseline = Priors(mirror, np.zeros(SHAPE, np.float32), plane, None).completed(defective, "mirror")
+    baseline = Priors(mirror, np.zeros(SHAPE, np.float32), plane, None).completed(defective, "mirror", SPACING)
     assert dice(baseline & missing, missing) > 0.8 and dice(baseline, complete) > 0.9
     # A mirror image lying one voxel off an intact skull adds no bone.
     off = Priors(np.roll(complete, 1, axis=0), np.zeros(SHAPE, np.float32), plane, None)
-    assert np.array_equal(off.completed(complete, "mirror"), complete)
+    assert np.array_equal(off.completed(complete, "mirror", SPACING), complete)
 
 
 def test_mean_shape_fit_recovers_scale_and_turn_despite_an_opening():
@@ -160,7 +160,7 @@ def test_the_shape_model_fills_an_opening_where_the_skull_differs_from_the_mean_
     assert shaped.residual_mm < 1.0
     by_model = shaped.bone(SHAPE, SPACING, fit.matrix, fit.shift)
     by_mean = fitted_share(SHAPE, SPACING, fit, template) >= FITTED_SITE
-    model_dsc, mean_dsc = (dice(Priors(np.zeros(SHAPE, bool), bone.astype(np.float32), None, fit).added(defective, "fitted"),
+    model_dsc, mean_dsc = (dice(Priors(np.zeros(SHAPE, bool), bone.astype(np.float32), None, fit).added(defective, "fitted", SPACING),
                                 missing) for bone in (by_model, by_mean))
     assert model_dsc > 0.75 and model_dsc > mean_dsc + 0.05, (model_dsc, mean_dsc)  # 0.78 and 0.70 here
 
@@ -169,24 +169,38 @@ def test_the_shape_model_fills_an_opening_where_the_skull_differs_from_the_mean_
     assert priors.fitted_bone_report["from"] == "shape model"
     agreement = priors.fitted_bone_report["agreement_around"]
     assert agreement["shape model"] > agreement["mean skull"]
-    assert dice(priors.added(defective, "fitted"), missing) > mean_dsc + 0.05
+    assert dice(priors.added(defective, "fitted", SPACING), missing) > mean_dsc + 0.05
 
 
 def test_a_fitting_prior_fills_the_opening_to_its_rim():
     """The opening that drops a prior's layers on the bone also shaves the pieces it keeps, where they
-    meet the rim: they get that voxel back (0.978 -> 0.999 here), unless the piece then lies on the
-    bone (a plug touching its rim all round): then it stays as the opening left it, not dropped."""
+    meet the rim: they get that voxel back (0.978 -> 0.999 here), a plug touching its rim all round
+    included."""
     from SparseImplantLib.pipeline.priors import filled_by
 
     complete = shell(thickness=6.0)
     defective = opening(complete, [0.0, -50.0, 40.0], 25.0)
     missing = complete & ~defective
-    added = filled_by(complete, defective) & ~defective
+    added = filled_by(complete, defective, SPACING) & ~defective
     assert not (added & ~missing).any() and dice(added, missing) > 0.995
     thick = shell(thickness=8.0)
     plug_hole = opening(thick, [0.0, -50.0, 40.0], 12.0)
-    plug = filled_by(thick, plug_hole) & ~plug_hole
+    plug = filled_by(thick, plug_hole, SPACING) & ~plug_hole
     assert dice(plug, thick & ~plug_hole) > 0.95
+
+
+def test_a_small_craniotomy_plug_is_kept_though_it_touches_bone_all_round():
+    """A 16 mm hole in a 5 mm skull: the prior's plug has most of its surface next to the rim, as a
+    layer on the bone has, but the skull's radius through it meets no bone, so it fills an opening
+    (SkullFix 052's 2 cm craniotomy: grid DSC 0.00 -> 0.95). A layer on the skull still adds nothing."""
+    from SparseImplantLib.pipeline.priors import filled_by
+
+    complete = shell(thickness=5.0)
+    defective = opening(complete, [0.0, -50.0, 40.0], 8.0)
+    missing = complete & ~defective
+    assert dice(filled_by(complete, defective, SPACING) & ~defective, missing) > 0.95  # 0.99 here; 0.00 before
+    layer = shell(semi_axes=(62.0, 77.0, 57.0), thickness=5.0)
+    assert not (filled_by(layer | complete, complete, SPACING) & ~complete).any()
 
 
 def test_rim_match_lays_a_fitted_skull_that_lies_off_onto_the_rim():
@@ -199,22 +213,23 @@ def test_rim_match_lays_a_fitted_skull_that_lies_off_onto_the_rim():
     defective = opening(complete, [0.0, -50.0, 40.0], 30.0)  # front-top
     missing = complete & ~defective
     off = shell(semi_axes=(62.0, 78.0, 57.0), shift=(0.0, -2.0, 1.0))
-    added = filled_by(off, defective) & ~defective
+    added = filled_by(off, defective, SPACING) & ~defective
     matched = rim_matched(off, added, defective, SPACING)
-    after = filled_by(matched, defective) & ~defective
+    after = filled_by(matched, defective, SPACING) & ~defective
     before_dsc, after_dsc = dice(added, missing), dice(after, missing)
     assert after_dsc > 0.85 and after_dsc > before_dsc + 0.2, (before_dsc, after_dsc)  # 0.93 and 0.14 here
     # Far from the opening the prior is left as it was; a prior that already fits stays put.
     far = ~ndimage.binary_dilation(added, iterations=REACH_VOXELS)
     assert np.array_equal(matched & far, off & far)
-    fitting = filled_by(complete, defective) & ~defective
-    assert dice(filled_by(rim_matched(complete, fitting, defective, SPACING), defective) & ~defective, missing) > 0.95
+    fitting = filled_by(complete, defective, SPACING) & ~defective
+    assert dice(filled_by(rim_matched(complete, fitting, defective, SPACING), defective, SPACING) & ~defective, missing) > 0.95
 
 
 def test_the_shape_model_finds_no_opening_the_mean_skull_does_not_see():
     """On two complete SkullFix skulls (048, 054) the shape model's fit reaches past the bone and 'adds'
-    5 and 23 ml where the mean skull adds none, which method auto would print as an implant: the mean
-    skull decides whether there is an opening; the shape model only shapes one."""
+    5 and 23 ml where the mean skull adds none, which method auto would print as an implant. Where the
+    mean skull sees no opening, the shape model's bone counts only if it lies in a hole of the skull:
+    this one lies over the bone, though it meets the skull around it well (rim agreement 0.94)."""
     template = shells_template()
     complete = shell()
     points = np.indices(SHAPE).reshape(3, -1).T * SPACING - CENTRE_MM
@@ -232,10 +247,34 @@ def test_the_shape_model_finds_no_opening_the_mean_skull_does_not_see():
 
     priors = estimate_priors(complete, SPACING, template=template, shape_model=ReachingModel())
     assert priors.fitted_bone_report["from"] == "mean skull"
-    assert not priors.added(complete, "fitted").any()
+    assert not priors.added(complete, "fitted", SPACING).any()
     # Where the mean skull sees an opening, the shape model still competes for it.
     defective = opening(complete, [0.0, -50.0, 40.0], 30.0)
-    assert estimate_priors(defective, SPACING, template=template, shape_model=ReachingModel()).added(defective, "fitted").any()
+    assert estimate_priors(defective, SPACING, template=template, shape_model=ReachingModel()).added(defective, "fitted", SPACING).any()
+
+
+def test_the_shape_model_fills_an_opening_the_mean_skull_misses_where_it_meets_the_rim():
+    """A skull boxier than the mean skull, opened at the top: the mean skull lies inside the opening and
+    sees none, while the shape model, which follows this skull, meets the bone around its plug (rim
+    agreement 1.0 here; on SkullFix 040's small craniotomy 0.91, grid DSC 0.00 -> 0.90)."""
+    points = np.indices(SHAPE).reshape(3, -1).T * SPACING - CENTRE_MM
+    radius = (np.sum(np.abs(points / np.array([60.0, 75.0, 55.0])) ** 2.6, axis=1) ** (1 / 2.6) * 55.0).reshape(SHAPE)
+    complete = (radius <= 55.0) & (radius > 50.0)
+
+    class ExactShapeModel:  # the shape model's bone: this skull's own
+        def fit(self, mask, spacing, matrix, shift):
+            class Fitted:
+                residual_mm = 0.5
+
+                def bone(self, shape, spacing, matrix, shift):
+                    return complete
+            return Fitted()
+
+    defective = opening(complete, [0.0, 0.0, 55.0], 12.0)
+    priors = estimate_priors(defective, SPACING, template=shells_template(), shape_model=ExactShapeModel())
+    assert priors.fitted_bone_report["agreement_around"]["mean skull"] is None
+    assert priors.fitted_bone_report["from"] == "shape model"
+    assert dice(priors.added(defective, "fitted", SPACING), complete & ~defective) > 0.95  # 0.98 here; 0.00 before
 
 
 def test_a_lateral_opening_is_filled_by_the_mirror_image_where_it_meets_the_rim_better():
@@ -263,9 +302,9 @@ def test_a_lateral_opening_is_filled_by_the_mirror_image_where_it_meets_the_rim_
     assert report["from"] == "mirror image"
     assert report["agreement_around"]["mirror image"] > max(report["agreement_around"]["mean skull"],
                                                            report["agreement_around"]["shape model"])
-    by_mean = Priors(priors.mirror, priors.fitted, priors.plane, priors.fit).added(lateral, "fitted")
+    by_mean = Priors(priors.mirror, priors.fitted, priors.plane, priors.fit).added(lateral, "fitted", SPACING)
     missing = complete & ~lateral
-    assert dice(priors.added(lateral, "fitted"), missing) > max(0.9, dice(by_mean, missing) + 0.2)
+    assert dice(priors.added(lateral, "fitted", SPACING), missing) > max(0.9, dice(by_mean, missing) + 0.2)
 
     across = opening(complete, [0.0, -40.0, 40.0], 30.0)
     priors = estimate_priors(across, SPACING, template=template, shape_model=MeanShapeModel())

@@ -167,8 +167,8 @@ def _estimate_priors(model_input, progress: ProgressCallback, clock: StageClock,
         progress(ProgressEvent("priors", fraction, "mirroring the skull and fitting the mean skull"))
         cropped = model_input.cropped
         priors = estimate_priors(cropped.array, cropped.spacing[0])
-        by_fitted = priors.added(cropped.array, "fitted")
-        expected = priors.added(cropped.array, "mirror") | by_fitted
+        by_fitted = priors.added(cropped.array, "fitted", cropped.spacing[0])
+        expected = priors.added(cropped.array, "mirror", cropped.spacing[0]) | by_fitted
     return priors, expected, float(by_fitted.sum()) * cropped.voxel_volume_mm3 / 1000.0
 
 
@@ -205,7 +205,8 @@ def _skull_on_grid(model_input, priors: Optional[Priors], networks: Networks, de
     """The skull completed on the model's grid by ``method`` (network, mirror or fitted; the refiner, if
     any, after the network)."""
     if method != "network":
-        completed_on_grid = priors.completed(model_input.cropped.array, method).astype(np.float32)
+        cropped = model_input.cropped
+        completed_on_grid = priors.completed(cropped.array, method, cropped.spacing[0]).astype(np.float32)
         on_grid = model_input.grid.with_array(paste(completed_on_grid, model_input.box, model_input.grid.shape))
         return _Skull(method, on_grid, on_grid, resample_soft_mask, device)
     with clock.stage("network"):

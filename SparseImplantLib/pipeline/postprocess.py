@@ -25,6 +25,18 @@ BLOCK = 8  # voxels per block edge when grouping the opened difference into sepa
 # small craniotomies (2-4 ml) 0.39-0.45,
 # the network's layers on complete skulls 0.74-1.0 (results/notes/experiments.md, "Stray bone").
 ON_BONE_SHARE = 0.6
+# A small plug touches its rim all round, so its share can pass ON_BONE_SHARE on a coarse grid (a 2 cm
+# craniotomy's on the 2 mm model grid 0.72; the one-voxel restore of the edges passes it on a CT grid).
+# What tells it from a layer: the line from the skull's centre through a plug meets no bone within a
+# skull's thickness either way (it fills a hole), through a layer it meets the bone the layer lies on.
+# A piece with PLUG_CLEAR_SHARE of its voxels so is a plug. On the model grid, the mean skull's pieces
+# with a share on bone over ON_BONE_SHARE: 052's plug 0.85 (053's 0.52, 041's 0.36, partly beside the
+# opening); the other pieces in small craniotomies of 040-059 at most 0.52; its layers on 20 complete
+# skulls at most 0.48, but for one piece of 0.3 ml (0.76) that the size rule drops
+# (results/notes/experiments.md, "Plugs").
+PLUG_CLEAR_SHARE = 0.7
+PLUG_REACH_MM = 8.0
+PLUG_SAMPLE = 4000  # a piece's voxels judged, an even subset
 CUBE = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -82,13 +94,14 @@ def extract_implant(
     filled = ndimage.binary_fill_holes(restored[pieces])
     region = _within(box, _within(around, pieces))
     implant[region] = filled & ~defective[region]
-    return without_bone_layers(implant, defective)
+    return without_bone_layers(implant, defective, spacing)
 
 
-def without_bone_layers(implant: np.ndarray, defective: np.ndarray) -> np.ndarray:
+def without_bone_layers(implant: np.ndarray, defective: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     """``implant`` without its 26-connected pieces that lie on the skull (more than ``ON_BONE_SHARE`` of
-    their surface voxels next to ``defective`` bone): they thicken the bone, they fill no opening, so a
-    complete skull gets no implant. Both boolean, same shape; ``implant`` is changed in place."""
+    their surface voxels next to ``defective`` bone) unless they plug a hole in it (``plugs_a_hole``):
+    they thicken the bone, they fill no opening, so a complete skull gets no implant. Both boolean, same
+    shape, on a grid of ``spacing`` (mm per axis); ``implant`` is changed in place."""
     box = find_foreground_box(implant, 2)
     if box is None:
         return implant
@@ -101,8 +114,47 @@ def without_bone_layers(implant: np.ndarray, defective: np.ndarray) -> np.ndarra
     layers = np.flatnonzero(on_bone > ON_BONE_SHARE * surface_voxels)
     layers = layers[layers > 0]
     if layers.size:
+        centre_mm = _skull_centre_mm(defective, spacing)
+        offset = np.array([s.start for s in box])
+        extents = ndimage.find_objects(labels)
+
+        def voxels(label: int) -> np.ndarray:
+            extent = extents[label - 1]
+            return np.argwhere(labels[extent] == label) + offset + [s.start for s in extent]
+
+        layers = [label for label in layers if _clear_share(voxels(label), defective, spacing, centre_mm) < PLUG_CLEAR_SHARE]
         pieces[np.isin(labels, layers)] = False
     return implant
+
+
+def plugs_a_hole(voxels: np.ndarray, defective: np.ndarray, spacing: Sequence[float]) -> bool:
+    """Whether bone at ``voxels`` (N, 3 indices) lies in a hole of the skull ``defective``, not on or under
+    its bone: ``PLUG_CLEAR_SHARE`` of it meets no bone along the line from the skull's centre through it,
+    within ``PLUG_REACH_MM`` either way."""
+    return len(voxels) > 0 and _clear_share(voxels, defective, spacing, _skull_centre_mm(defective, spacing)) >= PLUG_CLEAR_SHARE
+
+
+def _skull_centre_mm(defective: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """The centre of the skull's bounding box (mm from voxel 0), whichever way its axes run."""
+    box = find_foreground_box(defective)
+    if box is None:
+        return np.array(defective.shape) / 2 * np.asarray(spacing, dtype=float)
+    return np.array([(s.start + s.stop - 1) / 2 for s in box]) * np.asarray(spacing, dtype=float)
+
+
+def _clear_share(voxels: np.ndarray, defective: np.ndarray, spacing: Sequence[float], centre_mm: np.ndarray) -> float:
+    """Share of ``voxels`` (an even subset of ``PLUG_SAMPLE``) whose line from ``centre_mm`` meets no bone
+    within ``PLUG_REACH_MM`` either way."""
+    spacing = np.asarray(spacing, dtype=float)
+    voxels = voxels[np.unique(np.linspace(0, len(voxels) - 1, min(len(voxels), PLUG_SAMPLE)).astype(int))]
+    points_mm = voxels * spacing
+    radial = points_mm - centre_mm
+    radial /= np.maximum(np.linalg.norm(radial, axis=1, keepdims=True), 1e-6)
+    steps = np.arange(-PLUG_REACH_MM, PLUG_REACH_MM + 1e-9, spacing.min() / 2)
+    along = np.rint((points_mm[:, None, :] + radial[:, None, :] * steps[None, :, None]) / spacing).astype(int)
+    along = np.clip(along, 0, np.array(defective.shape) - 1)
+    meets_bone = defective[tuple(along.reshape(-1, 3).T)].reshape(along.shape[:2]).any(axis=1)
+    return float((~meets_bone).mean())
 
 
 def _within(outer: Box, inner: Box) -> Box:

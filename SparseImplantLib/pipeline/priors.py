@@ -35,7 +35,7 @@ from ..metrics import dice
 from ..models.registry import default_model_dir
 from .mirror import CAP_MM, SAMPLE_POINTS, SymmetryPlane, estimate_symmetry, mirrored_mask
 from .pose import occupancy_share, spread_sample
-from .postprocess import without_bone_layers
+from .postprocess import plugs_a_hole, without_bone_layers
 from .rim_match import rim_matched
 from .shape_model import ShapeModel, load_shape_model
 from .volume import find_foreground_box
@@ -50,6 +50,7 @@ FIT_HEIGHT_STARTS_MM = (-16.0, -8.0, 0.0, 8.0, 16.0)
 FIT_SCALE_LIMIT = 0.2  # per-axis scale within exp(+-this): 0.82-1.22, wider than adult skulls differ
 FITTED_SITE = 0.5  # grid voxels where the fitted mean skull has at least this share of skulls hold a site
 MIRROR_ONE_SIDE = 0.9  # _on_one_side: this share of an opening's added bone on one side of the mirror plane
+SHAPE_MODEL_ALONE_AGREEMENT = 0.85  # _fitted_bone: the shape model fills an opening the mean skull misses from this
 RING_VOXELS = 8  # agreement_around: the ring around a prior's added bone where it must match the skull
 _CROSS = ndimage.generate_binary_structure(3, 1)
 FIELD_MARGIN = 5  # grid voxels above the skull's lowest slice where missing bone is not looked for
@@ -221,41 +222,42 @@ class Priors:
                    "scales": [round(float(s), 3) for s in self.fit.scales]}
         return {"mirror_plane": plane, "fitted_skull": fit, "fitted_bone": self.fitted_bone_report}
 
-    def completed(self, defective: np.ndarray, which: str) -> np.ndarray:
+    def completed(self, defective: np.ndarray, which: str, spacing: float) -> np.ndarray:
         """The skull completed by one prior alone (``which``: mirror or fitted), the baselines the network
-        is measured against: the defective skull with the prior's bone that fills an opening. A layer one
+        is measured against: the defective skull with the prior's bone that fills an opening (the priors'
+        grid has ``spacing`` mm). A layer one
         voxel thick along the skull is the prior lying a little off (no skull is quite symmetric, nor the
         mean), not missing bone: the added bone is opened by one voxel, only its pieces of at least a
         tenth of the largest are kept, and of those the ones that fill an opening rather than lie on
-        the bone, as ``postprocess.extract_implant`` keeps an implant's, each given back the voxel the
-        opening shaved off its edges unless that makes it a layer on the bone (on 045-049 the fitted
+        the bone (small craniotomies' plugs included), as ``postprocess.extract_implant`` keeps an
+        implant's, each given back the voxel the opening shaved off its edges unless that makes it a
+        layer on the bone (on 045-049 the fitted
         shape's implant DSC 0.761 -> 0.783; results/notes/experiments.md); none below the skull's lowest
         slice (``_within_field``)."""
         skull = np.asarray(defective) != 0
         if which == "mirror":
-            return filled_by(self.mirror, skull)
-        return filled_by(self.fitted_bone if self.fitted_bone is not None else self.fitted >= FITTED_SITE, skull)
+            return filled_by(self.mirror, skull, spacing)
+        return filled_by(self.fitted_bone if self.fitted_bone is not None else self.fitted >= FITTED_SITE, skull, spacing)
 
-    def added(self, defective: np.ndarray, which: str) -> np.ndarray:
+    def added(self, defective: np.ndarray, which: str, spacing: float) -> np.ndarray:
         """The bone one prior alone adds to the skull (``completed`` less the skull)."""
         skull = np.asarray(defective) != 0
-        return self.completed(skull, which) & ~skull
+        return self.completed(skull, which, spacing) & ~skull
 
 
-def filled_by(prior: np.ndarray, skull: np.ndarray) -> np.ndarray:
+def filled_by(prior: np.ndarray, skull: np.ndarray, spacing: float) -> np.ndarray:
     """The skull (bool) completed by a prior's bone (bool), as ``Priors.completed`` describes."""
     added = _within_field(prior & ~skull, skull)
     labels, count = ndimage.label(ndimage.binary_opening(added, structure=_CROSS), structure=np.ones((3, 3, 3)))
     if count == 0:
         return skull
     sizes = np.bincount(labels.ravel())[1:]
-    kept = without_bone_layers(np.isin(labels, np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1), skull)
+    kept = without_bone_layers(np.isin(labels, np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1), skull, (spacing,) * 3)
     # The opening also shaved the kept pieces' edges, where they meet the opening's rim, and their thin
     # parts (temporal bone two voxels thick): give them back the voxel it took, within the prior's bone,
-    # unless a piece then lies on the bone (a small craniotomy's plug touches its rim all round).
+    # unless a piece then lies on the bone.
     restored = ndimage.binary_dilation(kept, structure=_CROSS, mask=added)
-    still_filling = without_bone_layers(restored, skull)
-    return skull | still_filling | kept
+    return skull | without_bone_layers(restored, skull, (spacing,) * 3) | kept
 
 
 def agreement_around(prior: np.ndarray, added: np.ndarray, skull: np.ndarray) -> Optional[float]:
@@ -301,7 +303,8 @@ def _fitted_bone(mask: np.ndarray, spacing: float, fit: Optional[ShapeFit], fitt
     model's (fitted to the skull), each first laid onto the skull around the bone it adds
     (``rim_match``), whichever then reproduces the skull's bone around that bone better
     (``agreement_around``; on validation cases 045-049 that choice beat either alone,
-    results/notes/experiments.md); where the mean skull adds none, none. An opening on one side of the
+    results/notes/experiments.md); where the mean skull adds none, the shape model's only where it lies
+    in a hole and meets the rim well (``_shape_model_alone``), else none. An opening on one side of the
     mirror plane (``_on_one_side``) also weighs the mirror image, laid on the same way: there the
     patient's healthy side is what surgeons use. (None, None) without a fit."""
     if fit is None:
@@ -317,9 +320,7 @@ def _fitted_bone(mask: np.ndarray, spacing: float, fit: Optional[ShapeFit], fitt
     for name, bone in candidates.items():
         candidates[name], added[name] = _laid_onto_rim(bone, mask, spacing)
         agreements[name] = agreement_around(candidates[name], added[name], mask)
-    if agreements["mean skull"] is None:
-        # The mean skull sees no opening: the shape model may not find one of its own (on the complete
-        # skulls 048 and 054 its fit reaches past the bone by 5 and 23 ml); it only shapes an opening.
+    if agreements["mean skull"] is None and not _shape_model_alone(agreements, added, mask, spacing):
         return candidates["mean skull"], {**report, "from": "mean skull", "agreement_around": _rounded(agreements)}
     chosen = max(candidates, key=lambda name: -1.0 if agreements[name] is None else agreements[name])
     if plane is not None and _on_one_side(added[chosen], spacing, plane):
@@ -330,11 +331,22 @@ def _fitted_bone(mask: np.ndarray, spacing: float, fit: Optional[ShapeFit], fitt
     return candidates[chosen], {**report, "from": chosen, "agreement_around": _rounded(agreements)}
 
 
+def _shape_model_alone(agreements: dict, added: dict, mask: np.ndarray, spacing: float) -> bool:
+    """Where the mean skull sees no opening, whether the shape model's does: only where its bone lies in
+    a hole of the skull (``postprocess.plugs_a_hole``) and meets the rim well
+    (``SHAPE_MODEL_ALONE_AGREEMENT``). On the complete skulls 048 and 054 its fit reaches past the bone
+    (a share 0.19 and 0.50 of it in a hole, rim agreement 0.62 and 0.55); 040's small craniotomy, which
+    the mean skull misses, 0.90 and 0.91."""
+    agreement = agreements.get("shape model")
+    return (agreement is not None and agreement >= SHAPE_MODEL_ALONE_AGREEMENT
+            and plugs_a_hole(np.argwhere(added["shape model"]), mask, (spacing,) * 3))
+
+
 def _laid_onto_rim(bone: np.ndarray, mask: np.ndarray, spacing: float) -> Tuple[np.ndarray, np.ndarray]:
     """A candidate's bone laid onto the skull around the bone it adds (``rim_match``), and the bone it
     then adds (``filled_by``), which its rim agreement and the one-side check judge."""
-    matched = rim_matched(bone, filled_by(bone, mask) & ~mask, mask, spacing)
-    return matched, filled_by(matched, mask) & ~mask
+    matched = rim_matched(bone, filled_by(bone, mask, spacing) & ~mask, mask, spacing)
+    return matched, filled_by(matched, mask, spacing) & ~mask
 
 
 def _on_one_side(added: np.ndarray, spacing: float, plane: SymmetryPlane) -> bool:
