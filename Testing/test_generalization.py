@@ -100,3 +100,32 @@ def test_runs_over_parts_of_the_suite_merge_into_one_report(tmp_path):
     assert (tmp_path / "generalization.md").is_file()
     with pytest.raises(SparseImplantError, match="different settings"):
         generalization.merge([part("050", 0.9), part("051", 0.5, straighten=False)], tmp_path)
+
+
+def test_the_designs_run_on_every_group_and_the_baselines_where_they_belong(tiny_skullfix, tmp_path, monkeypatch):
+    """``--methods auto`` measures the default design on the reoriented and turned copies too (an earlier
+    version ran only the network there), each copy's agreement taken against the stored file's implant
+    designed the same way; the prior-only baselines stay in the SkullFix, defect and clinical groups."""
+    calls = []
+
+    def fake_run_variant(variant, networks, device, baseline=None, straighten=True, method="network", pair=None):
+        calls.append((variant.case, variant.group, variant.name, method, None if baseline is None else int(baseline[0])))
+        row = {"case": variant.case, "group": variant.group, "name": variant.name, "method": method, "dsc": 0.9,
+               "bdsc": 0.9, "hd95_mm": 1.0, "implant_ml": 1.0, "true_ml": 1.0, "warnings": [], "notes": [],
+               "completed_by": "network", "pose": {"cut_tilt_deg": 0.0, "yaw_undone_deg": 0.0, "turn_deg": 0.0}}
+        marker = {"auto": 1, "network": 2, "fitted": 3}[method]  # which method's stored implant a copy is held to
+        return row, np.full(1, marker if variant.group == "skullfix" else 0)
+
+    class FakeNetworks:
+        info = type("Info", (), {"name": "fake"})()
+        completion = type("Completion", (), {"keep_logit": 0.0})()
+
+    monkeypatch.setattr(generalization, "run_variant", fake_run_variant)
+    monkeypatch.setattr("SparseImplantLib.pipeline.inference.load_networks", lambda *args, **kwargs: FakeNetworks())
+    generalization.run(tiny_skullfix, ["000"], tmp_path, None, ["skullfix", "orientation", "rotation"],
+                       methods=["auto", "fitted"])
+    copies = [call for call in calls if call[1] == "orientation"]
+    assert {call[3] for call in copies} == {"auto"} and len(copies) == 3
+    assert all(call[4] == 1 for call in copies)  # held to the stored file's auto implant
+    assert {call[3] for call in calls if call[1] == "rotation"} == {"auto"}
+    assert {call[3] for call in calls if call[1] == "skullfix"} == {"auto", "fitted"}

@@ -70,8 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          type=_comma_list(GENERALIZATION_GROUPS, "group"),
                          help=f"comma-separated, from {','.join(GENERALIZATION_GROUPS)}")
     general.add_argument("--methods", default=",".join(METHODS), type=_comma_list(METHODS, "method"),
-                         help="the network and the baselines it must beat: the skull completed by its mirror image "
-                              f"alone, or by the fitted mean skull alone (SkullFix and defect groups), from {','.join(METHODS)}")
+                         help="the designs (auto: the default; network: the network alone), run on every group, and "
+                              "the baselines they must beat: the skull completed by its mirror image alone, or by the "
+                              f"fitted skull shape alone (SkullFix, defect and clinical groups), from {','.join(METHODS)}")
     general.add_argument("--model", help="registry model name (default: the bundled model)")
     general.add_argument("--model-dir", type=Path, help="folder with registry.json and weights (default: Resources/Models)")
     general.add_argument("--keep-logit", type=float,

@@ -51,6 +51,7 @@ from .report import markdown_table, write_results
 
 FAILURE_DSC = 0.6
 BASELINE_GROUPS = ("skullfix", "defect", "clinical")  # where the prior-only baselines run beside the network
+PRIOR_ONLY = ("mirror", "fitted")  # methods that are baselines; network and auto are designs, run on every group
 ROTATION_DEG = 25.0
 CRANIOTOMY_SIZES = {"small": (20.0, 40.0), "medium": (50.0, 90.0), "large": (100.0, 140.0)}
 # Openings the defect group's ranges leave out (name: kind, its spec): a decompressive hemicraniectomy
@@ -261,28 +262,32 @@ def _cell(value: Optional[float], digits: int = 3) -> str:
 def run(data_root: Path, cases: Sequence[str], output_dir: Path, model: Optional[str], groups: Sequence[str],
         device_name: str = "cpu", model_dir: Optional[Path] = None, keep_logit: Optional[float] = None,
         straighten: bool = True, methods: Sequence[str] = ("network", "mirror", "fitted")) -> dict:
-    """The suite by each of ``methods`` (the prior-only baselines in ``BASELINE_GROUPS`` only)."""
+    """The suite by each of ``methods``: the designs (network, auto) on every group, a reoriented copy's
+    agreement taken against the stored file's implant by the same method; the prior-only baselines
+    (``PRIOR_ONLY``) in ``BASELINE_GROUPS`` only."""
     from ..pipeline.inference import load_networks, select_device
 
     device = select_device(device_name)
     networks = load_networks(model, "none", device, model_dir, keep_logit)
     rows: List[dict] = []
-    baseline: Tuple[str, Optional[np.ndarray]] = ("", None)  # the stored file's implant of the current case
+    baselines: dict = {}  # per design method, the stored file's implant of the current case: (case, implant)
     for variant in build_suite(data_root, cases, groups):
         pair = variant.make()
-        if "network" in methods:
-            if variant.undo is not None and baseline[0] != variant.case:
-                stored = next(v for v in build_suite(data_root, [variant.case], ["skullfix"]))
-                baseline = (variant.case, run_variant(stored, networks, device, straighten=straighten)[1])
-            row, implant = run_variant(variant, networks, device, baseline[1] if baseline[0] == variant.case else None,
-                                       straighten, pair=pair)
+        for method in methods:
+            if method in PRIOR_ONLY and variant.group not in BASELINE_GROUPS:
+                continue
+            stored_case, stored = baselines.get(method, ("", None))
+            if variant.undo is not None and stored_case != variant.case:
+                stored_variant = next(v for v in build_suite(data_root, [variant.case], ["skullfix"]))
+                stored_case, stored = variant.case, run_variant(stored_variant, networks, device, straighten=straighten,
+                                                                method=method)[1]
+            row, implant = run_variant(variant, networks, device, stored if stored_case == variant.case else None,
+                                       straighten, method=method, pair=pair)
             if variant.group == "skullfix":
-                baseline = (variant.case, implant)
+                stored_case, stored = variant.case, implant
+            baselines[method] = (stored_case, stored)
             rows.append(row)
             _print_row(row)
-        for method in (m for m in methods if m != "network" and variant.group in BASELINE_GROUPS):
-            rows.append(run_variant(variant, networks, device, straighten=straighten, method=method, pair=pair)[0])
-            _print_row(rows[-1])
     data = {"model": networks.info.name, "keep_logit": networks.completion.keep_logit, "straighten": straighten,
             "device": device.type, "cases": list(cases), "groups": list(groups), "rows": rows}
     return write_report(data, output_dir)
