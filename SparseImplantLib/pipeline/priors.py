@@ -225,9 +225,8 @@ class Priors:
     def completed(self, defective: np.ndarray, which: str, spacing: float) -> np.ndarray:
         """The skull completed by one prior alone (``which``: mirror or fitted), the baselines the network
         is measured against: the defective skull with the prior's bone that fills an opening (the priors'
-        grid has ``spacing`` mm). A layer one
-        voxel thick along the skull is the prior lying a little off (no skull is quite symmetric, nor the
-        mean), not missing bone: the added bone is opened by one voxel, only its pieces of at least a
+        grid has ``spacing`` mm). A layer one voxel thick along the skull is the prior lying a little off
+        (no skull is quite symmetric, nor the mean), not missing bone: the added bone is opened by one voxel, only its pieces of at least a
         tenth of the largest are kept, and of those the ones that fill an opening rather than lie on
         the bone (small craniotomies' plugs included), as ``postprocess.extract_implant`` keeps an
         implant's, each given back the voxel the opening shaved off its edges unless that makes it a
