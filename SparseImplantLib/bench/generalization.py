@@ -270,7 +270,7 @@ def run(data_root: Path, cases: Sequence[str], output_dir: Path, model: Optional
     device = select_device(device_name)
     networks = load_networks(model, "none", device, model_dir, keep_logit)
     rows: List[dict] = []
-    baselines: dict = {}  # per design method, the stored file's implant of the current case: (case, implant)
+    baselines: Dict[str, Tuple[str, Optional[np.ndarray]]] = {}  # per design method: (case, the stored file's implant)
     for variant in build_suite(data_root, cases, groups):
         pair = variant.make()
         for method in methods:

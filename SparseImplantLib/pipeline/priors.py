@@ -226,13 +226,13 @@ class Priors:
         """The skull completed by one prior alone (``which``: mirror or fitted), the baselines the network
         is measured against: the defective skull with the prior's bone that fills an opening (the priors'
         grid has ``spacing`` mm). A layer one voxel thick along the skull is the prior lying a little off
-        (no skull is quite symmetric, nor the mean), not missing bone: the added bone is opened by one voxel, only its pieces of at least a
-        tenth of the largest are kept, and of those the ones that fill an opening rather than lie on
-        the bone (small craniotomies' plugs included), as ``postprocess.extract_implant`` keeps an
-        implant's, each given back the voxel the opening shaved off its edges unless that makes it a
-        layer on the bone (on 045-049 the fitted
-        shape's implant DSC 0.761 -> 0.783; results/notes/experiments.md); none below the skull's lowest
-        slice (``_within_field``)."""
+        (no skull is quite symmetric, nor the mean), not missing bone: the added bone is opened by one
+        voxel, only its pieces of at least a tenth of the largest are kept, and of those the ones that
+        fill an opening rather than lie on the bone (small craniotomies' plugs included), as
+        ``postprocess.extract_implant`` keeps an implant's, each given back the voxel the opening shaved
+        off its edges unless that makes it a layer on the bone (on 045-049 the fitted shape's implant
+        DSC 0.761 -> 0.783; results/notes/experiments.md); none below the skull's lowest slice
+        (``_within_field``)."""
         skull = np.asarray(defective) != 0
         if which == "mirror":
             return filled_by(self.mirror, skull, spacing)
@@ -319,7 +319,8 @@ def _fitted_bone(mask: np.ndarray, spacing: float, fit: Optional[ShapeFit], fitt
     for name, bone in candidates.items():
         candidates[name], added[name] = _laid_onto_rim(bone, mask, spacing)
         agreements[name] = agreement_around(candidates[name], added[name], mask)
-    if agreements["mean skull"] is None and not _shape_model_alone(agreements, added, mask, spacing):
+    if agreements["mean skull"] is None and not (
+            "shape model" in added and _shape_model_alone(agreements["shape model"], added["shape model"], mask, spacing)):
         return candidates["mean skull"], {**report, "from": "mean skull", "agreement_around": _rounded(agreements)}
     chosen = max(candidates, key=lambda name: -1.0 if agreements[name] is None else agreements[name])
     if plane is not None and _on_one_side(added[chosen], spacing, plane):
@@ -330,15 +331,14 @@ def _fitted_bone(mask: np.ndarray, spacing: float, fit: Optional[ShapeFit], fitt
     return candidates[chosen], {**report, "from": chosen, "agreement_around": _rounded(agreements)}
 
 
-def _shape_model_alone(agreements: dict, added: dict, mask: np.ndarray, spacing: float) -> bool:
-    """Where the mean skull sees no opening, whether the shape model's does: only where its bone lies in
-    a hole of the skull (``postprocess.plugs_a_hole``) and meets the rim well
-    (``SHAPE_MODEL_ALONE_AGREEMENT``). On the complete skulls 048 and 054 its fit reaches past the bone
-    (a share 0.19 and 0.50 of it in a hole, rim agreement 0.62 and 0.55); 040's small craniotomy, which
-    the mean skull misses, 0.90 and 0.91."""
-    agreement = agreements.get("shape model")
+def _shape_model_alone(agreement: Optional[float], added: np.ndarray, mask: np.ndarray, spacing: float) -> bool:
+    """Where the mean skull sees no opening, whether the shape model's does (``agreement``: its rim
+    agreement; ``added``: the bone it adds): only where that bone lies in a hole of the skull
+    (``postprocess.plugs_a_hole``) and meets the rim well (``SHAPE_MODEL_ALONE_AGREEMENT``). On the
+    complete skulls 048 and 054 its fit reaches past the bone (a share 0.19 and 0.50 of it in a hole,
+    rim agreement 0.62 and 0.55); 040's small craniotomy, which the mean skull misses, 0.90 and 0.91."""
     return (agreement is not None and agreement >= SHAPE_MODEL_ALONE_AGREEMENT
-            and plugs_a_hole(np.argwhere(added["shape model"]), mask, (spacing,) * 3))
+            and plugs_a_hole(np.argwhere(added), mask, (spacing,) * 3))
 
 
 def _laid_onto_rim(bone: np.ndarray, mask: np.ndarray, spacing: float) -> Tuple[np.ndarray, np.ndarray]:
