@@ -21,8 +21,12 @@ class Distributed:
             torch.cuda.set_device(self.device)
         else:
             self.device = torch.device("cpu")
+        self._store: Optional[dist.Store] = None
         if self.world_size > 1:
-            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+            # torchrun's rendezvous store, kept for the closing handshake (``close``).
+            self._store, _, _ = next(dist.rendezvous("env://", self.rank, self.world_size))
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo", store=self._store,
+                                    rank=self.rank, world_size=self.world_size)
 
     @property
     def is_main(self) -> bool:
@@ -42,6 +46,10 @@ class Distributed:
                 dist.broadcast(buffer, src=0)
 
     def close(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
+        """Wait for every rank, then take the process group down. The wait goes through the rendezvous
+        store, not a collective: a Gloo context torn down right after a Gloo barrier can abort a peer
+        whose last messages are still under way (pytorch/gloo#155; a CI run lost rank 1 to SIGABRT here)."""
+        if self.world_size > 1 and self._store is not None:
+            self._store.set(f"closing/{self.rank}", "1")
+            self._store.wait([f"closing/{rank}" for rank in range(self.world_size)])
             dist.destroy_process_group()

@@ -305,6 +305,7 @@ def train(args: argparse.Namespace) -> dict:
             if done < args.iterations:  # the run's weights so far, as a model that register-model takes
                 write_model(network, model_info(done, output / SNAPSHOT_FOLDER), output / SNAPSHOT_FOLDER)
 
+    del model  # DDP's reducer goes now, while the process group it holds is still up
     cluster.share_buffers(network)
     checksums = cluster.gather_strings(weights_checksum(network))
     summary = {"iterations": args.iterations, "world_size": cluster.world_size, "rank_weight_checksums": checksums,
