@@ -350,15 +350,25 @@ def upright_axes(mask: Volume, template: Optional[Template] = None, points: Opti
 
 
 def straighten_head(mask: Volume, template: Optional[Template] = None) -> Straightening:
-    """Turn a head lying on its side or upside down upright (``upright_axes``), level the scan's bottom
-    cut, turn the head to face forward, and measure the head's remaining turn."""
+    """Turn a head lying on its side or upside down upright (``upright_axes``; not away from a bottom cut
+    the file's own frame shows), level the scan's bottom cut, turn the head to face forward, and measure
+    the head's remaining turn."""
     template = template or load_template()
     # Resampling the full-resolution mask costs more than the fits: once, onto the cut's grid, which
     # gives the template's coarser grid in turn (the same blur, on a 16th of the voxels).
     cut_grid = skull_grid(mask, CUT_SPACING_MM)
     points = skull_points(cut_grid, template.spacing)
     axes = upright_axes(mask, template, points)
-    cut = find_cut(mask, down=-axes[:, 2], points=grid_points(cut_grid))
+    cut_points = grid_points(cut_grid)
+    cut = find_cut(mask, down=-axes[:, 2], points=cut_points)
+    if cut is None and not np.array_equal(axes, np.eye(3)):
+        # The scan's bottom cut says which way is down: a frame that turns it away from the bottom is not
+        # taken when the file's own frame has it there. SkullFix 056 with its bone one voxel thinner (the
+        # bench's other sources), cut low, matched the mean skull better upside down; turned so, it got
+        # no cut, and both the network (0.89 -> 0.00) and the fitted shape failed.
+        stored_cut = find_cut(mask, down=np.array([0.0, 0.0, -1.0]), points=cut_points)
+        if stored_cut is not None:
+            axes, cut = np.eye(3), stored_cut
     axes = cut.levelling(axes) if cut is not None else axes
     pose = estimate_pose(mask, template, axes=axes, points=points)
     yaw = 0.0
