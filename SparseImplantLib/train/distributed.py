@@ -49,7 +49,7 @@ class Distributed:
         """Wait for every rank, then take the process group down. The wait goes through the rendezvous
         store, not a collective: a Gloo context torn down right after a Gloo barrier can abort a peer
         whose last messages are still under way (pytorch/gloo#155; a CI run lost rank 1 to SIGABRT here)."""
-        if self.world_size > 1 and self._store is not None:
+        if self._store is not None:  # set exactly when there are several ranks
             self._store.set(f"closing/{self.rank}", "1")
             self._store.wait([f"closing/{rank}" for rank in range(self.world_size)])
             dist.destroy_process_group()
